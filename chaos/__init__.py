@@ -1,0 +1,1 @@
+"""Break regions on purpose: simulated regions, fault knobs and failover drills."""

@@ -1,0 +1,3 @@
+"""Multi-region routing and failover control plane for LLM inference."""
+
+__version__ = "0.1.0"

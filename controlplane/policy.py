@@ -1,0 +1,405 @@
+"""Routing policy: YAML -> validated, frozen Policy model; every problem reported as FILE:LINE:COL."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Mode(StrEnum):
+    ACTIVE_ACTIVE = "active-active"
+    ACTIVE_PASSIVE = "active-passive"
+
+
+class AllDown(StrEnum):
+    """What a client group gets when none of its allowed regions is healthy."""
+
+    FAIL_OPEN = "fail-open"
+    FAIL_CLOSED = "fail-closed"
+    FREEZE = "freeze"
+
+
+class Region(_Frozen):
+    name: Name
+    endpoint: str = Field(description="Base URL of the OpenAI-compatible server, e.g. http://10.0.0.5:8000")
+    address: str | None = Field(
+        default=None, description="IP address DNS answers with; defaults to the endpoint's host"
+    )
+    jurisdiction: Annotated[str, Field(min_length=1, max_length=32)]
+    capacity: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    priority: Annotated[int, Field(ge=0, le=1000)] = 100
+    model: str | None = Field(default=None, description="Model id this region must serve (inference probe)")
+    metrics_url: str | None = Field(default=None, description="Prometheus metrics URL; defaults to endpoint")
+
+    @field_validator("endpoint", "metrics_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @property
+    def dns_address(self) -> str:
+        return self.address or (urlsplit(self.endpoint).hostname or "")
+
+
+class LivenessProbe(_Frozen):
+    path: str = "/health"
+    expect_status: Annotated[int, Field(ge=100, le=599)] = 200
+    body_match: str | None = Field(default=None, description="Substring the body must contain")
+
+
+class InferenceProbe(_Frozen):
+    enabled: bool = True
+    interval: Seconds = 5.0
+    timeout: Seconds = 10.0
+    model: str = Field(default="", description="Expected model id; a region's own `model` overrides it")
+    prompt: str = "Reply with the single word: ok"
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 8
+
+
+class MetricsProbe(_Frozen):
+    enabled: bool = True
+    interval: Seconds = 5.0
+    path: str = "/metrics"
+
+
+class ProbeSettings(_Frozen):
+    interval: Seconds = Field(default=1.0, description="Liveness probe period per region")
+    fast_interval: Seconds = Field(default=0.2, description="Period while a region is changing state")
+    timeout: Seconds = 2.0
+    jitter: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        default=0.1, description="Fraction of the interval by which each probe start is randomly spread"
+    )
+    tls_verify: bool = True
+    liveness: LivenessProbe = LivenessProbe()
+    inference: InferenceProbe = InferenceProbe()
+    metrics: MetricsProbe = MetricsProbe()
+
+
+class HealthSettings(_Frozen):
+    rise: Annotated[int, Field(ge=1, le=100)] = 3
+    fall: Annotated[int, Field(ge=1, le=100)] = 3
+    stale_after: Seconds = Field(default=10.0, description="A probe kind with no result this old is unknown")
+    ttft_target: Seconds = Field(default=1.0, description="Time to first token at which the score starts to fall")
+    queue_target: Annotated[float, Field(gt=0)] = Field(
+        default=32, description="Waiting requests at which the score starts to fall"
+    )
+    kv_cache_target: Annotated[float, Field(gt=0, le=1)] = 0.9
+    min_score: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.1, description="Floor of a healthy region's score, so a slow region keeps a little traffic"
+    )
+
+
+class ClientGroup(_Frozen):
+    name: Name
+    sources: tuple[str, ...] = Field(default=(), description="CIDRs of client addresses in this group")
+    allowed_jurisdictions: tuple[Annotated[str, Field(min_length=1)], ...] = Field(min_length=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network (e.g. 10.0.0.0/8)") from exc
+        return value
+
+
+class Service(_Frozen):
+    name: Name
+    dns_name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}\.?$")]
+    ttl: Annotated[int, Field(ge=1, le=86400)] = 30
+    mode: Mode = Mode.ACTIVE_ACTIVE
+    regions: tuple[Name, ...] = Field(min_length=1)
+    max_shift: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=25, description="Most percentage points a live region's weight may move in one step"
+    )
+    slow_start: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=30.0, description="Seconds over which a recovered region ramps to its full weight"
+    )
+    trickle: Annotated[int, Field(ge=0, le=50)] = Field(
+        default=0, description="Percent kept on the first healthy backup in active-passive mode"
+    )
+    when_all_down: AllDown = AllDown.FAIL_CLOSED
+
+
+class LocalDnsProvider(_Frozen):
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5353
+    zone: str = Field(description="Zone this server is authoritative for, e.g. llm.local")
+    ecs: bool = Field(default=True, description="Honour the EDNS client subnet option to pick the client group")
+
+
+class HaproxyProvider(_Frozen):
+    enabled: bool = True
+    socket: str = Field(description="Runtime API: a unix socket path or host:port")
+    service: Name
+    client_group: Name
+    backend: str
+    servers: dict[Name, str] = Field(description="Region name -> HAProxy server name in the backend")
+
+
+class Providers(_Frozen):
+    localdns: LocalDnsProvider | None = None
+    haproxy: HaproxyProvider | None = None
+    memory: bool = Field(default=False, description="In-process reference provider (tests)")
+
+
+class Policy(_Frozen):
+    version: Literal[1] = 1
+    regions: tuple[Region, ...] = Field(min_length=1)
+    client_groups: tuple[ClientGroup, ...] = Field(min_length=1)
+    default_client_group: Name = Field(description="Group of clients that no group's sources match")
+    services: tuple[Service, ...] = Field(min_length=1)
+    probes: ProbeSettings = ProbeSettings()
+    health: HealthSettings = HealthSettings()
+    providers: Providers = Providers()
+
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def client_group(self, name: str) -> ClientGroup:
+        return next(g for g in self.client_groups if g.name == name)
+
+    def allowed_regions(self, service: Service, group: ClientGroup) -> tuple[Region, ...]:
+        """The service's regions a group may be sent to: residency is decided here and only here."""
+        allowed = set(group.allowed_jurisdictions)
+        return tuple(self.region(n) for n in service.regions if self.region(n).jurisdiction in allowed)
+
+
+# ---------------------------------------------------------------- loading, with positions
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a policy file, at a position a person can jump to."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+Path_ = tuple[str | int, ...]
+_SCALARS = yaml.constructor.SafeConstructor()
+
+
+def _construct(node: yaml.Node, path: Path_, marks: dict[Path_, yaml.Mark], dupes: list[Path_]) -> Any:
+    """Build plain data from a composed YAML node, remembering where every value started."""
+    marks[path] = node.start_mark
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(_SCALARS.construct_object(key_node, deep=True))
+            if key in out:
+                marks[(*path, key)] = key_node.start_mark
+                dupes.append((*path, key))
+                continue
+            out[key] = _construct(value_node, (*path, key), marks, dupes)
+            marks[(*path, key, "__key__")] = key_node.start_mark
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*path, i), marks, dupes) for i, item in enumerate(node.value)]
+    return _SCALARS.construct_object(node, deep=True)
+
+
+def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark]) -> yaml.Mark | None:
+    for end in range(len(loc), -1, -1):
+        if (mark := marks.get(loc[:end])) is not None:
+            return mark
+    return None
+
+
+def _describe(error: Any) -> str:
+    field = ".".join(str(p) for p in error["loc"]) or "policy"
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field"
+    if kind == "missing":
+        return f"{field}: required field is missing"
+    if kind == "enum" and "expected" in ctx:
+        return f"{field}: must be one of {ctx['expected']}, got {error.get('input')!r}"
+    if kind == "literal_error" and "expected" in ctx:
+        return f"{field}: must be {ctx['expected']}, got {error.get('input')!r}"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field}: {msg}, got {error.get('input')!r}" if not isinstance(error.get("input"), dict | list) else f"{field}: {msg}"
+
+
+def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
+    """Checks that span fields: references, uniqueness, residency reachability."""
+    for collection, items in (
+        ("regions", policy.regions),
+        ("client_groups", policy.client_groups),
+        ("services", policy.services),
+    ):
+        counts = Counter(item.name for item in items)
+        for i, item in enumerate(items):
+            if counts[item.name] > 1:
+                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {item.name!r}"
+    dns_counts = Counter(s.dns_name.rstrip(".").lower() for s in policy.services)
+    region_names = {r.name for r in policy.regions}
+    jurisdictions = {r.jurisdiction for r in policy.regions}
+    for i, service in enumerate(policy.services):
+        if dns_counts[service.dns_name.rstrip(".").lower()] > 1:
+            yield (("services", i, "dns_name"), f"services.{i}.dns_name: {service.dns_name!r} is used by another service")
+        for j, name in enumerate(service.regions):
+            if name not in region_names:
+                yield (
+                    ("services", i, "regions", j),
+                    f"services.{i}.regions.{j}: unknown region {name!r}; defined: {sorted(region_names)}",
+                )
+        if len(set(service.regions)) != len(service.regions):
+            yield ("services", i, "regions"), f"services.{i}.regions: a region is listed twice"
+    group_names = {g.name for g in policy.client_groups}
+    if policy.default_client_group not in group_names:
+        yield (
+            ("default_client_group",),
+            f"default_client_group: unknown client group {policy.default_client_group!r}; defined: {sorted(group_names)}",
+        )
+    for i, group in enumerate(policy.client_groups):
+        if not jurisdictions & set(group.allowed_jurisdictions):
+            yield (
+                ("client_groups", i, "allowed_jurisdictions"),
+                f"client_groups.{i}.allowed_jurisdictions: no region is in {list(group.allowed_jurisdictions)}; "
+                f"regions are in {sorted(jurisdictions)}",
+            )
+    yield from _check_providers(policy, region_names, group_names)
+
+
+def _check_providers(policy: Policy, region_names: set[str], group_names: set[str]) -> Iterator[tuple[Path_, str]]:
+    zone = policy.providers.localdns.zone.rstrip(".").lower() if policy.providers.localdns else None
+    if zone is not None:
+        for i, service in enumerate(policy.services):
+            name = service.dns_name.rstrip(".").lower()
+            if name != zone and not name.endswith("." + zone):
+                yield (
+                    ("services", i, "dns_name"),
+                    f"services.{i}.dns_name: {service.dns_name!r} is outside providers.localdns.zone {zone!r}",
+                )
+    hap = policy.providers.haproxy
+    if hap is None:
+        return
+    base = ("providers", "haproxy")
+    service_names = {s.name for s in policy.services}
+    if hap.service not in service_names:
+        yield (*base, "service"), f"providers.haproxy.service: unknown service {hap.service!r}; defined: {sorted(service_names)}"
+    if hap.client_group not in group_names:
+        yield (
+            (*base, "client_group"),
+            f"providers.haproxy.client_group: unknown client group {hap.client_group!r}; defined: {sorted(group_names)}",
+        )
+    for region in hap.servers:
+        if region not in region_names:
+            yield (*base, "servers", region), f"providers.haproxy.servers.{region}: unknown region; defined: {sorted(region_names)}"
+
+
+def parse_policy(text: str, filename: str = "<policy>") -> Policy:
+    """Parse and validate policy YAML; raise PolicyError listing every problem with its position."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise PolicyError([Problem(filename, line, col, f"invalid YAML: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([Problem(filename, 1, 1, f"invalid YAML: {exc}")]) from None
+    if root is None:
+        raise PolicyError([Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")])
+    marks: dict[Path_, yaml.Mark] = {}
+    dupes: list[Path_] = []
+    data = _construct(root, (), marks, dupes)
+
+    def at(loc: Path_, message: str) -> Problem:
+        mark = _mark_for(loc, marks)
+        return Problem(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, message)
+
+    problems = [at(p, f"{'.'.join(map(str, p))}: duplicate key") for p in dupes]
+    if not isinstance(data, dict):
+        raise PolicyError([at((), "policy must be a mapping with regions and services")])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # A tuple whose items failed also reports itself as too short; the item errors say more.
+        inner = {tuple(e["loc"][:-1]) for e in errors} | {tuple(e["loc"][:-2]) for e in errors}
+        problems += [
+            at(tuple(e["loc"]), _describe(e))
+            for e in errors
+            if not (e["type"] == "too_short" and tuple(e["loc"]) in inner)
+        ]
+        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
+    problems += [at(loc, msg) for loc, msg in _cross_check(policy)]
+    if problems:
+        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column)))
+    return policy
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([Problem(str(path), 1, 1, f"cannot read policy: {exc}")]) from None
+    return parse_policy(text, str(path))
+
+
+def validate_files(paths: Iterable[str | Path]) -> list[Problem]:
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            load_policy(path)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+    return problems
+
+
+def json_schema() -> str:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "LLM failover plane routing policy"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

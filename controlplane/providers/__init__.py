@@ -1,0 +1,1 @@
+"""Providers: make the outside world (DNS, load balancers) match a routing plan."""

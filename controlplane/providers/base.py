@@ -1,0 +1,50 @@
+"""The provider Protocol, its capabilities, and the two kinds of provider error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from controlplane.changes import ChangeSet, Record
+from controlplane.plan import RoutingPlan
+
+
+class ProviderError(Exception):
+    """Base of every provider failure."""
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying: timeouts, throttling, a peer restarting."""
+
+
+class PermanentProviderError(ProviderError):
+    """Retrying will not help: bad request, missing permission, foreign record in the way."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    client_groups: bool  # can answer differently per client group
+    weights: bool  # can split traffic by weight (else: one active target)
+    max_weight: int  # largest weight the backend accepts
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Renders plans to records and applies change sets. Dry-run lives in the reconciler, never here."""
+
+    name: str
+    capabilities: Capabilities
+
+    def render(self, plan: RoutingPlan) -> list[Record]:
+        """The records this provider should hold for `plan` (pure)."""
+        ...
+
+    async def current(self) -> list[Record]:
+        """The records this provider owns right now (foreign ones are never returned)."""
+        ...
+
+    async def apply(self, changes: ChangeSet) -> None:
+        """Make `changes` true; raise TransientProviderError or PermanentProviderError."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Observe regional LLM endpoints: liveness, streamed inference and server metrics."""
