@@ -55,7 +55,9 @@ class RoutingPlan:
                     "service": g.service,
                     "group": g.group,
                     "mode": g.mode.value,
-                    "weights": [{"region": w.region, "weight": w.weight, "reason": w.reason} for w in g.weights],
+                    "weights": [
+                        {"region": w.region, "weight": w.weight, "reason": w.reason} for w in g.weights
+                    ],
                 }
                 for g in self.groups
             ],
@@ -70,7 +72,9 @@ class RoutingPlan:
                     service=g["service"],
                     group=g["group"],
                     mode=GroupMode(g["mode"]),
-                    weights=tuple(RouteWeight(w["region"], int(w["weight"]), w["reason"]) for w in g["weights"]),
+                    weights=tuple(
+                        RouteWeight(w["region"], int(w["weight"]), w["reason"]) for w in g["weights"]
+                    ),
                 )
                 for g in data["groups"]
             ),

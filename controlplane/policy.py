@@ -108,7 +108,9 @@ class HealthSettings(_Frozen):
     rise: Annotated[int, Field(ge=1, le=100)] = 3
     fall: Annotated[int, Field(ge=1, le=100)] = 3
     stale_after: Seconds = Field(default=10.0, description="A probe kind with no result this old is unknown")
-    ttft_target: Seconds = Field(default=1.0, description="Time to first token at which the score starts to fall")
+    ttft_target: Seconds = Field(
+        default=1.0, description="Time to first token at which the score starts to fall"
+    )
     queue_target: Annotated[float, Field(gt=0)] = Field(
         default=32, description="Waiting requests at which the score starts to fall"
     )
@@ -136,7 +138,9 @@ class ClientGroup(_Frozen):
 
 class Service(_Frozen):
     name: Name
-    dns_name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}\.?$")]
+    dns_name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}\.?$")
+    ]
     ttl: Annotated[int, Field(ge=1, le=86400)] = 30
     mode: Mode = Mode.ACTIVE_ACTIVE
     regions: tuple[Name, ...] = Field(min_length=1)
@@ -157,7 +161,9 @@ class LocalDnsProvider(_Frozen):
     listen: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5353
     zone: str = Field(description="Zone this server is authoritative for, e.g. llm.local")
-    ecs: bool = Field(default=True, description="Honour the EDNS client subnet option to pick the client group")
+    ecs: bool = Field(
+        default=True, description="Honour the EDNS client subnet option to pick the client group"
+    )
 
 
 class HaproxyProvider(_Frozen):
@@ -247,7 +253,9 @@ def _construct(node: yaml.Node, path: Path_, marks: dict[Path_, yaml.Mark], dupe
     return _SCALARS.construct_object(node, deep=True)
 
 
-def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark]) -> yaml.Mark | None:
+def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark], at_key: bool = False) -> yaml.Mark | None:
+    if at_key and (mark := marks.get((*loc, "__key__"))) is not None:
+        return mark
     for end in range(len(loc), -1, -1):
         if (mark := marks.get(loc[:end])) is not None:
             return mark
@@ -267,26 +275,34 @@ def _describe(error: Any) -> str:
     if kind == "literal_error" and "expected" in ctx:
         return f"{field}: must be {ctx['expected']}, got {error.get('input')!r}"
     msg = str(error["msg"]).removeprefix("Value error, ")
-    return f"{field}: {msg}, got {error.get('input')!r}" if not isinstance(error.get("input"), dict | list) else f"{field}: {msg}"
+    return (
+        f"{field}: {msg}, got {error.get('input')!r}"
+        if not isinstance(error.get("input"), dict | list)
+        else f"{field}: {msg}"
+    )
 
 
 def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
     """Checks that span fields: references, uniqueness, residency reachability."""
-    for collection, items in (
-        ("regions", policy.regions),
-        ("client_groups", policy.client_groups),
-        ("services", policy.services),
-    ):
-        counts = Counter(item.name for item in items)
-        for i, item in enumerate(items):
-            if counts[item.name] > 1:
-                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {item.name!r}"
+    named: dict[str, list[str]] = {
+        "regions": [r.name for r in policy.regions],
+        "client_groups": [g.name for g in policy.client_groups],
+        "services": [s.name for s in policy.services],
+    }
+    for collection, names in named.items():
+        counts = Counter(names)
+        for i, name in enumerate(names):
+            if counts[name] > 1:
+                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {name!r}"
     dns_counts = Counter(s.dns_name.rstrip(".").lower() for s in policy.services)
     region_names = {r.name for r in policy.regions}
     jurisdictions = {r.jurisdiction for r in policy.regions}
     for i, service in enumerate(policy.services):
         if dns_counts[service.dns_name.rstrip(".").lower()] > 1:
-            yield (("services", i, "dns_name"), f"services.{i}.dns_name: {service.dns_name!r} is used by another service")
+            yield (
+                ("services", i, "dns_name"),
+                f"services.{i}.dns_name: {service.dns_name!r} is used by another service",
+            )
         for j, name in enumerate(service.regions):
             if name not in region_names:
                 yield (
@@ -311,7 +327,9 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
     yield from _check_providers(policy, region_names, group_names)
 
 
-def _check_providers(policy: Policy, region_names: set[str], group_names: set[str]) -> Iterator[tuple[Path_, str]]:
+def _check_providers(
+    policy: Policy, region_names: set[str], group_names: set[str]
+) -> Iterator[tuple[Path_, str]]:
     zone = policy.providers.localdns.zone.rstrip(".").lower() if policy.providers.localdns else None
     if zone is not None:
         for i, service in enumerate(policy.services):
@@ -327,7 +345,10 @@ def _check_providers(policy: Policy, region_names: set[str], group_names: set[st
     base = ("providers", "haproxy")
     service_names = {s.name for s in policy.services}
     if hap.service not in service_names:
-        yield (*base, "service"), f"providers.haproxy.service: unknown service {hap.service!r}; defined: {sorted(service_names)}"
+        yield (
+            (*base, "service"),
+            f"providers.haproxy.service: unknown service {hap.service!r}; defined: {sorted(service_names)}",
+        )
     if hap.client_group not in group_names:
         yield (
             (*base, "client_group"),
@@ -335,7 +356,10 @@ def _check_providers(policy: Policy, region_names: set[str], group_names: set[st
         )
     for region in hap.servers:
         if region not in region_names:
-            yield (*base, "servers", region), f"providers.haproxy.servers.{region}: unknown region; defined: {sorted(region_names)}"
+            yield (
+                (*base, "servers", region),
+                f"providers.haproxy.servers.{region}: unknown region; defined: {sorted(region_names)}",
+            )
 
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
@@ -349,13 +373,15 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(filename, 1, 1, f"invalid YAML: {exc}")]) from None
     if root is None:
-        raise PolicyError([Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")])
+        raise PolicyError(
+            [Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")]
+        )
     marks: dict[Path_, yaml.Mark] = {}
     dupes: list[Path_] = []
     data = _construct(root, (), marks, dupes)
 
-    def at(loc: Path_, message: str) -> Problem:
-        mark = _mark_for(loc, marks)
+    def at(loc: Path_, message: str, at_key: bool = False) -> Problem:
+        mark = _mark_for(loc, marks, at_key)
         return Problem(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, message)
 
     problems = [at(p, f"{'.'.join(map(str, p))}: duplicate key") for p in dupes]
@@ -368,12 +394,12 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
         # A tuple whose items failed also reports itself as too short; the item errors say more.
         inner = {tuple(e["loc"][:-1]) for e in errors} | {tuple(e["loc"][:-2]) for e in errors}
         problems += [
-            at(tuple(e["loc"]), _describe(e))
+            at(tuple(e["loc"]), _describe(e), at_key=e["type"] == "extra_forbidden")
             for e in errors
             if not (e["type"] == "too_short" and tuple(e["loc"]) in inner)
         ]
         raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
-    problems += [at(loc, msg) for loc, msg in _cross_check(policy)]
+    problems += [at(loc, msg, at_key=True) for loc, msg in _cross_check(policy)]
     if problems:
         raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column)))
     return policy

@@ -1,0 +1,244 @@
+"""decide(): the pure routing decision from policy, health, overrides and the previous plan."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from controlplane.overrides import Override, OverrideAction
+from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
+from controlplane.policy import AllDown, ClientGroup, Mode, Policy, Region, Service
+from probes.health import HealthView, RegionHealth, State
+
+TOTAL = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    region: Region
+    health: RegionHealth
+    drained: Override | None
+    pinned: Override | None
+
+    @property
+    def name(self) -> str:
+        return self.region.name
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.state is State.HEALTHY
+
+
+def largest_remainder(shares: Mapping[str, float], total: int = TOTAL) -> dict[str, int]:
+    """Integers summing to `total`, each the floor or ceiling of its exact share."""
+    if not shares:
+        return {}
+    whole = {k: math.floor(max(0.0, v) + 1e-9) for k, v in shares.items()}
+    left = total - sum(whole.values())
+    by_remainder = sorted(shares, key=lambda k: (-(max(0.0, shares[k]) - whole[k]), k))
+    for key in by_remainder[: max(0, left)]:
+        whole[key] += 1
+    return whole
+
+
+def _normalise(raw: Mapping[str, float]) -> dict[str, float]:
+    total = sum(raw.values())
+    if total <= 0:
+        return {k: TOTAL / len(raw) for k in raw} if raw else {}
+    return {k: TOTAL * v / total for k, v in raw.items()}
+
+
+def _slow_start(service: Service, health: RegionHealth, now: float) -> float:
+    if service.slow_start <= 0 or health.since <= 0:
+        return 1.0
+    # Start at a tenth rather than zero so a recovered region gets proof-of-life traffic at once.
+    return min(1.0, max(0.1, (now - health.since) / service.slow_start))
+
+
+def _targets(
+    service: Service, live: Sequence[_Candidate], now: float
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Exact (unrounded) target shares over live regions, and why."""
+    reasons: dict[str, str] = {}
+    if service.mode is Mode.ACTIVE_ACTIVE:
+        raw: dict[str, float] = {}
+        for c in live:
+            base = float(c.pinned.weight if c.pinned and c.pinned.weight is not None else c.region.capacity)
+            ramp = _slow_start(service, c.health, now)
+            raw[c.name] = base * c.health.score * ramp
+            what = f"pinned weight {base:g}" if c.pinned else f"capacity {base:g}"
+            reasons[c.name] = f"healthy: {what} x score {c.health.score:.2f}" + (
+                f" x slow start {ramp:.0%}" if ramp < 1 else ""
+            )
+        if sum(raw.values()) <= 0:
+            raw = {c.name: 1.0 for c in live}
+        return _normalise(raw), reasons
+    ordered = sorted(live, key=lambda c: (c.region.priority, c.name))
+    shares = {c.name: 0.0 for c in ordered}
+    primary, backups = ordered[0], ordered[1:]
+    primary_share = float(TOTAL - (service.trickle if backups else 0))
+    ramp = _slow_start(service, primary.health, now) if backups else 1.0
+    primary_share *= ramp
+    shares[primary.name] = primary_share
+    reasons[primary.name] = f"primary (priority {primary.region.priority})" + (
+        f", slow start {ramp:.0%}" if ramp < 1 else ""
+    )
+    if backups:
+        shares[backups[0].name] = TOTAL - primary_share
+        reasons[backups[0].name] = f"first backup (priority {backups[0].region.priority})" + (
+            f", trickle {service.trickle}%" if service.trickle else ""
+        )
+        for b in backups[1:]:
+            reasons[b.name] = f"standby (priority {b.region.priority})"
+    return shares, reasons
+
+
+def _damp(
+    previous: Mapping[str, int], target: Mapping[str, float], dead: set[str], max_shift: int
+) -> tuple[dict[str, float], set[str]]:
+    """Move from the previous weights toward the target by at most max_shift per region, except that dead
+    regions drop to zero at once and their weight goes straight to the live ones."""
+    gone = dead | (previous.keys() - target.keys())
+    freed = sum(previous[r] for r in gone if r in previous)
+    start = {r: (0.0 if r in gone else float(previous.get(r, 0))) + freed * target[r] / TOTAL for r in target}
+    delta = {r: target[r] - start[r] for r in target}
+    biggest = max((abs(d) for d in delta.values()), default=0.0)
+    if biggest <= max_shift:
+        return dict(target), set()
+    step = max_shift / biggest
+    moved = {r: start[r] + step * delta[r] for r in target}
+    return moved, {r for r in target if abs(moved[r] - target[r]) > 1e-9}
+
+
+def _all_down(
+    service: Service,
+    group: ClientGroup,
+    candidates: Sequence[_Candidate],
+    previous: GroupPlan | None,
+) -> GroupPlan:
+    down = "; ".join(f"{c.name}: {c.health.state}" for c in candidates)
+    choice = service.when_all_down
+    if choice is AllDown.FREEZE and previous is not None and any(w.weight for w in previous.weights):
+        names = {c.name for c in candidates}
+        kept = {w.region: float(w.weight) for w in previous.weights if w.region in names and w.weight}
+        if kept:
+            weights = largest_remainder(_normalise(kept))
+            return GroupPlan(
+                service.name,
+                group.name,
+                GroupMode.FROZEN,
+                tuple(
+                    RouteWeight(
+                        c.name, weights.get(c.name, 0), f"frozen at last good plan; all down ({down})"
+                    )
+                    for c in candidates
+                ),
+            )
+    if choice is AllDown.FAIL_OPEN:
+        weights = largest_remainder(_normalise({c.name: float(c.region.capacity) for c in candidates}))
+        return GroupPlan(
+            service.name,
+            group.name,
+            GroupMode.FAIL_OPEN,
+            tuple(RouteWeight(c.name, weights[c.name], f"fail-open: all down ({down})") for c in candidates),
+        )
+    why = "fail-closed" if choice is AllDown.FAIL_CLOSED else "freeze with no last good plan: fail-closed"
+    return GroupPlan(
+        service.name,
+        group.name,
+        GroupMode.FAIL_CLOSED,
+        tuple(RouteWeight(c.name, 0, f"{why}: all down ({down})") for c in candidates),
+    )
+
+
+def _find(
+    overrides: Iterable[Override], service: str, region: str, now: float, action: OverrideAction
+) -> Override | None:
+    return next((o for o in overrides if o.action is action and o.applies(service, region, now)), None)
+
+
+def decide_group(
+    policy: Policy,
+    service: Service,
+    group: ClientGroup,
+    health: HealthView,
+    previous: GroupPlan | None,
+    now: float,
+    overrides: Sequence[Override] = (),
+) -> GroupPlan:
+    allowed = policy.allowed_regions(service, group)
+    if not allowed:
+        return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, ())
+    candidates = [
+        _Candidate(
+            r,
+            health.get(r.name),
+            _find(overrides, service.name, r.name, now, OverrideAction.DRAIN),
+            _find(overrides, service.name, r.name, now, OverrideAction.WEIGHT),
+        )
+        for r in allowed
+    ]
+    healthy = [c for c in candidates if c.healthy]
+    if not healthy:
+        return _all_down(service, group, candidates, previous)
+    live = [c for c in healthy if c.drained is None]
+    drain_refused = not live
+    if drain_refused:
+        # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
+        live = healthy
+    target, reasons = _targets(service, live, now)
+    for c in candidates:
+        if c.name not in target:
+            target[c.name] = 0.0
+            if not c.healthy:
+                reasons[c.name] = f"{c.health.state}: " + ("; ".join(c.health.reasons) or "not healthy")
+            elif c.drained is not None:
+                reasons[c.name] = f"drained by override until {c.drained.until:.0f}" + (
+                    f" ({c.drained.reason})" if c.drained.reason else ""
+                )
+            else:
+                reasons[c.name] = "standby"
+    if drain_refused:
+        for c in live:
+            reasons[c.name] += "; drain refused: last healthy region"
+    damped: set[str] = set()
+    if previous is not None and previous.mode is GroupMode.NORMAL:
+        before = previous.as_dict()
+        dead = {c.name for c in candidates if not c.healthy and before.get(c.name, 0) > 0}
+        shares, damped = _damp(before, target, dead, service.max_shift)
+    else:
+        shares = target
+    weights = largest_remainder(shares)
+    for name in damped:
+        reasons[name] += f"; damped toward {target[name]:.0f} (max shift {service.max_shift})"
+    return GroupPlan(
+        service.name,
+        group.name,
+        GroupMode.NORMAL,
+        tuple(RouteWeight(c.name, weights[c.name], reasons[c.name]) for c in candidates),
+    )
+
+
+def decide(
+    policy: Policy,
+    health: HealthView,
+    previous: RoutingPlan | None,
+    now: float,
+    overrides: Sequence[Override] = (),
+) -> RoutingPlan:
+    """Weights per (service, client group, region). Same inputs, same plan: no I/O, no clock."""
+    groups = tuple(
+        decide_group(
+            policy,
+            service,
+            group,
+            health,
+            previous.group(service.name, group.name) if previous is not None else None,
+            now,
+            overrides,
+        )
+        for service in policy.services
+        for group in policy.client_groups
+    )
+    return RoutingPlan(generated_at=now, groups=groups)

@@ -1,0 +1,180 @@
+"""HealthView: observations folded into per-region health with rise/fall hysteresis, staleness and a score."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+
+from controlplane.policy import HealthSettings, Policy
+from probes.observation import Observation, ProbeKind
+
+# Kinds whose failure takes a region out. Metrics only inform the score: a broken /metrics endpoint
+# says nothing about whether the region can serve a completion.
+DECISIVE_KINDS = (ProbeKind.LIVENESS, ProbeKind.INFERENCE)
+_EWMA_ALPHA = 0.3
+
+
+class State(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class KindHealth:
+    """Hysteresis state of one probe kind of one region."""
+
+    healthy: bool | None  # None: no verdict yet
+    streak: int  # consecutive results contradicting `healthy`
+    changed_at: float  # when `healthy` last flipped between True and False; 0.0 if never
+    last: Observation
+    ttft_ewma: float | None = None
+
+    @property
+    def transitioning(self) -> bool:
+        return self.healthy is None or self.streak > 0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerState:
+    """Everything the health view remembers between observations, as an immutable value."""
+
+    kinds: Mapping[tuple[str, ProbeKind], KindHealth] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def advance(previous: KindHealth | None, obs: Observation, settings: HealthSettings) -> KindHealth:
+    """One observation through rise/fall hysteresis. The first verdict needs no streak: it is not a guess,
+    it is the first fact, and start-up waits for it."""
+    ttft = previous.ttft_ewma if previous else None
+    if obs.ok and obs.ttft_s is not None:
+        ttft = obs.ttft_s if ttft is None else _EWMA_ALPHA * obs.ttft_s + (1 - _EWMA_ALPHA) * ttft
+    if previous is None or previous.healthy is None:
+        return KindHealth(healthy=obs.ok, streak=0, changed_at=0.0, last=obs, ttft_ewma=ttft)
+    if obs.ok == previous.healthy:
+        return KindHealth(previous.healthy, 0, previous.changed_at, obs, ttft)
+    streak = previous.streak + 1
+    needed = settings.fall if previous.healthy else settings.rise
+    if streak >= needed:
+        return KindHealth(obs.ok, 0, obs.at, obs, ttft)
+    return KindHealth(previous.healthy, streak, previous.changed_at, obs, ttft)
+
+
+def record(
+    state: TrackerState, observations: Iterable[Observation], settings: HealthSettings
+) -> TrackerState:
+    kinds = dict(state.kinds)
+    for obs in observations:
+        key = (obs.region, obs.kind)
+        kinds[key] = advance(kinds.get(key), obs, settings)
+    return replace(state, kinds=MappingProxyType(kinds))
+
+
+def forget_regions(state: TrackerState, keep: Iterable[str]) -> TrackerState:
+    """Drop the memory of regions no longer in the policy (hot reload)."""
+    wanted = set(keep)
+    return replace(state, kinds=MappingProxyType({k: v for k, v in state.kinds.items() if k[0] in wanted}))
+
+
+@dataclass(frozen=True, slots=True)
+class RegionHealth:
+    region: str
+    state: State
+    score: float  # 0..1; 0 unless healthy
+    since: float  # when the region last recovered from unhealthy; 0.0 if it never failed
+    reasons: tuple[str, ...]
+    last_observed: float | None = None
+    ttft_s: float | None = None
+    queue_depth: float | None = None
+    kv_cache_usage: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    at: float
+    regions: Mapping[str, RegionHealth]
+
+    def get(self, region: str) -> RegionHealth:
+        return self.regions.get(region) or RegionHealth(region, State.UNKNOWN, 0.0, 0.0, ("never observed",))
+
+
+def enabled_kinds(policy: Policy) -> tuple[ProbeKind, ...]:
+    kinds = [ProbeKind.LIVENESS]
+    if policy.probes.inference.enabled:
+        kinds.append(ProbeKind.INFERENCE)
+    if policy.probes.metrics.enabled:
+        kinds.append(ProbeKind.METRICS)
+    return tuple(kinds)
+
+
+def _headroom(value: float | None, target: float) -> float:
+    """1 up to the target, then falling as target/value: twice the target halves the share."""
+    if value is None or value <= target:
+        return 1.0
+    return target / value
+
+
+def score(settings: HealthSettings, ttft: float | None, queue: float | None, kv: float | None) -> float:
+    kv_factor = 1.0
+    if kv is not None and kv > settings.kv_cache_target:
+        kv_factor = (
+            max(0.0, (1.0 - kv) / (1.0 - settings.kv_cache_target)) if settings.kv_cache_target < 1 else 1.0
+        )
+    raw = _headroom(ttft, settings.ttft_target) * _headroom(queue, settings.queue_target) * kv_factor
+    return round(max(settings.min_score, min(1.0, raw)), 4)
+
+
+def region_health(state: TrackerState, policy: Policy, region: str, now: float) -> RegionHealth:
+    settings = policy.health
+    decisive = [k for k in enabled_kinds(policy) if k in DECISIVE_KINDS]
+    reasons: list[str] = []
+    verdicts: list[State] = []
+    since = 0.0
+    last_seen: float | None = None
+    for kind in decisive:
+        kh = state.kinds.get((region, kind))
+        if kh is None:
+            verdicts.append(State.UNKNOWN)
+            reasons.append(f"{kind}: no result yet")
+            continue
+        last_seen = max(last_seen or 0.0, kh.last.at)
+        if now - kh.last.at > settings.stale_after:
+            verdicts.append(State.UNKNOWN)
+            reasons.append(f"{kind}: stale ({now - kh.last.at:.1f}s old)")
+        elif kh.healthy:
+            verdicts.append(State.HEALTHY)
+            since = max(since, kh.changed_at)
+        else:
+            verdicts.append(State.UNHEALTHY)
+            reasons.append(f"{kind}: {kh.last.error or 'failing'}")
+    metrics = state.kinds.get((region, ProbeKind.METRICS))
+    fresh_metrics = (
+        metrics.last
+        if metrics and metrics.last.ok and now - metrics.last.at <= settings.stale_after
+        else None
+    )
+    inference = state.kinds.get((region, ProbeKind.INFERENCE))
+    ttft = inference.ttft_ewma if inference else None
+    queue = fresh_metrics.queue_depth if fresh_metrics else None
+    kv = fresh_metrics.kv_cache_usage if fresh_metrics else None
+    if State.UNHEALTHY in verdicts:
+        overall = State.UNHEALTHY
+    elif State.UNKNOWN in verdicts:
+        overall = State.UNKNOWN
+    else:
+        overall = State.HEALTHY
+    value = score(settings, ttft, queue, kv) if overall is State.HEALTHY else 0.0
+    return RegionHealth(region, overall, value, since, tuple(reasons), last_seen, ttft, queue, kv)
+
+
+def health_view(state: TrackerState, policy: Policy, now: float) -> HealthView:
+    return HealthView(
+        at=now,
+        regions=MappingProxyType({r.name: region_health(state, policy, r.name, now) for r in policy.regions}),
+    )
+
+
+def is_transitioning(state: TrackerState, region: str, kind: ProbeKind) -> bool:
+    kh = state.kinds.get((region, kind))
+    return kh is None or kh.transitioning

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import pytest
+
+from controlplane.engine import decide, largest_remainder
+from controlplane.overrides import Override, OverrideAction
+from controlplane.plan import GroupMode
+from probes.health import State
+from tests.unit.builders import REGIONS, all_healthy, policy, view
+
+H, U, K = State.HEALTHY, State.UNHEALTHY, State.UNKNOWN
+NOW = 1000.0
+
+
+def weights(plan, group="global"):
+    g = plan.group("chat", group)
+    assert g is not None
+    return g.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("states", "expected_global", "expected_eu"),
+    [
+        (
+            (H, H, H, H),
+            {"us-east": 25, "us-west": 25, "eu-west": 25, "eu-central": 25},
+            {"eu-west": 50, "eu-central": 50},
+        ),
+        (
+            (U, H, H, H),
+            {"us-east": 0, "us-west": 33, "eu-west": 33, "eu-central": 34},
+            {"eu-west": 50, "eu-central": 50},
+        ),
+        (
+            (H, H, U, K),
+            {"us-east": 50, "us-west": 50, "eu-west": 0, "eu-central": 0},
+            {"eu-west": 0, "eu-central": 0},
+        ),
+        (
+            (H, H, H, U),
+            {"us-east": 33, "us-west": 33, "eu-west": 34, "eu-central": 0},
+            {"eu-west": 100, "eu-central": 0},
+        ),
+    ],
+)
+def test_active_active_table(states, expected_global, expected_eu):
+    plan = decide(policy(), view(dict(zip(REGIONS, states, strict=True))), None, NOW)
+    assert weights(plan) == expected_global
+    assert weights(plan, "eu") == expected_eu
+
+
+def test_eu_fails_closed_rather_than_leave_eu_when_both_eu_regions_die():
+    plan = decide(
+        policy(when_all_down="fail-open"),
+        view({"us-east": H, "us-west": H, "eu-west": U, "eu-central": U}),
+        None,
+        NOW,
+    )
+    eu = plan.group("chat", "eu")
+    assert eu is not None and eu.mode is GroupMode.FAIL_OPEN
+    assert set(eu.as_dict()) == {"eu-west", "eu-central"}, "fail-open stays inside the jurisdiction"
+    closed = decide(policy(), view({"us-east": H, "us-west": H, "eu-west": U, "eu-central": U}), None, NOW)
+    eu = closed.group("chat", "eu")
+    assert eu is not None and eu.mode is GroupMode.FAIL_CLOSED and sum(eu.as_dict().values()) == 0
+
+
+def test_capacity_and_score_weight_active_active():
+    p = policy()
+    plan = decide(
+        p, view({"us-east": (H, 1.0), "us-west": (H, 0.5), "eu-west": U, "eu-central": U}), None, NOW
+    )
+    assert weights(plan) == {"us-east": 67, "us-west": 33, "eu-west": 0, "eu-central": 0}
+
+
+def test_damping_bounds_a_live_shift_but_a_dead_region_leaves_at_once():
+    p = policy(max_shift=10)
+    first = decide(
+        p, view({"us-east": (H, 1.0), "us-west": (H, 1.0), "eu-west": U, "eu-central": U}), None, NOW
+    )
+    assert weights(first)["us-east"] == 50
+    slow = decide(
+        p, view({"us-east": (H, 0.1), "us-west": (H, 1.0), "eu-west": U, "eu-central": U}), first, NOW + 1
+    )
+    assert weights(slow)["us-east"] == 40 and weights(slow)["us-west"] == 60
+    assert "damped" in next(w.reason for w in slow.group("chat", "global").weights if w.region == "us-east")
+    dead = decide(p, view({"us-east": U, "us-west": (H, 1.0), "eu-west": U, "eu-central": U}), slow, NOW + 2)
+    assert weights(dead) == {"us-east": 0, "us-west": 100, "eu-west": 0, "eu-central": 0}
+
+
+def test_slow_start_ramps_a_recovered_region():
+    p = policy(slow_start=10, max_shift=100)
+    states = {"us-east": H, "us-west": H, "eu-west": U, "eu-central": U}
+    recovered = view(states, since=NOW - 1)  # both recovered 1 s ago: equal ramps cancel out
+    assert weights(decide(p, recovered, None, NOW))["us-east"] == 50
+    mixed = view(states)
+    mixed = type(mixed)(
+        mixed.at,
+        {**mixed.regions, "us-east": mixed.regions["us-east"].__class__("us-east", H, 1.0, NOW - 2.5, ())},
+    )
+    w = weights(decide(p, mixed, None, NOW))
+    assert w["us-east"] == 20 and w["us-west"] == 80  # 25 % ramp: 25 / (25 + 100)
+
+
+def test_active_passive_priority_and_trickle():
+    p = policy(mode="active-passive", trickle=5)
+    plan = decide(p, all_healthy(), None, NOW)
+    assert weights(plan) == {"us-east": 95, "us-west": 5, "eu-west": 0, "eu-central": 0}
+    assert weights(plan, "eu") == {"eu-west": 95, "eu-central": 5}
+    failed = decide(p, view({"us-east": U, "us-west": H, "eu-west": H, "eu-central": H}), plan, NOW + 1)
+    assert weights(failed) == {"us-east": 0, "us-west": 95, "eu-west": 5, "eu-central": 0}
+
+
+def test_drain_override_moves_traffic_away_and_expires():
+    p = policy(max_shift=100)
+    drain = Override("us-east", OverrideAction.DRAIN, until=NOW + 60, reason="maintenance")
+    plan = decide(p, all_healthy(), None, NOW, [drain])
+    assert weights(plan)["us-east"] == 0
+    assert "maintenance" in next(
+        w.reason for w in plan.group("chat", "global").weights if w.region == "us-east"
+    )
+    assert weights(decide(p, all_healthy(), None, NOW + 61, [drain]))["us-east"] == 25
+
+
+def test_drain_of_the_last_healthy_region_is_refused():
+    drains = [Override(r, OverrideAction.DRAIN, until=NOW + 60) for r in ("eu-west", "eu-central")]
+    plan = decide(policy(), all_healthy(), None, NOW, drains)
+    assert weights(plan, "eu") == {"eu-west": 50, "eu-central": 50}
+    assert "drain refused" in plan.group("chat", "eu").weights[0].reason
+
+
+def test_weight_override_replaces_capacity():
+    pin = Override("us-east", OverrideAction.WEIGHT, until=NOW + 60, weight=300)
+    w = weights(decide(policy(), all_healthy(), None, NOW, [pin]))
+    assert w == {"us-east": 50, "us-west": 16, "eu-west": 17, "eu-central": 17}
+
+
+def test_freeze_keeps_last_good_and_fail_closed_without_one():
+    p = policy(when_all_down="freeze")
+    good = decide(p, all_healthy(), None, NOW)
+    down = view(dict.fromkeys(REGIONS, U))
+    frozen = decide(p, down, good, NOW + 1)
+    assert frozen.group("chat", "global").mode is GroupMode.FROZEN
+    assert weights(frozen) == weights(good)
+    cold = decide(p, down, None, NOW)
+    assert cold.group("chat", "global").mode is GroupMode.FAIL_CLOSED
+
+
+def test_decide_is_deterministic():
+    p = policy()
+    v = view({"us-east": (H, 0.3), "us-west": H, "eu-west": K, "eu-central": (H, 0.7)})
+    assert decide(p, v, None, NOW) == decide(p, v, None, NOW)
+
+
+@pytest.mark.parametrize(
+    ("shares", "expected"),
+    [
+        ({"a": 33.3, "b": 33.3, "c": 33.4}, {"a": 33, "b": 33, "c": 34}),
+        ({"a": 100.0}, {"a": 100}),
+        ({"a": 50.5, "b": 49.5}, {"a": 51, "b": 49}),
+    ],
+)
+def test_largest_remainder(shares, expected):
+    # Ties go to the alphabetically first region, so a plan never flips between equal choices.
+    assert largest_remainder(shares) == expected
