@@ -1,0 +1,261 @@
+"""Admin HTTP API: health, readiness, status, Prometheus metrics, and token-guarded overrides."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controlplane.overrides import Override, OverrideAction
+
+if TYPE_CHECKING:
+    from controlplane.daemon import Daemon
+
+MAX_OVERRIDE_SECONDS = 7 * 24 * 3600
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+REGISTRY_KEY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+STATE_VALUE = {"healthy": 1.0, "unknown": 0.5, "unhealthy": 0.0}
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    view = daemon.health()
+    services: dict[str, dict[str, Any]] = {}
+    for g in daemon.plan or ():
+        services.setdefault(g.service, {})[g.group] = {
+            "mode": g.mode.value,
+            "weights": {w.region: {"weight": w.weight, "reason": w.reason} for w in g.weights},
+        }
+    return {
+        "ready": daemon.ready,
+        "dry_run": daemon.config.dry_run,
+        "started_at": daemon.started_at,
+        "policy": str(daemon.config.policy_path),
+        "last_change": daemon.last_change,
+        "regions": {
+            r.name: {
+                "state": view.get(r.name).state.value,
+                "score": view.get(r.name).score,
+                "reasons": list(view.get(r.name).reasons),
+                "jurisdiction": r.jurisdiction,
+                "endpoint": r.endpoint,
+                "ttft_s": view.get(r.name).ttft_s,
+                "queue_depth": view.get(r.name).queue_depth,
+                "kv_cache_usage": view.get(r.name).kv_cache_usage,
+                "last_observed": view.get(r.name).last_observed,
+            }
+            for r in daemon.policy.regions
+        },
+        "services": services,
+        "overrides": [o.to_json() for o in daemon.overrides if o.until > time.time()],
+        "providers": {
+            name: {
+                "applies": s.applies,
+                "changes": s.changes,
+                "errors": s.errors,
+                "consecutive_errors": s.consecutive_errors,
+                "last_error": s.last_error,
+            }
+            for name, s in daemon.reconciler.stats.items()
+        },
+    }
+
+
+class PlaneCollector(Collector):
+    """Reads the daemon's state at scrape time, so nothing is counted twice or kept in globals."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.daemon
+        view = d.health()
+        health = GaugeMetricFamily(
+            "controlplane_region_health", "1 healthy, 0.5 unknown, 0 unhealthy", labels=["region"]
+        )
+        score = GaugeMetricFamily(
+            "controlplane_region_score", "Health score 0..1 (latency and load headroom)", labels=["region"]
+        )
+        for r in d.policy.regions:
+            h = view.get(r.name)
+            health.add_metric([r.name], STATE_VALUE[h.state.value])
+            score.add_metric([r.name], h.score)
+        weight = GaugeMetricFamily(
+            "controlplane_weight_percent", "Planned traffic share", labels=["service", "group", "region"]
+        )
+        for g in d.plan or ():
+            for w in g.weights:
+                weight.add_metric([g.service, g.group, w.region], w.weight)
+        obs = CounterMetricFamily(
+            "controlplane_probe_results", "Probe results", labels=["region", "kind", "ok"]
+        )
+        for (region, kind, ok), n in sorted(d.counters.observations.items()):
+            obs.add_metric([region, kind, str(ok).lower()], n)
+        errors = CounterMetricFamily(
+            "controlplane_provider_errors", "Failed reconciles per provider", labels=["provider"]
+        )
+        applies = CounterMetricFamily(
+            "controlplane_provider_applies", "Applied change sets", labels=["provider"]
+        )
+        for name, s in d.reconciler.stats.items():
+            errors.add_metric([name], s.errors)
+            applies.add_metric([name], s.applies)
+        yield from (health, score, weight, obs, errors, applies)
+        yield CounterMetricFamily(
+            "controlplane_plan_changes", "Plans that changed a weight", value=d.counters.plan_changes
+        )
+        yield CounterMetricFamily("controlplane_reconciles", "Reconcile steps", value=d.counters.reconciles)
+        yield CounterMetricFamily(
+            "controlplane_policy_reloads_rejected",
+            "Invalid policy edits refused",
+            value=d.counters.reloads_rejected,
+        )
+        yield CounterMetricFamily(
+            "controlplane_residency_blocks",
+            "Plans refused by the residency gate",
+            value=d.counters.residency_blocks,
+        )
+        yield GaugeMetricFamily(
+            "controlplane_ready", "1 once the first probe round completed", value=float(d.ready)
+        )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method in ("GET", "HEAD"):
+        return await handler(request)  # type: ignore[no-any-return]
+    token = request.app[DAEMON_KEY].config.token
+    if not token:
+        return _error(403, "changes are disabled: the daemon has no admin token (set CONTROLPLANE_TOKEN)")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(401, "missing or wrong bearer token")
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+def _parse_override(body: Any, daemon: Daemon, now: float) -> Override:
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    allowed = {"region", "action", "duration", "service", "weight", "reason"}
+    if unknown := set(body) - allowed:
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    regions = {r.name for r in daemon.policy.regions}
+    if body.get("region") not in regions:
+        raise ValueError(f"region: must be one of {sorted(regions)}, got {body.get('region')!r}")
+    try:
+        action = OverrideAction(body.get("action", "drain"))
+    except ValueError:
+        raise ValueError(
+            f"action: must be one of {[a.value for a in OverrideAction]}, got {body.get('action')!r}"
+        ) from None
+    duration = body.get("duration")
+    if (
+        not isinstance(duration, int | float)
+        or isinstance(duration, bool)
+        or not 0 < duration <= MAX_OVERRIDE_SECONDS
+    ):
+        raise ValueError(
+            f"duration: seconds, more than 0 and at most {MAX_OVERRIDE_SECONDS}, got {duration!r}"
+        )
+    service = body.get("service")
+    if service is not None and service not in {s.name for s in daemon.policy.services}:
+        raise ValueError(f"service: unknown service {service!r}")
+    weight = body.get("weight")
+    if action is OverrideAction.WEIGHT and (
+        not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1_000_000
+    ):
+        raise ValueError(f"weight: an integer 0..1000000 is required for action=weight, got {weight!r}")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise ValueError("reason: a string of at most 500 characters")
+    return Override(
+        region=body["region"],
+        action=action,
+        until=now + float(duration),
+        service=service,
+        weight=weight if action is OverrideAction.WEIGHT else None,
+        reason=reason,
+        created_at=now,
+        author="api",
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready = request.app[DAEMON_KEY].ready
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(status(request.app[DAEMON_KEY]), dumps=lambda o: json.dumps(o, default=str))
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _list_overrides(request: web.Request) -> web.Response:
+    now = time.time()
+    return web.json_response([o.to_json() for o in request.app[DAEMON_KEY].overrides if o.until > now])
+
+
+async def _add_override(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "body must be JSON")
+    try:
+        override = _parse_override(body, daemon, time.time())
+    except ValueError as exc:
+        return _error(400, str(exc))
+    await daemon.add_override(override)
+    return web.json_response(override.to_json(), status=201)
+
+
+async def _delete_overrides(request: web.Request) -> web.Response:
+    region = request.match_info["region"]
+    removed = await request.app[DAEMON_KEY].remove_overrides(region, request.query.get("service"))
+    return web.json_response({"removed": removed}, status=200 if removed else 404)
+
+
+def create_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app[DAEMON_KEY] = daemon
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PlaneCollector(daemon))
+    app[REGISTRY_KEY] = registry
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/overrides", _list_overrides)
+    app.router.add_post("/overrides", _add_override)
+    app.router.add_delete("/overrides/{region}", _delete_overrides)
+    return app
+
+
+async def serve(daemon: Daemon, host: str, port: int) -> None:
+    """Serve until cancelled."""
+    runner = web.AppRunner(create_app(daemon), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
