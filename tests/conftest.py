@@ -17,3 +17,14 @@ def require_binary(name: str) -> str:
             pytest.fail(f"CI=true but {message}")
         pytest.skip(message)
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true nothing may be skipped: CI installs every binary the tests need."""
+    if os.environ.get("CI") != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,176 @@
+"""The `controlplane` command: run | demo | validate | plan | status | schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
+
+log = logging.getLogger("controlplane")
+
+
+def _setup_logging(level: str, path: Path | None = None) -> None:
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _token() -> str | None:
+    token = os.environ.get("CONTROLPLANE_TOKEN", "").strip()
+    file = os.environ.get("CONTROLPLANE_TOKEN_FILE")
+    if not token and file:
+        token = Path(file).read_text(encoding="utf-8").strip()
+    return token or None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    problems = validate_files(args.files)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{len(args.files)} policy file(s) valid")
+    return 1 if problems else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controlplane.api import serve
+    from controlplane.daemon import Daemon, DaemonConfig
+    from controlplane.providers.factory import build_providers
+    from controlplane.telemetry import setup_tracing
+
+    _setup_logging(args.log_level)
+    setup_tracing()
+    policy = load_policy(args.policy)
+    config = DaemonConfig(
+        policy_path=Path(args.policy),
+        state_dir=Path(args.state_dir),
+        api_host=args.api_host,
+        api_port=args.api_port,
+        token=_token(),
+        dry_run=args.dry_run,
+    )
+    if config.token is None:
+        log.warning("no CONTROLPLANE_TOKEN set: the admin API is read-only")
+
+    async def main() -> None:
+        daemon = Daemon(config, policy, build_providers)
+        await daemon.run([("api", partial(serve, daemon, config.api_host, config.api_port))])
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from controlplane.oneshot import plan_once
+
+    policy = load_policy(args.policy)
+    outcomes, plan = asyncio.run(plan_once(policy, Path(args.state_dir)))
+    if args.json:
+        print(
+            json.dumps(
+                {"plan": plan.to_json(), "changes": [o.changes.to_json() | {"error": o.error} for o in outcomes]},
+                indent=2,
+                sort_keys=True,
+            )
+        )
+    else:
+        for g in plan:
+            weights = ", ".join(f"{w.region}={w.weight}" for w in g.weights)
+            print(f"{g.service} [{g.group}] {g.mode.value}: {weights}")
+        for o in outcomes:
+            print(o.changes.render_text() + (f"\n  ! could not read current state: {o.error}" if o.error else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with urllib.request.urlopen(f"{args.api.rstrip('/')}/status", timeout=5) as response:
+            data = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"controlplane: cannot reach the daemon at {args.api}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
+    print(f"ready: {data['ready']}  last change: {data['last_change']}")
+    for name, r in data["regions"].items():
+        print(f"  {name:<12} {r['state']:<10} score {r['score']:.2f}  {'; '.join(r['reasons'])}")
+    for service, groups in data["services"].items():
+        for group, g in groups.items():
+            weights = ", ".join(f"{region}={w['weight']}" for region, w in g["weights"].items())
+            print(f"  {service} [{group}] {g['mode']}: {weights}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controlplane.demo import run_demo
+
+    return asyncio.run(run_demo(Path(args.policy), Path(args.state_dir), view=not args.no_view, haproxy=not args.no_haproxy))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check policy files; FILE:LINE:COL: message per problem")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="print the policy JSON Schema")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--state-dir", default="state")
+    p.add_argument("--api-host", default="127.0.0.1")
+    p.add_argument("--api-port", type=int, default=8080)
+    p.add_argument("--dry-run", action="store_true", help="decide and diff, never apply")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("plan", help="probe once, decide, and print the change set without applying")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--state-dir", default="state", help="where the daemon keeps its last plan")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("status", help="show a running daemon's regions and weights")
+    p.add_argument("--api", default="http://127.0.0.1:8080")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="the whole stack on loopback: 4 regions, DNS, HAProxy, daemon, live view")
+    p.add_argument("--policy", default=str(Path(__file__).resolve().parent.parent / "policies" / "demo.yaml"))
+    p.add_argument("--state-dir", default="state/demo")
+    p.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
+    p.add_argument("--no-haproxy", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

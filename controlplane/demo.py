@@ -1,0 +1,159 @@
+"""The demo stack on loopback: simulated regions, HAProxy, the daemon with DNS and admin API, a live view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from chaos.simregion import SimRegion
+from controlplane.api import serve
+from controlplane.daemon import Daemon, DaemonConfig
+from controlplane.haproxy_process import HaproxyProcess, haproxy_available, render_config
+from controlplane.policy import Policy, load_policy
+from controlplane.providers.factory import build_providers
+from controlplane.telemetry import setup_tracing
+
+log = logging.getLogger(__name__)
+HAPROXY_FRONTEND = "127.0.0.1:9000"
+STATE_STYLE = {"healthy": "green", "unhealthy": "bold red", "unknown": "yellow"}
+
+
+def guide(policy: Policy, state_dir: Path, token: str, with_haproxy: bool) -> str:
+    dns = policy.providers.localdns
+    service = policy.services[0]
+    at = f"@{dns.listen} -p {dns.port}" if dns else ""
+    first = policy.regions[0]
+    control = f"{urlsplit(first.endpoint).hostname}:8001"
+    lines = [
+        "Ask the embedded DNS (global client, then an EU client by source address and by EDNS client subnet):",
+        f"  dig {at} {service.dns_name} +short",
+        f"  dig {at} -b 127.0.1.5 {service.dns_name} +short",
+        f"  dig {at} +subnet=127.0.1.0/24 {service.dns_name} +short",
+        f"Break a region (modes: ok down hang slow errors wrong_model), e.g. {first.name}:",
+        f"  curl -s -XPOST {control}/fault -d '{{\"mode\": \"down\"}}'",
+        f"  curl -s -XPOST {control}/fault -d '{{\"mode\": \"ok\"}}'",
+        "Drain a region for 60 s through the admin API:",
+        f"  curl -s -XPOST -H 'Authorization: Bearer {token}' 127.0.0.1:8080/overrides "
+        '-d \'{"region": "eu-west", "action": "drain", "duration": 60}\'',
+        "  curl -s 127.0.0.1:8080/status",
+    ]
+    if with_haproxy:
+        lines += ["Through HAProxy:", f"  curl -s {HAPROXY_FRONTEND}/v1/models"]
+    lines += [f"Audit log: {state_dir / 'audit.jsonl'}   daemon log: {state_dir / 'daemon.log'}   Ctrl-C stops."]
+    return "\n".join(lines)
+
+
+def render_view(daemon: Daemon) -> Table:
+    view = daemon.health()
+    groups = [g for g in daemon.plan or () if g.service == daemon.policy.services[0].name]
+    table = Table(title=f"regions - {'ready' if daemon.ready else 'waiting for the first probe round'}", expand=True)
+    for column in ("region", "jurisdiction", "state", "score", "ttft ms", "queue", "kv %"):
+        table.add_column(column)
+    for g in groups:
+        table.add_column(f"{g.group} % ({g.mode.value})", justify="right")
+    for region in daemon.policy.regions:
+        h = view.get(region.name)
+        table.add_row(
+            region.name,
+            region.jurisdiction,
+            Text(h.state.value, style=STATE_STYLE[h.state.value]),
+            f"{h.score:.2f}",
+            f"{h.ttft_s * 1000:.0f}" if h.ttft_s is not None else "-",
+            f"{h.queue_depth:.0f}" if h.queue_depth is not None else "-",
+            f"{h.kv_cache_usage * 100:.0f}" if h.kv_cache_usage is not None else "-",
+            *(str(g.weight(region.name)) if region.name in g.as_dict() else "-" for g in groups),
+        )
+    return table
+
+
+async def _live_view(daemon: Daemon, text: str) -> None:
+    with Live(refresh_per_second=4, screen=False, transient=False) as live:
+        while True:
+            live.update(Group(render_view(daemon), Panel(text, title="try this")))
+            await asyncio.sleep(0.25)
+
+
+async def _plain_view(daemon: Daemon, text: str) -> None:
+    print(text, flush=True)
+    last: object = None
+    while True:
+        current = [(g.group, g.mode.value, g.as_dict()) for g in daemon.plan or ()]
+        if current != last:
+            last = current
+            for group, mode, weights in current:
+                print(f"[{group}] {mode}: {weights}", flush=True)
+        await asyncio.sleep(0.25)
+
+
+@asynccontextmanager
+async def regions(policy: Policy) -> AsyncIterator[list[SimRegion]]:
+    sims = []
+    for region in policy.regions:
+        parts = urlsplit(region.endpoint)
+        sims.append(
+            SimRegion(
+                region.name,
+                parts.hostname or "127.0.0.1",
+                port=parts.port or 8000,
+                model=region.model or policy.probes.inference.model or "demo-llm",
+            )
+        )
+    try:
+        for sim in sims:
+            await sim.start()
+        yield sims
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+async def run_demo(policy_path: Path, state_dir: Path, *, view: bool = True, haproxy: bool = True) -> int:
+    policy = load_policy(policy_path)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = os.environ.get("CONTROLPLANE_TOKEN") or secrets.token_urlsafe(16)
+    (state_dir / "token").write_text(token + "\n", encoding="utf-8")
+    (state_dir / "token").chmod(0o600)
+    root = logging.getLogger()
+    handler = logging.FileHandler(state_dir / "daemon.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    setup_tracing()
+    use_haproxy = haproxy and policy.providers.haproxy is not None and haproxy_available()
+    if haproxy and policy.providers.haproxy is not None and not use_haproxy:
+        print("haproxy is not installed: running without it (apt-get install haproxy)", file=sys.stderr)
+    config = DaemonConfig(policy_path=policy_path, state_dir=state_dir, token=token)
+    disabled = () if use_haproxy else ("haproxy",)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(regions(policy))
+        if use_haproxy:
+            hap = policy.providers.haproxy
+            assert hap is not None
+            proc = HaproxyProcess(render_config(policy, frontend=HAPROXY_FRONTEND, stats=hap.socket))
+            await proc.start()
+            stack.push_async_callback(proc.stop)
+        daemon = Daemon(config, policy, partial(build_providers, disabled=disabled))
+        text = guide(policy, state_dir, token, use_haproxy)
+        shown = _live_view if view and sys.stdout.isatty() else _plain_view
+        await daemon.run(
+            [
+                ("api", partial(serve, daemon, config.api_host, config.api_port)),
+                ("view", partial(shown, daemon, text)),
+            ]
+        )
+    return 0

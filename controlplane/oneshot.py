@@ -1,0 +1,55 @@
+"""One probe round and one decision outside the daemon: what `controlplane plan` shows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from controlplane.engine import decide
+from controlplane.plan import RoutingPlan
+from controlplane.policy import Policy
+from controlplane.providers.factory import build_providers
+from controlplane.reconciler import Outcome, Reconciler
+from controlplane.state import StateStore
+from probes.health import TrackerState, health_view, record
+from probes.observation import Observation
+from probes.scheduler import ProbeScheduler
+
+
+async def observe_once(policy: Policy) -> TrackerState:
+    """Probe every region with every enabled kind once (bounded by the slowest probe's timeout)."""
+    tracker = TrackerState()
+
+    def sink(obs: Observation) -> None:
+        nonlocal tracker
+        tracker = record(tracker, (obs,), policy.health)
+
+    scheduler = ProbeScheduler(policy, sink=sink, is_transitioning=lambda region, kind: False)
+    task = asyncio.create_task(scheduler.run())
+    budget = max(policy.probes.timeout, policy.probes.inference.timeout) + policy.probes.interval + 1.0
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(budget):
+                await scheduler.first_round.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await scheduler.close()
+    return tracker
+
+
+async def plan_once(policy: Policy, state_dir: Path) -> tuple[list[Outcome], RoutingPlan]:
+    tracker = await observe_once(policy)
+    persisted = StateStore(state_dir).load()
+    now = time.time()
+    plan = decide(policy, health_view(tracker, policy, now), persisted.plan, now, persisted.overrides)
+    providers = build_providers(policy)
+    try:
+        outcomes = await Reconciler(list(providers), attempts=1).reconcile(policy, plan, dry_run=True)
+    finally:
+        for provider in providers:
+            await provider.close()
+    return outcomes, plan

@@ -1,0 +1,28 @@
+"""Which providers a policy asks for, built and ready to start."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from controlplane.policy import Policy
+
+if TYPE_CHECKING:
+    from controlplane.daemon import ManagedProvider
+
+
+def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[ManagedProvider]:
+    # Imported here so a policy without HAProxy never imports its provider, and to keep start-up lean.
+    from controlplane.providers.haproxy import HaproxyProvider
+    from controlplane.providers.localdns import LocalDnsProvider
+    from controlplane.providers.memory import MemoryProvider
+
+    settings = policy.providers
+    providers: list[ManagedProvider] = []
+    if settings.localdns is not None and settings.localdns.enabled and "localdns" not in disabled:
+        providers.append(LocalDnsProvider(policy))
+    if settings.haproxy is not None and settings.haproxy.enabled and "haproxy" not in disabled:
+        providers.append(HaproxyProvider(policy))
+    if settings.memory and "memory" not in disabled:
+        providers.append(MemoryProvider(policy))
+    return providers

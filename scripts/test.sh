@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh Debian machine (Python 3.11+), then lint, type-check and test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "note: ${missing[*]} not installed; tests needing them will be skipped (sudo apt-get install ${missing[*]})" >&2
+  fi
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+python3 -m ruff check .
+python3 -m ruff format --check .
+python3 -m mypy
+python3 -m pytest -q "$@"
