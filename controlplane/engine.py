@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane.overrides import Override, OverrideAction
@@ -16,18 +16,53 @@ TOTAL = 100
 
 @dataclass(frozen=True, slots=True)
 class _Candidate:
+    name: str
     region: Region
     health: RegionHealth
+    healthy: bool
     drained: Override | None
     pinned: Override | None
+    down_reason: str
 
-    @property
-    def name(self) -> str:
-        return self.region.name
 
-    @property
-    def healthy(self) -> bool:
-        return self.health.state is State.HEALTHY
+class _Facts:
+    """Per-call memo of what does not depend on the (service, group): with 1,000 services over the same
+    regions, every region's health and overrides, and most target splits, are worked out once."""
+
+    def __init__(self, health: HealthView, overrides: Sequence[Override], now: float) -> None:
+        self.health = health
+        self.overrides = overrides
+        self.now = now
+        self._scoped = any(o.service is not None for o in overrides)
+        self._candidates: dict[tuple[str, str], _Candidate] = {}
+        self._targets: dict[tuple[object, ...], tuple[dict[str, float], dict[str, str]]] = {}
+        self.weighings: dict[tuple[object, ...], Weighing] = {}
+
+    def candidate(self, service: str, region: Region) -> _Candidate:
+        key = (service if self._scoped else "", region.name)
+        found = self._candidates.get(key)
+        if found is None:
+            h = self.health.get(region.name)
+            drained = pinned = None
+            for o in self.overrides:
+                if o.applies(service, region.name, self.now):
+                    if o.action is OverrideAction.DRAIN:
+                        drained = drained or o
+                    else:
+                        pinned = pinned or o
+            down = f"{h.state}: " + ("; ".join(h.reasons) or "not healthy")
+            found = _Candidate(region.name, region, h, h.state is State.HEALTHY, drained, pinned, down)
+            self._candidates[key] = found
+        return found
+
+    def targets(
+        self, service: Service, live: Sequence[_Candidate]
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        key = (service.mode, service.slow_start, service.trickle, *(id(c) for c in live))
+        found = self._targets.get(key)
+        if found is None:
+            found = self._targets[key] = _targets(service, live, self.now)
+        return dict(found[0]), dict(found[1])
 
 
 def largest_remainder(shares: Mapping[str, float], total: int = TOTAL) -> dict[str, int]:
@@ -99,7 +134,7 @@ def _damp(
 ) -> tuple[dict[str, float], set[str]]:
     """Move from the previous weights toward the target by at most max_shift per region, except that dead
     regions drop to zero at once and their weight goes straight to the live ones."""
-    gone = dead | (previous.keys() - target.keys())
+    gone = dead | {r for r in previous if r not in target}
     freed = sum(previous[r] for r in gone if r in previous)
     start = {r: (0.0 if r in gone else float(previous.get(r, 0))) + freed * target[r] / TOTAL for r in target}
     delta = {r: target[r] - start[r] for r in target}
@@ -111,88 +146,48 @@ def _damp(
     return moved, {r for r in target if abs(moved[r] - target[r]) > 1e-9}
 
 
-def _all_down(
-    service: Service,
-    group: ClientGroup,
-    candidates: Sequence[_Candidate],
-    previous: GroupPlan | None,
-) -> GroupPlan:
+Weighing = tuple[GroupMode, tuple[RouteWeight, ...]]
+
+
+def _all_down(service: Service, candidates: Sequence[_Candidate], previous: GroupPlan | None) -> Weighing:
     down = "; ".join(f"{c.name}: {c.health.state}" for c in candidates)
     choice = service.when_all_down
-    if choice is AllDown.FREEZE and previous is not None and any(w.weight for w in previous.weights):
+    if choice is AllDown.FREEZE and previous is not None:
         names = {c.name for c in candidates}
         kept = {w.region: float(w.weight) for w in previous.weights if w.region in names and w.weight}
         if kept:
             weights = largest_remainder(_normalise(kept))
-            return GroupPlan(
-                service.name,
-                group.name,
-                GroupMode.FROZEN,
-                tuple(
-                    RouteWeight(
-                        c.name, weights.get(c.name, 0), f"frozen at last good plan; all down ({down})"
-                    )
-                    for c in candidates
-                ),
+            why = f"frozen at last good plan; all down ({down})"
+            return GroupMode.FROZEN, tuple(
+                RouteWeight(c.name, weights.get(c.name, 0), why) for c in candidates
             )
     if choice is AllDown.FAIL_OPEN:
         weights = largest_remainder(_normalise({c.name: float(c.region.capacity) for c in candidates}))
-        return GroupPlan(
-            service.name,
-            group.name,
-            GroupMode.FAIL_OPEN,
-            tuple(RouteWeight(c.name, weights[c.name], f"fail-open: all down ({down})") for c in candidates),
-        )
+        why = f"fail-open: all down ({down})"
+        return GroupMode.FAIL_OPEN, tuple(RouteWeight(c.name, weights[c.name], why) for c in candidates)
     why = "fail-closed" if choice is AllDown.FAIL_CLOSED else "freeze with no last good plan: fail-closed"
-    return GroupPlan(
-        service.name,
-        group.name,
-        GroupMode.FAIL_CLOSED,
-        tuple(RouteWeight(c.name, 0, f"{why}: all down ({down})") for c in candidates),
+    return GroupMode.FAIL_CLOSED, tuple(
+        RouteWeight(c.name, 0, f"{why}: all down ({down})") for c in candidates
     )
 
 
-def _find(
-    overrides: Iterable[Override], service: str, region: str, now: float, action: OverrideAction
-) -> Override | None:
-    return next((o for o in overrides if o.action is action and o.applies(service, region, now)), None)
-
-
-def decide_group(
-    policy: Policy,
-    service: Service,
-    group: ClientGroup,
-    health: HealthView,
-    previous: GroupPlan | None,
-    now: float,
-    overrides: Sequence[Override] = (),
-) -> GroupPlan:
-    allowed = policy.allowed_regions(service, group)
-    if not allowed:
-        return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, ())
-    candidates = [
-        _Candidate(
-            r,
-            health.get(r.name),
-            _find(overrides, service.name, r.name, now, OverrideAction.DRAIN),
-            _find(overrides, service.name, r.name, now, OverrideAction.WEIGHT),
-        )
-        for r in allowed
-    ]
+def _weigh(
+    service: Service, candidates: Sequence[_Candidate], previous: GroupPlan | None, facts: _Facts
+) -> Weighing:
     healthy = [c for c in candidates if c.healthy]
     if not healthy:
-        return _all_down(service, group, candidates, previous)
+        return _all_down(service, candidates, previous)
     live = [c for c in healthy if c.drained is None]
     drain_refused = not live
     if drain_refused:
         # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
         live = healthy
-    target, reasons = _targets(service, live, now)
+    target, reasons = facts.targets(service, live)
     for c in candidates:
         if c.name not in target:
             target[c.name] = 0.0
             if not c.healthy:
-                reasons[c.name] = f"{c.health.state}: " + ("; ".join(c.health.reasons) or "not healthy")
+                reasons[c.name] = c.down_reason
             elif c.drained is not None:
                 reasons[c.name] = f"drained by override until {c.drained.until:.0f}" + (
                     f" ({c.drained.reason})" if c.drained.reason else ""
@@ -212,12 +207,31 @@ def decide_group(
     weights = largest_remainder(shares)
     for name in damped:
         reasons[name] += f"; damped toward {target[name]:.0f} (max shift {service.max_shift})"
-    return GroupPlan(
-        service.name,
-        group.name,
-        GroupMode.NORMAL,
-        tuple(RouteWeight(c.name, weights[c.name], reasons[c.name]) for c in candidates),
+    return GroupMode.NORMAL, tuple(RouteWeight(c.name, weights[c.name], reasons[c.name]) for c in candidates)
+
+
+def _decide_group(
+    policy: Policy, service: Service, group: ClientGroup, facts: _Facts, previous: GroupPlan | None
+) -> GroupPlan:
+    allowed = policy.allowed_regions(service, group)
+    if not allowed:
+        return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, ())
+    candidates = [facts.candidate(service.name, r) for r in allowed]
+    # Services with the same settings, regions and last weights get the same answer: weigh once per call.
+    key = (
+        service.mode,
+        service.max_shift,
+        service.slow_start,
+        service.trickle,
+        service.when_all_down,
+        *(id(c) for c in candidates),
+        previous.mode if previous else None,
+        tuple((w.region, w.weight) for w in previous.weights) if previous else None,
     )
+    weighing = facts.weighings.get(key)
+    if weighing is None:
+        weighing = facts.weighings[key] = _weigh(service, candidates, previous, facts)
+    return GroupPlan(service.name, group.name, *weighing)
 
 
 def decide(
@@ -228,16 +242,10 @@ def decide(
     overrides: Sequence[Override] = (),
 ) -> RoutingPlan:
     """Weights per (service, client group, region). Same inputs, same plan: no I/O, no clock."""
+    before = {(g.service, g.group): g for g in previous or ()}
+    facts = _Facts(health, tuple(o for o in overrides if now < o.until), now)
     groups = tuple(
-        decide_group(
-            policy,
-            service,
-            group,
-            health,
-            previous.group(service.name, group.name) if previous is not None else None,
-            now,
-            overrides,
-        )
+        _decide_group(policy, service, group, facts, before.get((service.name, group.name)))
         for service in policy.services
         for group in policy.client_groups
     )

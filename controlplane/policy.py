@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -191,8 +192,12 @@ class Policy(_Frozen):
     health: HealthSettings = HealthSettings()
     providers: Providers = Providers()
 
+    @cached_property
+    def _regions_by_name(self) -> dict[str, Region]:
+        return {r.name: r for r in self.regions}
+
     def region(self, name: str) -> Region:
-        return next(r for r in self.regions if r.name == name)
+        return self._regions_by_name[name]
 
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
@@ -200,10 +205,20 @@ class Policy(_Frozen):
     def client_group(self, name: str) -> ClientGroup:
         return next(g for g in self.client_groups if g.name == name)
 
+    @cached_property
+    def _allowed(self) -> dict[tuple[str, str], tuple[Region, ...]]:
+        by_name = self._regions_by_name
+        return {
+            (s.name, g.name): tuple(
+                by_name[n] for n in s.regions if by_name[n].jurisdiction in g.allowed_jurisdictions
+            )
+            for s in self.services
+            for g in self.client_groups
+        }
+
     def allowed_regions(self, service: Service, group: ClientGroup) -> tuple[Region, ...]:
         """The service's regions a group may be sent to: residency is decided here and only here."""
-        allowed = set(group.allowed_jurisdictions)
-        return tuple(self.region(n) for n in service.regions if self.region(n).jurisdiction in allowed)
+        return self._allowed[(service.name, group.name)]
 
 
 # ---------------------------------------------------------------- loading, with positions

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controlplane.changes import Action, ChangeSet, Record
@@ -55,7 +54,9 @@ def parse_address(address: str) -> Address:
 def check_name(kind: str, value: str) -> str:
     """`value` if HAProxy would accept it as a proxy or server name; ValueError otherwise."""
     if not _IDENTIFIER.fullmatch(value):
-        raise ValueError(f"{kind} {value!r} is not a valid HAProxy name (letters, digits, '_', '.', ':', '-')")
+        raise ValueError(
+            f"{kind} {value!r} is not a valid HAProxy name (letters, digits, '_', '.', ':', '-')"
+        )
     return value
 
 
@@ -97,7 +98,15 @@ class ServerState:
         return 0 if self.admin_state & (_ADMIN_MAINT | _ADMIN_DRAIN) else self.weight
 
 
-_STATE_COLUMNS = ("be_name", "srv_name", "srv_addr", "srv_op_state", "srv_admin_state", "srv_uweight", "srv_iweight")
+_STATE_COLUMNS = (
+    "be_name",
+    "srv_name",
+    "srv_addr",
+    "srv_op_state",
+    "srv_admin_state",
+    "srv_uweight",
+    "srv_iweight",
+)
 
 
 def parse_servers_state(reply: str) -> list[ServerState]:
@@ -134,7 +143,7 @@ def parse_servers_state(reply: str) -> list[ServerState]:
     return states
 
 
-def commands_for(changes: Iterable[Record | None], actions: Iterable[Action], settings: HaproxySettings) -> list[str]:
+def commands_for(changes: ChangeSet, settings: HaproxySettings) -> list[str]:
     """The runtime API commands that make `changes` true, in a safe order, after checking every record.
 
     Servers gaining traffic are raised (weight, then ready) before any server is drained, so a plan that
@@ -142,8 +151,9 @@ def commands_for(changes: Iterable[Record | None], actions: Iterable[Action], se
     """
     raises: list[str] = []
     drains: list[str] = []
-    for after, action in zip(changes, actions, strict=True):
-        if action is Action.DELETE or after is None:
+    for change in changes.changes:
+        after = change.after
+        if change.action is Action.DELETE or after is None:
             raise PermanentProviderError(
                 "haproxy provider never deletes servers; the backend's server list belongs to the HAProxy config"
             )
@@ -164,46 +174,61 @@ def commands_for(changes: Iterable[Record | None], actions: Iterable[Action], se
     return raises + drains
 
 
-async def send_command(address: Address, command: str, timeout: float) -> str:
-    """Send one command on its own connection and return the whole reply.
+@dataclass(frozen=True, slots=True)
+class RuntimeApi:
+    """HAProxy's runtime API at one address, every command bounded by `timeout` seconds.
 
     One command per connection, not `prompt` mode: the reply ends where HAProxy closes the connection, so
     no prompt or terminator parsing is needed (2.6 is not consistent about the blank line that ends a
     reply), a failure is tied to exactly one command, and nothing is left half-read for the next command.
     A handful of commands per reconcile step makes the extra loopback connects negligible.
     """
-    if "\n" in command or ";" in command:
-        raise ValueError(f"one runtime API command at a time, got {command!r}")
-    where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-    try:
-        async with asyncio.timeout(timeout):
-            if isinstance(address, str):
-                reader, writer = await asyncio.open_unix_connection(address)
-            else:
-                reader, writer = await asyncio.open_connection(*address)
-            try:
-                writer.write(command.encode() + b"\n")
-                await writer.drain()
-                data = await reader.read()
-            finally:
-                writer.close()
-                await writer.wait_closed()
-    except TimeoutError:
-        raise TransientProviderError(f"haproxy at {where}: no reply to {command!r} within {timeout}s") from None
-    except PermissionError as exc:
-        raise PermanentProviderError(f"haproxy at {where}: {exc}") from None
-    except OSError as exc:  # refused, reset, socket file absent: HAProxy is down or restarting
-        raise TransientProviderError(f"haproxy at {where}: {exc.strerror or exc}") from None
-    return data.decode("utf-8", "replace")
+
+    address: Address
+    timeout: float = 2.0
+
+    @classmethod
+    def at(cls, address: str, timeout: float = 2.0) -> RuntimeApi:
+        return cls(parse_address(address), timeout)
+
+    def __str__(self) -> str:
+        return self.address if isinstance(self.address, str) else f"{self.address[0]}:{self.address[1]}"
+
+    async def send(self, command: str) -> str:
+        """The whole reply to `command`; TransientProviderError when HAProxy cannot be reached in time."""
+        if "\n" in command or ";" in command:
+            raise ValueError(f"one runtime API command at a time, got {command!r}")
+        try:
+            async with asyncio.timeout(self.timeout):
+                if isinstance(self.address, str):
+                    reader, writer = await asyncio.open_unix_connection(self.address)
+                else:
+                    reader, writer = await asyncio.open_connection(*self.address)
+                try:
+                    writer.write(command.encode() + b"\n")
+                    await writer.drain()
+                    data = await reader.read()
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+        except TimeoutError:
+            raise TransientProviderError(
+                f"haproxy at {self}: no reply to {command!r} within {self.timeout}s"
+            ) from None
+        except PermissionError as exc:
+            raise PermanentProviderError(f"haproxy at {self}: {exc}") from None
+        except OSError as exc:  # refused, reset, socket file absent: HAProxy is down or restarting
+            raise TransientProviderError(f"haproxy at {self}: {exc.strerror or exc}") from None
+        return data.decode("utf-8", "replace")
 
 
-def _settings(policy: Policy) -> tuple[HaproxySettings, Address]:
+def _settings(policy: Policy, timeout: float) -> tuple[HaproxySettings, RuntimeApi]:
     """The policy's HAProxy settings, checked whole so a bad policy never half-replaces a good one."""
     settings = policy.providers.haproxy
     if settings is None:
         raise PermanentProviderError("policy has no providers.haproxy section")
     try:
-        address = parse_address(settings.socket)
+        api = RuntimeApi.at(settings.socket, timeout)
         check_name("providers.haproxy.backend", settings.backend)
         for region, server in settings.servers.items():
             check_name(f"providers.haproxy.servers.{region}", server)
@@ -211,8 +236,10 @@ def _settings(policy: Policy) -> tuple[HaproxySettings, Address]:
         raise PermanentProviderError(str(exc)) from None
     servers = list(settings.servers.values())
     if len(set(servers)) != len(servers):
-        raise PermanentProviderError(f"providers.haproxy.servers maps two regions to one server: {settings.servers}")
-    return settings, address
+        raise PermanentProviderError(
+            f"providers.haproxy.servers maps two regions to one server: {settings.servers}"
+        )
+    return settings, api
 
 
 class HaproxyProvider:
@@ -223,13 +250,14 @@ class HaproxyProvider:
 
     def __init__(self, policy: Policy, *, timeout: float = 2.0) -> None:
         self._timeout = timeout
-        self._settings, self._address = _settings(policy)
+        self._settings, self._api = _settings(policy, self._timeout)
         # Serialises applies so two change sets never interleave their raise/drain sequences.
         self._lock = asyncio.Lock()
 
     def update_policy(self, policy: Policy) -> None:
         """Adopt a new policy; raises PermanentProviderError and keeps the old one if it is unusable."""
-        self._settings, self._address = _settings(policy)
+        # Checked before either attribute changes; with no await in between, no coroutine sees a mix.
+        self._settings, self._api = _settings(policy, self._timeout)
 
     def render(self, plan: RoutingPlan) -> list[Record]:
         settings = self._settings
@@ -252,12 +280,9 @@ class HaproxyProvider:
         ]
 
     async def current(self) -> list[Record]:
-        settings = self._settings
-        states = {
-            s.name: s
-            for s in parse_servers_state(await self._send(f"show servers state {settings.backend}"))
-            if s.backend == settings.backend
-        }
+        settings, api = self._settings, self._api
+        reply = await api.send(f"show servers state {settings.backend}")
+        states = {s.name: s for s in parse_servers_state(reply) if s.backend == settings.backend}
         missing = sorted(server for server in settings.servers.values() if server not in states)
         if missing:
             raise PermanentProviderError(
@@ -270,18 +295,19 @@ class HaproxyProvider:
 
     async def apply(self, changes: ChangeSet) -> None:
         if changes.provider != self.name:
-            raise PermanentProviderError(f"change set for provider {changes.provider!r} sent to {self.name!r}")
+            raise PermanentProviderError(
+                f"change set for provider {changes.provider!r} sent to {self.name!r}"
+            )
+        settings, api = self._settings, self._api
         # Every record is checked before the first command goes out: a bad change set changes nothing.
-        commands = commands_for(
-            (c.after for c in changes.changes), (c.action for c in changes.changes), self._settings
-        )
+        commands = commands_for(changes, settings)
         async with self._lock:
             for command in commands:
-                if note := check_reply(command, await self._send(command)):
+                if note := check_reply(command, await api.send(command)):
                     log.warning("haproxy replied %r to %r; taken as informational", note, command)
+
+    async def start(self) -> None:
+        """Nothing to open: every command has its own connection."""
 
     async def close(self) -> None:
         """Nothing to release: every command has its own connection."""
-
-    async def _send(self, command: str) -> str:
-        return await send_command(self._address, command, self._timeout)

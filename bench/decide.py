@@ -1,0 +1,94 @@
+"""Time decide() for 1,000 services x 20 regions x 2 client groups (goal: <= 50 ms per call)."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from types import MappingProxyType
+
+from controlplane.engine import decide
+from controlplane.policy import Policy
+from probes.health import HealthView, RegionHealth, State
+
+SERVICES, REGIONS, ROUNDS = 1000, 20, 30
+
+
+def build() -> Policy:
+    regions = [
+        {
+            "name": f"r{i}",
+            "endpoint": f"http://10.0.{i}.1:8000",
+            "jurisdiction": "EU" if i % 2 else "US",
+            "capacity": 50 + i,
+            "priority": i,
+        }
+        for i in range(REGIONS)
+    ]
+    services = [
+        {
+            "name": f"svc{s}",
+            "dns_name": f"svc{s}.llm.example",
+            "mode": "active-passive" if s % 4 == 0 else "active-active",
+            # Varied region subsets and shift limits, so the per-call memo of identical groups is not flattered.
+            "regions": [
+                f"r{i}"
+                for i in sorted(random.Random(s).sample(range(REGIONS), random.Random(s).randint(4, REGIONS)))
+            ],
+            "max_shift": 10 + s % 30,
+        }
+        for s in range(SERVICES)
+    ]
+    return Policy.model_validate(
+        {
+            "regions": regions,
+            "client_groups": [
+                {"name": "eu", "sources": ["10.1.0.0/16"], "allowed_jurisdictions": ["EU"]},
+                {"name": "global", "allowed_jurisdictions": ["EU", "US"]},
+            ],
+            "default_client_group": "global",
+            "services": services,
+        }
+    )
+
+
+def health(rng: random.Random, at: float) -> HealthView:
+    regions = {}
+    for i in range(REGIONS):
+        state = State.UNHEALTHY if rng.random() < 0.1 else State.HEALTHY
+        regions[f"r{i}"] = RegionHealth(
+            f"r{i}", state, rng.uniform(0.2, 1.0) if state is State.HEALTHY else 0.0, 0.0, ()
+        )
+    return HealthView(at, MappingProxyType(regions))
+
+
+def run(policy: Policy, churn: bool) -> list[float]:
+    rng = random.Random(7)
+    previous = None
+    timings = []
+    view = health(rng, 1000.0)
+    for step in range(ROUNDS):
+        if churn:
+            view = health(rng, 1000.0 + step)
+        start = time.perf_counter()
+        previous = decide(policy, view, previous, 1000.0 + step)
+        timings.append((time.perf_counter() - start) * 1000)
+    return sorted(timings)
+
+
+def main() -> None:
+    policy = build()
+    groups = len(policy.services) * len(policy.client_groups)
+    print(
+        f"decide(): {SERVICES} services (4..{REGIONS} regions each) x 2 client groups = {groups} group plans per call"
+    )
+    for label, churn in (("steady health", False), ("10% of regions flip every call", True)):
+        t = run(policy, churn)
+        print(
+            f"  {label:<32} p50 {statistics.median(t):6.1f} ms  p90 {t[int(0.9 * len(t))]:6.1f} ms"
+            f"  max {t[-1]:6.1f} ms over {ROUNDS} calls (goal <= 50 ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
