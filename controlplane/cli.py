@@ -83,7 +83,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"plan": plan.to_json(), "changes": [o.changes.to_json() | {"error": o.error} for o in outcomes]},
+                {
+                    "plan": plan.to_json(),
+                    "changes": [o.changes.to_json() | {"error": o.error} for o in outcomes],
+                },
                 indent=2,
                 sort_keys=True,
             )
@@ -93,7 +96,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             weights = ", ".join(f"{w.region}={w.weight}" for w in g.weights)
             print(f"{g.service} [{g.group}] {g.mode.value}: {weights}")
         for o in outcomes:
-            print(o.changes.render_text() + (f"\n  ! could not read current state: {o.error}" if o.error else ""))
+            print(
+                o.changes.render_text()
+                + (f"\n  ! could not read current state: {o.error}" if o.error else "")
+            )
     return 0
 
 
@@ -120,7 +126,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controlplane.demo import run_demo
 
-    return asyncio.run(run_demo(Path(args.policy), Path(args.state_dir), view=not args.no_view, haproxy=not args.no_haproxy))
+    return asyncio.run(
+        run_demo(Path(args.policy), Path(args.state_dir), view=not args.no_view, haproxy=not args.no_haproxy)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

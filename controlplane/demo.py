@@ -45,8 +45,8 @@ def guide(policy: Policy, state_dir: Path, token: str, with_haproxy: bool) -> st
         f"  dig {at} -b 127.0.1.5 {service.dns_name} +short",
         f"  dig {at} +subnet=127.0.1.0/24 {service.dns_name} +short",
         f"Break a region (modes: ok down hang slow errors wrong_model), e.g. {first.name}:",
-        f"  curl -s -XPOST {control}/fault -d '{{\"mode\": \"down\"}}'",
-        f"  curl -s -XPOST {control}/fault -d '{{\"mode\": \"ok\"}}'",
+        f'  curl -s -XPOST {control}/fault -d \'{{"mode": "down"}}\'',
+        f'  curl -s -XPOST {control}/fault -d \'{{"mode": "ok"}}\'',
         "Drain a region for 60 s through the admin API:",
         f"  curl -s -XPOST -H 'Authorization: Bearer {token}' 127.0.0.1:8080/overrides "
         '-d \'{"region": "eu-west", "action": "drain", "duration": 60}\'',
@@ -54,14 +54,18 @@ def guide(policy: Policy, state_dir: Path, token: str, with_haproxy: bool) -> st
     ]
     if with_haproxy:
         lines += ["Through HAProxy:", f"  curl -s {HAPROXY_FRONTEND}/v1/models"]
-    lines += [f"Audit log: {state_dir / 'audit.jsonl'}   daemon log: {state_dir / 'daemon.log'}   Ctrl-C stops."]
+    lines += [
+        f"Audit log: {state_dir / 'audit.jsonl'}   daemon log: {state_dir / 'daemon.log'}   Ctrl-C stops."
+    ]
     return "\n".join(lines)
 
 
 def render_view(daemon: Daemon) -> Table:
     view = daemon.health()
     groups = [g for g in daemon.plan or () if g.service == daemon.policy.services[0].name]
-    table = Table(title=f"regions - {'ready' if daemon.ready else 'waiting for the first probe round'}", expand=True)
+    table = Table(
+        title=f"regions - {'ready' if daemon.ready else 'waiting for the first probe round'}", expand=True
+    )
     for column in ("region", "jurisdiction", "state", "score", "ttft ms", "queue", "kv %"):
         table.add_column(column)
     for g in groups:

@@ -42,7 +42,8 @@ def _server_line(server: str, endpoint: str, tls_verify: bool) -> str:
     port = parts.port or (443 if https else 80)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     # No `check`: the control plane probes the regions and owns every server's weight and drain state.
-    line = f"    server {server} {address} weight 1"
+    # `disabled` (maintenance) until the first plan: nothing routes traffic to a region on a guess.
+    line = f"    server {server} {address} weight 1 disabled"
     if https:
         line += (
             f" ssl verify required ca-file @system-ca sni str({host})" if tls_verify else " ssl verify none"

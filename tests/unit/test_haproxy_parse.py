@@ -318,10 +318,10 @@ def test_render_config() -> None:
     assert "backend chat" in lines
     assert {"balance roundrobin", "option redispatch", "retries 2"} <= set(lines)
     assert [line for line in lines if line.startswith("server ")] == [
-        "server eu-central 127.0.0.34:8000 weight 1",
-        "server eu-west 127.0.0.33:8000 weight 1",
-        "server us-east 127.0.0.31:8000 weight 1",
-        "server us-west 127.0.0.32:8000 weight 1",
+        "server eu-central 127.0.0.34:8000 weight 1 disabled",
+        "server eu-west 127.0.0.33:8000 weight 1 disabled",
+        "server us-east 127.0.0.31:8000 weight 1 disabled",
+        "server us-west 127.0.0.32:8000 weight 1 disabled",
     ]
     assert not any(" check" in line for line in lines)  # the plane decides health, not HAProxy
 
