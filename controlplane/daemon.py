@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from controlplane.policy import Policy, PolicyError, load_policy
 from controlplane.providers.base import Provider
 from controlplane.reconciler import Outcome, Reconciler, ResidencyViolation
 from controlplane.state import AuditLog, StateStore
+from controlplane.telemetry import traced_probes
 from probes.health import (
     HealthView,
     State,
@@ -31,8 +32,8 @@ from probes.health import (
     record,
     region_health,
 )
-from probes.observation import Observation
-from probes.scheduler import ProbeScheduler
+from probes.observation import Observation, ProbeKind
+from probes.scheduler import DEFAULT_PROBES, ProbeFunction, ProbeScheduler
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("controlplane")
@@ -82,7 +83,13 @@ class Counters:
 class Daemon:
     """Observe -> decide -> gate -> diff -> apply, forever, changing nothing before the first probe round."""
 
-    def __init__(self, config: DaemonConfig, policy: Policy, provider_factory: ProviderFactory) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        policy: Policy,
+        provider_factory: ProviderFactory,
+        probes: Mapping[ProbeKind, ProbeFunction] = DEFAULT_PROBES,
+    ) -> None:
         self.config = config
         self.policy = policy
         self._provider_factory = provider_factory
@@ -98,7 +105,9 @@ class Daemon:
         self.last_outcomes: list[Outcome] = []
         self.counters = Counters()
         self.started_at = time.time()
-        self.scheduler = ProbeScheduler(policy, sink=self.observe, is_transitioning=self._transitioning)
+        self.scheduler = ProbeScheduler(
+            policy, sink=self.observe, is_transitioning=self._transitioning, probes=traced_probes(probes)
+        )
         self._states: dict[str, State] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -106,7 +115,7 @@ class Daemon:
 
     # ---------------------------------------------------------------- inputs
 
-    def _transitioning(self, region: str, kind: Any) -> bool:
+    def _transitioning(self, region: str, kind: ProbeKind) -> bool:
         return is_transitioning(self.tracker, region, kind)
 
     def observe(self, obs: Observation) -> None:
@@ -296,11 +305,16 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def run(self, extra: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = ()) -> None:
+    async def stopped(self) -> None:
+        await self._stop.wait()
+
+    async def run(
+        self, extra: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (), *, handle_signals: bool = True
+    ) -> None:
         """Run until request_stop() or SIGTERM/SIGINT; then stop every task and close every provider."""
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
             try:
                 loop.add_signal_handler(sig, self.request_stop)
                 installed.append(sig)

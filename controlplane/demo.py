@@ -8,8 +8,9 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,13 +21,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from chaos.simregion import SimRegion
+from chaos.simregion import SimFleet
 from controlplane.api import serve
 from controlplane.daemon import Daemon, DaemonConfig
 from controlplane.haproxy_process import HaproxyProcess, haproxy_available, render_config
 from controlplane.policy import Policy, load_policy
 from controlplane.providers.factory import build_providers
 from controlplane.telemetry import setup_tracing
+from probes.observation import ProbeKind
+from probes.scheduler import DEFAULT_PROBES, ProbeFunction
 
 log = logging.getLogger(__name__)
 HAPROXY_FRONTEND = "127.0.0.1:9000"
@@ -104,60 +107,80 @@ async def _plain_view(daemon: Daemon, text: str) -> None:
         await asyncio.sleep(0.25)
 
 
+@dataclass
+class DemoStack:
+    daemon: Daemon
+    fleet: SimFleet
+    haproxy: HaproxyProcess | None
+    token: str
+
+
 @asynccontextmanager
-async def regions(policy: Policy) -> AsyncIterator[list[SimRegion]]:
-    sims = []
-    for region in policy.regions:
-        parts = urlsplit(region.endpoint)
-        sims.append(
-            SimRegion(
-                region.name,
-                parts.hostname or "127.0.0.1",
-                port=parts.port or 8000,
-                model=region.model or policy.probes.inference.model or "demo-llm",
-            )
-        )
-    try:
-        for sim in sims:
-            await sim.start()
-        yield sims
-    finally:
-        for sim in sims:
-            await sim.stop()
+async def demo_stack(
+    policy_path: Path,
+    state_dir: Path,
+    *,
+    haproxy: bool = True,
+    haproxy_frontend: str = HAPROXY_FRONTEND,
+    api_port: int = 8080,
+    token: str | None = None,
+    extra: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (),
+    handle_signals: bool = True,
+    probes: Mapping[ProbeKind, ProbeFunction] = DEFAULT_PROBES,
+) -> AsyncIterator[DemoStack]:
+    """Simulated regions, HAProxy (when asked for and installed) and the daemon with its admin API, running
+    until the block exits. The e2e tests and benchmarks drive the same stack the demo shows."""
+    policy = await asyncio.to_thread(load_policy, policy_path)
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    token = token or secrets.token_urlsafe(16)
+    hap_settings = policy.providers.haproxy
+    use_haproxy = haproxy and hap_settings is not None and haproxy_available()
+    config = DaemonConfig(policy_path=policy_path, state_dir=state_dir, api_port=api_port, token=token)
+    async with contextlib.AsyncExitStack() as stack:
+        fleet = await stack.enter_async_context(SimFleet.for_policy(policy))
+        proc = None
+        if use_haproxy and hap_settings is not None:
+            proc = HaproxyProcess(render_config(policy, frontend=haproxy_frontend, stats=hap_settings.socket))
+            await proc.start()
+            stack.push_async_callback(proc.stop)
+        disabled = () if use_haproxy else ("haproxy",)
+        daemon = Daemon(config, policy, partial(build_providers, disabled=disabled), probes)
+        api: Callable[[], Awaitable[None]] = partial(serve, daemon, config.api_host, config.api_port)
+        tasks = [("api", api), *extra]
+        runner = asyncio.create_task(daemon.run(tasks, handle_signals=handle_signals))
+        try:
+            yield DemoStack(daemon, fleet, proc, token)
+        finally:
+            daemon.request_stop()
+            await runner
 
 
-async def run_demo(policy_path: Path, state_dir: Path, *, view: bool = True, haproxy: bool = True) -> int:
-    policy = load_policy(policy_path)
+def prepare_demo(policy_path: Path, state_dir: Path, haproxy: bool) -> tuple[Policy, str]:
+    """Blocking set-up before the loop starts: log file, tracing, token file."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    token = os.environ.get("CONTROLPLANE_TOKEN") or secrets.token_urlsafe(16)
-    (state_dir / "token").write_text(token + "\n", encoding="utf-8")
-    (state_dir / "token").chmod(0o600)
     root = logging.getLogger()
     handler = logging.FileHandler(state_dir / "daemon.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     setup_tracing()
-    use_haproxy = haproxy and policy.providers.haproxy is not None and haproxy_available()
-    if haproxy and policy.providers.haproxy is not None and not use_haproxy:
+    policy = load_policy(policy_path)
+    if haproxy and policy.providers.haproxy is not None and not haproxy_available():
         print("haproxy is not installed: running without it (apt-get install haproxy)", file=sys.stderr)
-    config = DaemonConfig(policy_path=policy_path, state_dir=state_dir, token=token)
-    disabled = () if use_haproxy else ("haproxy",)
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(regions(policy))
-        if use_haproxy:
-            hap = policy.providers.haproxy
-            assert hap is not None
-            proc = HaproxyProcess(render_config(policy, frontend=HAPROXY_FRONTEND, stats=hap.socket))
-            await proc.start()
-            stack.push_async_callback(proc.stop)
-        daemon = Daemon(config, policy, partial(build_providers, disabled=disabled))
-        text = guide(policy, state_dir, token, use_haproxy)
+    token = os.environ.get("CONTROLPLANE_TOKEN") or secrets.token_urlsafe(16)
+    token_file = state_dir / "token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    return policy, token
+
+
+async def run_demo(policy_path: Path, state_dir: Path, *, view: bool = True, haproxy: bool = True) -> int:
+    policy, token = await asyncio.to_thread(prepare_demo, policy_path, state_dir, haproxy)
+    async with demo_stack(policy_path, state_dir, haproxy=haproxy, token=token) as stack:
+        text = guide(policy, state_dir, token, stack.haproxy is not None)
         shown = _live_view if view and sys.stdout.isatty() else _plain_view
-        await daemon.run(
-            [
-                ("api", partial(serve, daemon, config.api_host, config.api_port)),
-                ("view", partial(shown, daemon, text)),
-            ]
-        )
+        viewer = asyncio.create_task(shown(stack.daemon, text))
+        stop = asyncio.create_task(stack.daemon.stopped())
+        await asyncio.wait([viewer, stop], return_when=asyncio.FIRST_COMPLETED)
+        viewer.cancel()
     return 0

@@ -65,7 +65,9 @@ class Reconciler:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception_type(TransientProviderError),
                     stop=stop_after_attempt(self.attempts),
-                    wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+                    wait=wait_exponential_jitter(
+                        multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
+                    ),
                     reraise=True,
                 ):
                     with attempt:

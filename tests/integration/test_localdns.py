@@ -1,0 +1,288 @@
+"""The embedded DNS server on loopback, asked over real UDP and TCP by dnspython and by dig."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import dns.asyncquery
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+import yaml
+
+from controlplane.changes import diff
+from controlplane.plan import RoutingPlan
+from controlplane.policy import Policy, Providers
+from controlplane.providers.base import PermanentProviderError
+from controlplane.providers.localdns import LocalDnsProvider
+from tests.conftest import require_binary
+from tests.unit.test_memory_provider import ADDRESS, DEMO, make_plan
+
+HOST = "127.0.0.1"
+EU_CLIENT = "127.0.1.5"  # inside the demo's eu group (127.0.1.0/24); binds fine on Linux loopback
+EU = {ADDRESS["eu-west"], ADDRESS["eu-central"]}
+WAIT = 5.0
+PLAN = make_plan(
+    {
+        "global": {"us-east": 50, "us-west": 30, "eu-west": 20, "eu-central": 0},
+        "eu": {"eu-west": 60, "eu-central": 40},
+    }
+)
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on HOST (the server binds both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+
+
+def make_policy(port: int, eu_sources: tuple[str, ...] = ("127.0.1.0/24",)) -> Policy:
+    data = yaml.safe_load(DEMO.read_text())
+    data["providers"]["localdns"]["port"] = port
+    data["client_groups"][0]["sources"] = list(eu_sources)
+    return Policy.model_validate(data)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LocalDnsProvider]:
+    provider = LocalDnsProvider(make_policy(free_port()), idle_timeout=1.0, rng=random.Random(1))
+    async with provider:
+        await converge(provider, PLAN)
+        yield provider
+
+
+async def converge(provider: LocalDnsProvider, plan: RoutingPlan) -> None:
+    await provider.apply(diff(provider.name, provider.render(plan), await provider.current()))
+
+
+async def udp(
+    port: int,
+    name: str = "chat.llm.local",
+    rdtype: str = "A",
+    source: str | None = None,
+    subnet: dns.edns.ECSOption | None = None,
+) -> dns.message.Message:
+    query = dns.message.make_query(
+        name, rdtype, use_edns=0 if subnet else None, options=[subnet] if subnet else None
+    )
+    async with asyncio.timeout(WAIT):
+        return await dns.asyncquery.udp(query, HOST, port=port, source=source, timeout=WAIT)
+
+
+def address(response: dns.message.Message) -> str:
+    (rrset,) = response.answer
+    (rdata,) = rrset
+    return str(rdata)
+
+
+def port(provider: LocalDnsProvider) -> int:
+    return provider.address[1]
+
+
+class RawUdp(asyncio.DatagramProtocol):
+    """A bare UDP client, for packets dnspython would never send."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.replies.put_nowait(data)
+
+
+async def tcp_exchange(port: int, queries: list[bytes]) -> list[bytes]:
+    """Send every query on one connection up front, then read as many replies."""
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(b"".join(struct.pack("!H", len(q)) + q for q in queries))
+            await writer.drain()
+            replies = []
+            for _ in queries:
+                (size,) = struct.unpack("!H", await reader.readexactly(2))
+                replies.append(await reader.readexactly(size))
+            return replies
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_answers_follow_the_weights(server: LocalDnsProvider) -> None:
+    counts: Counter[str] = Counter()
+    for _ in range(40):
+        responses = await asyncio.gather(*(udp(port(server)) for _ in range(50)))
+        counts.update(address(r) for r in responses)
+    assert sum(counts.values()) == 2000
+    assert ADDRESS["eu-central"] not in counts  # weight 0
+    for region, weight in (("us-east", 50), ("us-west", 30), ("eu-west", 20)):
+        assert abs(counts[ADDRESS[region]] / 2000 - weight / 100) < 0.06, counts
+    assert server.stats[("chat.llm.local", "global", "NOERROR")] == 2000
+
+
+async def test_an_eu_client_only_ever_gets_eu_addresses(server: LocalDnsProvider) -> None:
+    responses = await asyncio.gather(*(udp(port(server), source=EU_CLIENT) for _ in range(200)))
+    assert {address(r) for r in responses} == EU
+    assert all(r.answer[0].ttl == 5 and r.flags & dns.flags.AA for r in responses)
+
+
+async def test_client_subnet_picks_the_group_and_is_echoed(server: LocalDnsProvider) -> None:
+    responses = [await udp(port(server), subnet=dns.edns.ECSOption("127.0.1.0", 24)) for _ in range(50)]
+    assert {address(r) for r in responses} <= EU
+    echo = responses[0].options[0]
+    assert isinstance(echo, dns.edns.ECSOption)
+    assert (echo.address, echo.srclen, echo.scopelen) == ("127.0.1.0", 24, 24)
+
+
+async def test_tcp_answers_several_queries_on_one_connection(server: LocalDnsProvider) -> None:
+    queries = [
+        dns.message.make_query("chat.llm.local", "A"),
+        dns.message.make_query("nope.llm.local", "A"),
+        dns.message.make_query(
+            "chat.llm.local", "A", use_edns=0, options=[dns.edns.ECSOption("127.0.1.0", 24)]
+        ),
+    ]
+    replies = [
+        dns.message.from_wire(r) for r in await tcp_exchange(port(server), [q.to_wire() for q in queries])
+    ]
+    assert [r.id for r in replies] == [q.id for q in queries]
+    assert [r.rcode() for r in replies] == [dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.NOERROR]
+    assert address(replies[2]) in EU
+    query = dns.message.make_query("chat.llm.local", "A")
+    async with asyncio.timeout(WAIT):
+        response = await dns.asyncquery.tcp(query, HOST, port=port(server), source=EU_CLIENT, timeout=WAIT)
+    assert address(response) in EU
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "rcode", "authority"),
+    [
+        ("nope.llm.local", "A", dns.rcode.NXDOMAIN, True),
+        ("example.com", "A", dns.rcode.REFUSED, False),
+        ("chat.llm.local", "AAAA", dns.rcode.NOERROR, True),
+        ("llm.local", "A", dns.rcode.NOERROR, True),
+    ],
+)
+async def test_names_and_types_without_an_address(
+    server: LocalDnsProvider, name: str, rdtype: str, rcode: dns.rcode.Rcode, authority: bool
+) -> None:
+    response = await udp(port(server), name, rdtype)
+    assert response.rcode() == rcode and not response.answer
+    assert [rrset.rdtype for rrset in response.authority] == ([dns.rdatatype.SOA] if authority else [])
+
+
+async def test_zone_apex_soa(server: LocalDnsProvider) -> None:
+    response = await udp(port(server), "llm.local", "SOA")
+    assert response.answer[0].rdtype == dns.rdatatype.SOA
+
+
+async def test_apply_changes_answers_at_once(server: LocalDnsProvider) -> None:
+    await converge(server, make_plan({"global": {"us-west": 100}, "eu": {"eu-central": 100}}))
+    assert {address(await udp(port(server))) for _ in range(20)} == {ADDRESS["us-west"]}
+    await converge(server, make_plan({"global": {"us-west": 0}, "eu": {"eu-central": 100}}))
+    fail_closed = await udp(port(server))
+    assert fail_closed.rcode() == dns.rcode.NOERROR and not fail_closed.answer
+    assert address(await udp(port(server), source=EU_CLIENT)) == ADDRESS["eu-central"]
+    assert server.stats[("chat.llm.local", "global", "NODATA")] == 1
+
+
+async def test_hot_reload_remaps_client_groups(server: LocalDnsProvider) -> None:
+    server.update_policy(make_policy(port(server), eu_sources=("127.0.2.0/24",)))
+    seen = {address(await udp(port(server), source=EU_CLIENT)) for _ in range(50)}
+    assert ADDRESS["us-east"] in seen
+    with pytest.raises(PermanentProviderError, match="restart"):
+        server.update_policy(make_policy(free_port()))
+    without = make_policy(port(server)).model_copy(update={"providers": Providers()})
+    with pytest.raises(PermanentProviderError, match=r"no providers\.localdns section"):
+        server.update_policy(without)
+    # Both refused: the reloaded mapping still holds.
+    assert ADDRESS["us-east"] in {address(await udp(port(server), source=EU_CLIENT)) for _ in range(50)}
+
+
+async def test_malformed_packets_get_formerr_or_nothing(server: LocalDnsProvider) -> None:
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(RawUdp, remote_addr=server.address)
+    try:
+        # A header claiming one question, then nothing: parseable header, broken message.
+        transport.sendto(struct.pack("!6H", 0x1234, 0x0100, 1, 0, 0, 0))
+        async with asyncio.timeout(WAIT):
+            reply = await client.replies.get()
+        query_id, flags = struct.unpack_from("!HH", reply)
+        assert query_id == 0x1234 and flags & dns.flags.QR and flags & 0xF == dns.rcode.FORMERR
+        transport.sendto(b"\x01\x02\x03")  # not even a header: dropped
+        transport.sendto(dns.message.make_response(dns.message.make_query("chat.llm.local", "A")).to_wire())
+        await asyncio.sleep(0.2)
+        assert client.replies.empty()
+    finally:
+        transport.close()
+    (framed,) = await tcp_exchange(port(server), [b"\xab\xcd\x01\x00" + b"\xff" * 20])
+    assert framed[:2] == b"\xab\xcd" and framed[3] & 0xF == dns.rcode.FORMERR
+    assert address(await udp(port(server))) in ADDRESS.values()
+    assert server.stats[("-", "-", "FORMERR")] == 2
+
+
+async def test_idle_tcp_connections_are_closed(server: LocalDnsProvider) -> None:
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection(HOST, port(server))
+        try:
+            assert await reader.read() == b""  # the server hung up after its 1 s idle timeout
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_close_ends_open_connections_and_frees_the_port() -> None:
+    provider = LocalDnsProvider(make_policy(free_port()))
+    await provider.start()
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection(*provider.address)
+        await provider.close()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+    async with provider:  # the same address binds again at once
+        assert (await udp(port(provider))).rcode() == dns.rcode.NOERROR
+
+
+async def test_a_taken_port_is_a_permanent_error(server: LocalDnsProvider) -> None:
+    with pytest.raises(PermanentProviderError, match="cannot listen on udp"):
+        await LocalDnsProvider(make_policy(port(server))).start()
+
+
+async def dig(*args: str) -> list[str]:
+    process = await asyncio.create_subprocess_exec(
+        require_binary("dig"), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    return out.decode().split()
+
+
+@pytest.mark.needs_binary("dig")
+async def test_dig_sees_groups_by_source_and_by_subnet(server: LocalDnsProvider) -> None:
+    at = (f"@{HOST}", "-p", str(port(server)), "chat.llm.local", "+short")
+    (anyone,) = await dig(*at)
+    assert anyone in ADDRESS.values() and anyone != ADDRESS["eu-central"]
+    assert {(await dig(*at, "-b", EU_CLIENT))[0] for _ in range(5)} <= EU
+    (by_subnet,) = await dig(*at, "+subnet=127.0.1.0/24")
+    assert by_subnet in EU

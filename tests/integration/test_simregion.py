@@ -1,0 +1,266 @@
+"""The simulated region over real loopback HTTP: OpenAI wire format, vLLM metrics, control API, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from chaos.simregion import FaultMode, FaultSpec, SimFleet, SimRegion
+from controlplane.policy import Policy
+
+HOST = "127.0.0.21"
+CHAT = {"messages": [{"role": "user", "content": "say ok"}], "max_tokens": 5}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimRegion]:
+    region = SimRegion("sim", HOST, port=0, control_port=0, ttft=0.01, token_interval=0.002)
+    await region.start()
+    try:
+        yield region
+    finally:
+        await region.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def sse_chunks(resp: aiohttp.ClientResponse) -> list[Any]:
+    """Every `data:` payload of a stream, JSON-decoded except the final [DONE] marker."""
+    events = [line.removeprefix("data: ") for line in (await resp.text()).split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+async def metric_values(client: aiohttp.ClientSession, sim: SimRegion) -> dict[str, float]:
+    async with client.get(f"{sim.endpoint}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels.get("le")}
+
+
+async def test_streamed_chat_is_openai_format_with_max_tokens(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        chunks = await sse_chunks(resp)
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert {c["model"] for c in chunks} == {"demo-llm"}
+    assert len({c["id"] for c in chunks}) == 1
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert sum(1 for d in deltas if d.get("content")) == 5
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_non_streamed_chat_completion(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 3}) as resp:
+        body = await resp.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "demo-llm"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] == 3
+
+
+async def test_bad_chat_request_is_400(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={"messages": []}) as resp:
+        assert resp.status == 400
+        assert "messages" in (await resp.json())["error"]["message"]
+
+
+async def test_models_health_and_metrics(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{sim.endpoint}/v1/models") as resp:
+        models = await resp.json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["demo-llm"]
+    async with client.get(f"{sim.endpoint}/health") as resp:
+        assert (resp.status, await resp.read()) == (200, b"")
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+        await resp.read()
+    values = await metric_values(client, sim)
+    assert values["vllm:num_requests_waiting"] == 0
+    assert values["vllm:generation_tokens_total"] == 5
+    assert values["vllm:time_to_first_token_seconds_count"] == 1
+    assert values["vllm:request_success_total"] == 1
+
+
+async def test_metrics_follow_in_flight_requests_and_load_knobs(
+    sim: SimRegion, client: aiohttp.ClientSession
+) -> None:
+    await sim.set_fault(FaultSpec(queue_depth=9, kv_cache=0.5))
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 200, "stream": True}) as resp:
+        await resp.content.readline()  # the stream has started: the request is running
+        values = await metric_values(client, sim)
+        assert values["vllm:num_requests_running"] == 1
+        assert values["vllm:num_requests_waiting"] == 9
+        assert 0.5 < values["vllm:kv_cache_usage_perc"] < 0.6
+    # The client went away mid-stream: the request is aborted, as vLLM does.
+    for _ in range(50):
+        if (await metric_values(client, sim))["vllm:num_requests_running"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert (await metric_values(client, sim))["vllm:num_requests_running"] == 0
+
+
+async def post_fault(client: aiohttp.ClientSession, sim: SimRegion, body: Any) -> tuple[int, Any]:
+    async with client.post(f"{sim.control_url}/fault", data=json.dumps(body) if not isinstance(body, str) else body) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{sim.control_url}/fault") as resp:
+        assert (await resp.json())["mode"] == "ok"
+    status, body = await post_fault(client, sim, {"mode": "slow", "factor": 5, "queue_depth": 3})
+    assert status == 200
+    assert sim.fault == FaultSpec(FaultMode.SLOW, factor=5, queue_depth=3)
+    async with client.get(f"{sim.control_url}/fault") as resp:
+        assert await resp.json() == body == {
+            "mode": "slow", "fraction": 1.0, "factor": 5, "model": "wrong-model", "queue_depth": 3, "kv_cache": 0.0,
+        }
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "Expecting property name"),
+        ({"mode": "melt"}, "mode: must be one of ['ok', 'down', 'hang', 'slow', 'errors', 'wrong_model']"),
+        ({"mode": "ok", "colour": 1}, "colour: unknown field; allowed fields are"),
+        ({"fraction": 2}, "fraction: must be between 0 and 1"),
+        ({"queue_depth": 1.5}, "queue_depth: must be an integer"),
+        ({"kv_cache": "full"}, "kv_cache: must be a number"),
+        ([1], "body must be a JSON object"),
+    ],
+)
+async def test_control_api_rejects_bad_input_clearly(
+    sim: SimRegion, client: aiohttp.ClientSession, body: Any, message: str
+) -> None:
+    status, answer = await post_fault(client, sim, body)
+    assert status == 400
+    assert message in answer["error"]["message"]
+    assert sim.fault == FaultSpec()
+
+
+async def test_down_refuses_connections_and_drops_open_ones(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{sim.endpoint}/health") as resp:  # leaves a pooled keep-alive connection
+        assert resp.status == 200
+    await sim.set_fault(FaultSpec(FaultMode.DOWN))
+    for _ in range(2):  # the pooled connection was closed too, and a new one is refused
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with client.get(f"{sim.endpoint}/health"):
+                pass
+    async with client.get(f"{sim.control_url}/fault") as resp:  # the control API stays up
+        assert (await resp.json())["mode"] == "down"
+    await sim.set_fault(FaultSpec())
+    async with client.get(f"{sim.endpoint}/health") as resp:
+        assert resp.status == 200
+
+
+async def test_hang_never_answers_until_released(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    await sim.set_fault(FaultSpec(FaultMode.HANG))
+    # POST: aiohttp silently retries an idempotent GET whose connection the server closed.
+    hung = asyncio.create_task(client.post(f"{sim.endpoint}/v1/chat/completions", json=CHAT))
+    done, _ = await asyncio.wait([hung], timeout=0.2)
+    assert not done
+    await sim.set_fault(FaultSpec())
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with asyncio.timeout(1):
+            await hung
+    async with client.get(f"{sim.endpoint}/health") as resp:
+        assert resp.status == 200
+
+
+async def test_hang_stalls_a_stream_in_progress(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 500, "stream": True}) as resp:
+        await resp.content.readline()
+        await sim.set_fault(FaultSpec(FaultMode.HANG))
+        await asyncio.sleep(0.05)
+        resp.content.read_nowait()  # drop what was sent before the hang
+        await asyncio.sleep(0.1)
+        assert resp.content.read_nowait() == b""
+
+
+async def test_errors_fail_api_and_metrics_but_not_health(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    await sim.set_fault(FaultSpec(FaultMode.ERRORS))
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/metrics")):
+        async with client.request(method, f"{sim.endpoint}{path}", json=CHAT) as resp:
+            assert resp.status in (500, 503), path
+    async with client.get(f"{sim.endpoint}/health") as resp:
+        assert resp.status == 200
+
+
+async def test_errors_hit_about_the_given_fraction(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    await sim.set_fault(FaultSpec(FaultMode.ERRORS, fraction=0.5))
+    statuses = []
+    for _ in range(60):
+        async with client.get(f"{sim.endpoint}/v1/models") as resp:
+            statuses.append(resp.status)
+    failures = sum(s >= 500 for s in statuses)
+    assert 10 < failures < 50  # binomial(60, 0.5): outside this band about once in 10^6 runs
+
+
+async def test_wrong_model_is_served_everywhere(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+    await post_fault(client, sim, {"mode": "wrong_model", "model": "other-model"})
+    async with client.get(f"{sim.endpoint}/v1/models") as resp:
+        assert [m["id"] for m in (await resp.json())["data"]] == ["other-model"]
+    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+        assert {c["model"] for c in await sse_chunks(resp)} == {"other-model"}
+
+
+async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -> None:
+    policy = Policy.model_validate(
+        {
+            "regions": [
+                {"name": n, "endpoint": f"http://127.0.0.{22 + i}:0", "jurisdiction": "US"}
+                for i, n in enumerate(("a", "b"))
+            ],
+            "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
+            "default_client_group": "all",
+            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": ["a", "b"]}],
+            "probes": {"inference": {"model": "m1"}},
+        }
+    )
+    fleet = SimFleet.for_policy(policy)
+    assert [(r.host, r.model) for r in fleet.regions.values()] == [("127.0.0.22", "m1"), ("127.0.0.23", "m1")]
+    # Port 0 means "pick one" for both servers of a region; the control port is port + 1 otherwise.
+    async with fleet, aiohttp.ClientSession() as client:
+        for region in fleet.regions.values():
+            async with client.get(f"{region.endpoint}/health") as resp:
+                assert resp.status == 200
+        clash = SimFleet([SimRegion("c", "127.0.0.24", 0, 0), SimRegion("d", "127.0.0.22", fleet["a"].port, 0)])
+        with pytest.raises(OSError):
+            await clash.start()
+        with pytest.raises(aiohttp.ClientConnectionError):  # "c" did not stay up after "d" failed
+            async with client.get(f"{clash['c'].endpoint}/health"):
+                pass
+
+
+def test_command_line_serves_until_interrupted() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chaos.simregion", "--name", "cli", "--host", "127.0.0.25", "--port", "0",
+         "--control-port", "0"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("cli: serving http://127.0.0.25:")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

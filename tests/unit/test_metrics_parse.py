@@ -1,0 +1,101 @@
+"""read_load over metric pages as vLLM, SGLang and TGI write them."""
+
+from __future__ import annotations
+
+import pytest
+
+from probes.metrics import read_load
+
+VLLM = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 3.0
+vllm:num_requests_running{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 4.0
+vllm:num_requests_waiting{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 1.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.61
+vllm:kv_cache_usage_perc{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.34
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 7.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 9.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 9.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.8
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="m"} 1234.0
+"""
+
+# vLLM before 0.10 named the KV-cache gauge after the GPU; some versions export both names.
+VLLM_OLD = """\
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="m"} 7.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="m"} 1.0
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{model_name="m"} 0.25
+"""
+
+SGLANG = """\
+# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="Qwen/Qwen2.5-7B-Instruct"} 6.0
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name="Qwen/Qwen2.5-7B-Instruct"} 11.0
+# HELP sglang:token_usage The token usage.
+# TYPE sglang:token_usage gauge
+sglang:token_usage{model_name="Qwen/Qwen2.5-7B-Instruct"} 0.83
+# HELP sglang:gen_throughput The generation throughput (token/s).
+# TYPE sglang:gen_throughput gauge
+sglang:gen_throughput{model_name="Qwen/Qwen2.5-7B-Instruct"} 412.5
+"""
+
+TGI = """\
+# TYPE tgi_queue_size gauge
+tgi_queue_size 5
+# TYPE tgi_batch_current_size gauge
+tgi_batch_current_size 16
+# TYPE tgi_request_duration histogram
+tgi_request_duration_bucket{le="0.5"} 3
+tgi_request_duration_bucket{le="+Inf"} 4
+tgi_request_duration_sum 2.2
+tgi_request_duration_count 4
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (VLLM, (5.0, 5.0, 0.61)),  # counts summed over engines; KV usage is the fullest engine's
+        (VLLM_OLD, (7.0, 1.0, 0.25)),
+        (VLLM_OLD + "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.3\n",
+         (7.0, 1.0, 0.3)),  # the current name wins over the deprecated one instead of adding to it
+        (SGLANG, (11.0, 6.0, 0.83)),
+        (TGI, (5.0, 16.0, None)),  # TGI exports no KV-cache gauge
+    ],
+    ids=["vllm", "vllm-old", "vllm-both-kv-names", "sglang", "tgi"],
+)
+def test_reads_queue_running_and_kv_cache(text: str, expected: tuple[float | None, ...]) -> None:
+    assert read_load(text) == expected
+
+
+def test_page_without_known_names_reads_as_nothing() -> None:
+    assert read_load("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.5\n") == (
+        None, None, None,
+    )
+    assert read_load("") == (None, None, None)
+
+
+def test_untyped_page_and_not_a_number_values() -> None:
+    text = 'vllm:num_requests_waiting{model_name="a"} 2\nvllm:num_requests_waiting{model_name="b"} NaN\n'
+    assert read_load(text) == (2.0, None, None)
+
+
+def test_malformed_page_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        read_load('vllm:num_requests_waiting{model_name="a" 3\n')

@@ -1,0 +1,306 @@
+"""ProbeScheduler with fake probe functions: timing, in-flight bounds, first round, hot reload, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import pytest
+
+from controlplane.policy import Policy, ProbeSettings, Region
+from probes.observation import Observation, ProbeKind
+from probes.scheduler import ProbeFunction, ProbeScheduler
+
+L, I, M = ProbeKind.LIVENESS, ProbeKind.INFERENCE, ProbeKind.METRICS
+
+
+def make_policy(regions: tuple[str, ...] = ("a", "b"), **probes: Any) -> Policy:
+    settings = {"interval": 0.05, "fast_interval": 0.01, "jitter": 0.0, "inference": {"interval": 0.05},
+                "metrics": {"interval": 0.05}, **probes}
+    return Policy.model_validate(
+        {
+            "regions": [{"name": n, "endpoint": f"http://{n}.test:8000", "jurisdiction": "US"} for n in regions],
+            "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
+            "default_client_group": "all",
+            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": list(regions)}],
+            "probes": settings,
+        }
+    )
+
+
+def instant(ok: bool = True) -> ProbeFunction:
+    async def probe(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        return Observation(region.name, ProbeKind.LIVENESS, ok, now(), 0.0)
+
+    return probe
+
+
+def kinded(kind: ProbeKind) -> ProbeFunction:
+    async def probe(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        return Observation(region.name, kind, True, now(), 0.0)
+
+    return probe
+
+
+ALL_KINDS = {kind: kinded(kind) for kind in ProbeKind}
+
+
+class Harness:
+    """A scheduler running in the background, with every observation it produced."""
+
+    def __init__(self, scheduler: ProbeScheduler, seen: list[Observation]) -> None:
+        self.scheduler = scheduler
+        self.seen = seen
+
+    def count(self, region: str, kind: ProbeKind = L) -> int:
+        return sum(1 for o in self.seen if (o.region, o.kind) == (region, kind))
+
+
+@contextlib.asynccontextmanager
+async def running(
+    policy: Policy,
+    probes: Mapping[ProbeKind, ProbeFunction],
+    transitioning: Callable[[str, ProbeKind], bool] = lambda region, kind: False,
+    **kwargs: Any,
+) -> AsyncIterator[Harness]:
+    seen: list[Observation] = []
+    scheduler = ProbeScheduler(
+        policy, seen.append, transitioning, probes=probes, rng=random.Random(7), **kwargs
+    )
+    task = asyncio.create_task(scheduler.run())
+    try:
+        yield Harness(scheduler, seen)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await scheduler.close()
+
+
+async def test_first_round_waits_for_every_region_and_enabled_kind() -> None:
+    slow_metrics = asyncio.Event()
+
+    async def metrics(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        await slow_metrics.wait()
+        return Observation(region.name, M, True, now(), 0.0)
+
+    async with running(make_policy(), {**ALL_KINDS, M: metrics}) as h:
+        await asyncio.sleep(0.12)
+        assert h.count("a", L) and h.count("b", I)
+        assert not h.scheduler.first_round.is_set()  # metrics have not answered yet
+        slow_metrics.set()
+        async with asyncio.timeout(1):
+            await h.scheduler.first_round.wait()
+        assert {(o.region, o.kind) for o in h.seen} == {(r, k) for r in "ab" for k in ProbeKind}
+
+
+async def test_disabled_kinds_are_not_probed_nor_awaited() -> None:
+    policy = make_policy(inference={"enabled": False}, metrics={"enabled": False})
+    async with running(policy, ALL_KINDS) as h:
+        async with asyncio.timeout(1):
+            await h.scheduler.first_round.wait()
+        await asyncio.sleep(0.1)
+        assert {o.kind for o in h.seen} == {L}
+
+
+async def test_a_hung_probe_does_not_hold_back_the_next_one() -> None:
+    async def times_out(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        started = time.perf_counter()
+        if region.name == "a":
+            await asyncio.sleep(0.2)  # a probe that only ends at its timeout, four periods later
+            return Observation(region.name, L, False, now(), time.perf_counter() - started, error="timeout")
+        return Observation(region.name, L, True, now(), 0.0)
+
+    async with running(make_policy(), {L: times_out}) as h:
+        await asyncio.sleep(0.6)
+    # Periods of 50 ms: ~12 launches; the first results arrive only after 200 ms, then one per period.
+    assert h.count("a") >= 6
+    assert h.count("b") >= 10
+    assert all(not o.ok for o in h.seen if o.region == "a")
+
+
+async def test_in_flight_probes_are_bounded_per_target() -> None:
+    never = asyncio.Event()
+
+    async def hangs(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async with running(make_policy(("a",)), {L: hangs}, max_in_flight=3) as h:
+        await asyncio.sleep(0.4)
+        stats = h.scheduler.stats
+        assert h.scheduler.in_flight == 3
+        assert stats.launched == 3
+        assert stats.skipped >= 4  # due again and again, but never a fourth concurrent probe
+    assert h.scheduler.in_flight == 0  # close() cancelled and awaited them
+
+
+async def test_fast_interval_while_transitioning() -> None:
+    async def takes_40ms(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        await asyncio.sleep(0.04)
+        return Observation(region.name, L, True, now(), 0.04)
+
+    policy = make_policy(interval=0.2)
+    async with running(policy, {L: takes_40ms}, transitioning=lambda region, kind: region == "a") as h:
+        await asyncio.sleep(0.45)
+    # "a" starts a probe every 10 ms (at most 4 at once: ~100/s), not only after each result (~25/s);
+    # "b" every 200 ms.
+    assert h.count("a") >= 25
+    assert h.count("b") <= 3
+
+
+async def test_a_result_that_starts_a_transition_pulls_the_next_probe_in() -> None:
+    suspicious: set[str] = set()
+
+    async def flaky(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        suspicious.add(region.name)  # as a health view would after a first failure
+        return Observation(region.name, L, False, now(), 0.0)
+
+    policy = make_policy(("a",), interval=1.0)
+    async with running(policy, {L: flaky}, transitioning=lambda region, kind: region in suspicious) as h:
+        async with asyncio.timeout(1.2):
+            await h.scheduler.first_round.wait()
+        started = time.perf_counter()
+        while h.count("a") < 2:
+            await asyncio.sleep(0.005)
+    # Without the pull-in the second probe would come a whole second after the first.
+    assert time.perf_counter() - started < 0.2
+
+
+async def test_update_policy_adds_and_removes_targets_without_resetting_the_others() -> None:
+    cancelled: list[str] = []
+
+    async def slow(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        try:
+            await asyncio.sleep(0.03)
+        except asyncio.CancelledError:
+            cancelled.append(region.name)
+            raise
+        return Observation(region.name, L, True, now(), 0.03)
+
+    async with running(make_policy(("a", "b"), interval=0.4), {L: slow}) as h:
+        while not (h.count("a") and h.count("b")):
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.01)  # "a" and "b" each have a probe in flight or due soon
+        h.scheduler.update_policy(make_policy(("b", "c"), interval=0.4))
+        while h.count("b") < 2 or not h.count("c"):
+            await asyncio.sleep(0.005)
+    assert h.count("a") == 1
+    # "b" kept its phase: its next probe came a period after the last, not at a fresh random offset.
+    first, second = (o.at for o in h.seen if o.region == "b")
+    assert second - first == pytest.approx(0.4, abs=0.03)
+    assert "b" not in cancelled
+
+
+async def test_removing_a_region_cancels_its_probes_in_flight() -> None:
+    cancelled: list[str] = []
+
+    async def slow(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(region.name)
+            raise
+        raise AssertionError("unreachable")
+
+    async with running(make_policy(("a", "b")), {L: slow}) as h:
+        await asyncio.sleep(0.1)
+        h.scheduler.update_policy(make_policy(("b",)))
+        await asyncio.sleep(0)
+        assert set(cancelled) == {"a"}
+        assert h.scheduler.in_flight >= 1  # b's go on
+    assert h.seen == []
+
+
+async def test_hot_reload_of_probe_settings_takes_effect_at_once() -> None:
+    async with running(make_policy(("a",), interval=5.0), {L: instant()}) as h:
+        await asyncio.sleep(0.05)
+        h.seen.clear()
+        h.scheduler.update_policy(make_policy(("a",), interval=0.02))
+        await asyncio.sleep(0.3)
+    assert h.count("a") >= 8
+
+
+async def test_a_crashing_probe_reports_a_failure_and_probing_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def crashes(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        raise KeyError("bug")
+
+    async with running(make_policy(("a",)), {L: crashes}) as h:
+        await asyncio.sleep(0.15)
+    assert h.count("a") >= 2
+    assert {(o.ok, o.error) for o in h.seen} == {(False, "probe crashed: KeyError")}
+    assert "liveness probe of a crashed" in caplog.text
+
+
+async def test_a_failing_sink_does_not_stop_probing(caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    def sink(obs: Observation) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("sink bug")
+
+    scheduler = ProbeScheduler(make_policy(("a",)), sink, probes={L: instant()})
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(0.15)
+    await scheduler.close()  # close() alone ends run()
+    async with asyncio.timeout(1):
+        await task
+    assert calls >= 2
+    assert scheduler.first_round.is_set()
+    assert "observation sink failed" in caplog.text
+
+
+async def test_schedule_lag_is_recorded() -> None:
+    async with running(make_policy(), {L: instant()}) as h:
+        await asyncio.sleep(0.2)
+        stats = h.scheduler.stats
+        assert stats.launched >= 6
+        assert 0 <= stats.p50 <= stats.p99 < 0.05
+        stats.reset()
+        assert (stats.launched, stats.p99) == (0, 0.0)
+
+
+async def test_a_changed_endpoint_is_probed_from_then_on() -> None:
+    endpoints: list[str] = []
+
+    async def records(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        endpoints.append(region.endpoint)
+        return Observation(region.name, L, True, now(), 0.0)
+
+    policy = make_policy(("a",))
+    async with running(policy, {L: records}) as h:
+        await asyncio.sleep(0.1)
+        moved = policy.regions[0].model_copy(update={"endpoint": "http://elsewhere.test:8000"})
+        h.scheduler.update_policy(policy.model_copy(update={"regions": (moved,)}))
+        endpoints.clear()
+        await asyncio.sleep(0.1)
+    assert set(endpoints) == {"http://elsewhere.test:8000"}
