@@ -181,6 +181,7 @@ class Daemon:
             self.last_outcomes = outcomes
             applied = [o for o in outcomes if o.applied or o.error]
             if changed:
+                _log_changes(self.plan, plan)
                 self.counters.plan_changes += 1
                 self.last_change = now
                 await self.audit.write(
@@ -350,3 +351,22 @@ class Daemon:
 
 def _health_summary(h: Any) -> dict[str, Any]:
     return {"state": h.state.value, "score": h.score, "reasons": list(h.reasons)}
+
+
+def _log_changes(before: RoutingPlan | None, after: RoutingPlan) -> None:
+    """One log line per changed weight, with its reason: the daemon log tells the story the audit log proves."""
+    for g in after:
+        previous = before.group(g.service, g.group) if before else None
+        for w in g.weights:
+            old = previous.weight(w.region) if previous else None
+            if old != w.weight:
+                log.info(
+                    "%s/%s %s: %s -> %d%% (%s; %s)",
+                    g.service,
+                    g.group,
+                    w.region,
+                    old,
+                    w.weight,
+                    g.mode.value,
+                    w.reason,
+                )

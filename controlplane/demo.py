@@ -85,6 +85,12 @@ def render_view(daemon: Daemon) -> Table:
             f"{h.kv_cache_usage * 100:.0f}" if h.kv_cache_usage is not None else "-",
             *(str(g.weight(region.name)) if region.name in g.as_dict() else "-" for g in groups),
         )
+    troubled = [
+        f"{r.name}: {'; '.join(view.get(r.name).reasons)}"
+        for r in daemon.policy.regions
+        if view.get(r.name).reasons
+    ]
+    table.caption = "\n".join(troubled) or None
     return table
 
 

@@ -339,6 +339,17 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
                 f"client_groups.{i}.allowed_jurisdictions: no region is in {list(group.allowed_jurisdictions)}; "
                 f"regions are in {sorted(jurisdictions)}",
             )
+    probes = policy.probes
+    periods = {"probes.interval": probes.interval}
+    if probes.inference.enabled:
+        periods["probes.inference.interval"] = probes.inference.interval
+    for field, period in periods.items():
+        if policy.health.stale_after <= period:
+            yield (
+                ("health", "stale_after"),
+                f"health.stale_after: {policy.health.stale_after:g}s must exceed {field} ({period:g}s), "
+                "or every region turns unknown between two probes",
+            )
     yield from _check_providers(policy, region_names, group_names)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -12,18 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import dns.asyncquery
-import dns.message
-import dns.rcode
 import pytest
 import pytest_asyncio
 
+from chaos.loopback import free_port, loopback_policy, resolve
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.haproxy_process import haproxy_available
 from controlplane.providers.haproxy import RuntimeApi, parse_servers_state
 from tests.conftest import require_binary
 
-ROOT = Path(__file__).resolve().parents[2]
 REGION_PORT = 18400  # demo regions use 8000; these use 127.0.0.11-14 on another port
 ADDRESSES = {
     "us-east": "127.0.0.11",
@@ -33,20 +29,6 @@ ADDRESSES = {
 }
 US = {ADDRESSES["us-east"], ADDRESSES["us-west"]}
 EU_CLIENT = "127.0.1.5"
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
 
 
 @dataclass
@@ -59,27 +41,25 @@ class Stack:
     state_dir: Path
 
     async def ask(self, source: str = "127.0.0.1", count: int = 1) -> list[str]:
-        """Addresses answered to `count` A queries from `source`; [] entries are NODATA."""
-        answers: list[str] = []
-        for _ in range(count):
-            query = dns.message.make_query("chat.llm.local", "A")
-            response = await dns.asyncquery.udp(
-                query, "127.0.0.1", port=self.dns_port, source=source, timeout=1.0
-            )
-            assert response.rcode() == dns.rcode.NOERROR
-            answers += [item.address for rrset in response.answer for item in rrset] or [""]
-        return answers
+        """Addresses answered to `count` A queries from `source`; "" entries are NODATA."""
+        return await resolve(self.dns_port, source, count)
 
     async def fault(self, region: str, **spec: object) -> None:
         url = f"http://{ADDRESSES[region]}:{REGION_PORT + 1}/fault"
-        async with aiohttp.ClientSession() as session, asyncio.timeout(2):
-            async with session.post(url, json=spec) as response:
-                assert response.status == 200, await response.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            asyncio.timeout(2),
+            session.post(url, json=spec) as response,
+        ):
+            assert response.status == 200, await response.text()
 
     async def status(self) -> dict[str, object]:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(2):
-            async with session.get(f"{self.api}/status") as response:
-                return json.loads(await response.text())  # type: ignore[no-any-return]
+        async with (
+            aiohttp.ClientSession() as session,
+            asyncio.timeout(2),
+            session.get(f"{self.api}/status") as response,
+        ):
+            return json.loads(await response.text())  # type: ignore[no-any-return]
 
     def weights(self, group: str = "global") -> dict[str, int]:
         plan = self.demo.daemon.plan
@@ -91,7 +71,7 @@ class Stack:
         reply = await RuntimeApi.at(self.hap_socket).send("show servers state chat")
         return {s.name: s.effective_weight for s in parse_servers_state(reply)}
 
-    async def until(self, predicate, timeout: float = 5.0, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
+    async def until(self, predicate, within: float = 5.0, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
         """Poll an (async) predicate; return how long it took."""
         start = time.monotonic()
         while True:
@@ -100,34 +80,27 @@ class Stack:
                 result = await result
             if result:
                 return time.monotonic() - start
-            if time.monotonic() - start > timeout:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            if time.monotonic() - start > within:
+                raise AssertionError(f"timed out after {within}s waiting for {what}")
             await asyncio.sleep(0.02)
 
     async def all_healthy(self) -> None:
         for region in ADDRESSES:
             await self.fault(region, mode="ok")
+
         def settled() -> bool:
             plan = self.demo.daemon.plan
             group = plan.group("chat", "global") if plan else None
             # Full weight: every region in, none still slow-starting or damped toward its target.
             return group is not None and all(
-                w.weight > 0 and "slow start" not in w.reason and "damped" not in w.reason for w in group.weights
+                w.weight > 0 and "slow start" not in w.reason and "damped" not in w.reason
+                for w in group.weights
             )
 
-        await self.until(settled, timeout=15, what="every region back at full weight")
+        await self.until(settled, within=15, what="every region back at full weight")
 
     async def mix(self, source: str = "127.0.0.1", count: int = 200) -> Counter[str]:
         return Counter(await self.ask(source, count))
-
-
-def stack_policy(dns_port: int, api_port: int, hap_socket: str) -> str:
-    text = (ROOT / "policies" / "demo.yaml").read_text()
-    text = text.replace(":8000", f":{REGION_PORT}").replace("port: 5353", f"port: {dns_port}")
-    text = text.replace("socket: 127.0.0.1:9999", f"socket: {hap_socket}")
-    text = text.replace("slow_start: 5", "slow_start: 1")
-    assert str(REGION_PORT) in text and str(dns_port) in text
-    return text
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -138,7 +111,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     dns_port, api_port, hap_port, front_port = free_port(), free_port(), free_port(), free_port()
     hap_socket = f"127.0.0.1:{hap_port}"
     policy_path = tmp / "policy.yaml"
-    policy_path.write_text(stack_policy(dns_port, api_port, hap_socket))
+    policy_path.write_text(loopback_policy(REGION_PORT, dns_port, hap_socket))
     async with demo_stack(
         policy_path,
         tmp / "state",
@@ -147,5 +120,5 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         handle_signals=False,
     ) as demo:
         s = Stack(demo, dns_port, f"http://127.0.0.1:{api_port}", hap_socket, policy_path, tmp / "state")
-        await s.until(lambda: len(s.weights()) == 4, timeout=10, what="the first plan")
+        await s.until(lambda: len(s.weights()) == 4, within=10, what="the first plan")
         yield s

@@ -70,6 +70,14 @@ def test_errors_point_at_the_field(old, new, expected):
     assert any(p.startswith(expected) for p in found), found
 
 
+def test_staleness_must_outlast_the_probe_period():
+    found = problems(DEMO.replace("stale_after: 2.0", "stale_after: 0.5"))
+    assert found == [
+        "p.yaml:63:3: health.stale_after: 0.5s must exceed probes.inference.interval (0.5s), "
+        "or every region turns unknown between two probes"
+    ]
+
+
 def test_every_problem_is_reported_not_just_the_first():
     text = DEMO.replace("capacity: 60", "capacity: -1").replace("ttl: 5", "ttl: 0")
     assert len(problems(text)) == 2
