@@ -37,6 +37,15 @@ class _Facts:
         self._candidates: dict[tuple[str, str], _Candidate] = {}
         self._targets: dict[tuple[object, ...], tuple[dict[str, float], dict[str, str]]] = {}
         self.weighings: dict[tuple[object, ...], Weighing] = {}
+        self._weights: dict[tuple[str, int, str], RouteWeight] = {}
+
+    def route_weight(self, region: str, weight: int, reason: str) -> RouteWeight:
+        # Interned: building a frozen dataclass costs more than finding the equal one made for another service.
+        key = (region, weight, reason)
+        found = self._weights.get(key)
+        if found is None:
+            found = self._weights[key] = RouteWeight(region, weight, reason)
+        return found
 
     def candidate(self, service: str, region: Region) -> _Candidate:
         key = (service if self._scoped else "", region.name)
@@ -207,7 +216,9 @@ def _weigh(
     weights = largest_remainder(shares)
     for name in damped:
         reasons[name] += f"; damped toward {target[name]:.0f} (max shift {service.max_shift})"
-    return GroupMode.NORMAL, tuple(RouteWeight(c.name, weights[c.name], reasons[c.name]) for c in candidates)
+    return GroupMode.NORMAL, tuple(
+        facts.route_weight(c.name, weights[c.name], reasons[c.name]) for c in candidates
+    )
 
 
 def _decide_group(
