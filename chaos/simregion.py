@@ -131,6 +131,7 @@ class SimRegion:
         self._rng = random.Random()
         self._running = 0
         self._hung: set[RequestHandler] = set()
+        self._transition = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._control: web.AppRunner | None = None
@@ -140,25 +141,38 @@ class SimRegion:
             "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=self._registry
         )
         self._running_g = Gauge(
-            "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=self._registry
+            "vllm:num_requests_running",
+            "Requests in model execution batches.",
+            labels,
+            registry=self._registry,
         )
         self._kv_g = Gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels,
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            labels,
             registry=self._registry,
         )
         self._ttft_h = Histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", labels,
-            buckets=TTFT_BUCKETS, registry=self._registry,
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=self._registry,
         )
         self._prompt_c = Counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=self._registry
         )
         self._generation_c = Counter(
-            "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=self._registry
+            "vllm:generation_tokens",
+            "Number of generation tokens processed.",
+            labels,
+            registry=self._registry,
         )
         self._success_c = Counter(
-            "vllm:request_success", "Count of successfully processed requests.",
-            [*labels, "finished_reason"], registry=self._registry,
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*labels, "finished_reason"],
+            registry=self._registry,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -223,17 +237,19 @@ class SimRegion:
 
     async def set_fault(self, spec: FaultSpec) -> None:
         """Apply a fault; returns once the listening socket really is closed or open again."""
-        previous, self._fault = self._fault, spec
-        log.info("region %s: fault %s", self.name, spec)
-        if previous.mode is FaultMode.HANG and spec.mode is not FaultMode.HANG:
-            self._drop_connections(list(self._hung))
-        if spec.mode is FaultMode.DOWN and self._site is not None:
-            site, self._site = self._site, None
-            await site.stop()
-            # A dead server also loses its established connections, keep-alive ones included.
-            self._drop_connections()
-        elif spec.mode is not FaultMode.DOWN and self._site is None and self._runner is not None:
-            await self._listen()
+        # Serialised: two control requests racing must not both open, or close, the listening socket.
+        async with self._transition:
+            previous, self._fault = self._fault, spec
+            log.info("region %s: fault %s", self.name, spec)
+            if previous.mode is FaultMode.HANG and spec.mode is not FaultMode.HANG:
+                self._drop_connections(list(self._hung))
+            if spec.mode is FaultMode.DOWN and self._site is not None:
+                site, self._site = self._site, None
+                await site.stop()
+                # A dead server also loses its established connections, keep-alive ones included.
+                self._drop_connections()
+            elif spec.mode is not FaultMode.DOWN and self._site is None and self._runner is not None:
+                await self._listen()
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -262,7 +278,13 @@ class SimRegion:
         ):
             status = self._rng.choice((500, 503))
             return web.json_response(
-                {"error": {"message": f"simulated failure in {self.name}", "type": "server_error", "code": status}},
+                {
+                    "error": {
+                        "message": f"simulated failure in {self.name}",
+                        "type": "server_error",
+                        "code": status,
+                    }
+                },
                 status=status,
             )
         return await handler(request)
@@ -288,8 +310,16 @@ class SimRegion:
         return web.json_response(
             {
                 "object": "list",
-                "data": [{"id": model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
-                          "root": model, "parent": None}],
+                "data": [
+                    {
+                        "id": model,
+                        "object": "model",
+                        "created": int(time.time()),
+                        "owned_by": "vllm",
+                        "root": model,
+                        "parent": None,
+                    }
+                ],
             }
         )
 
@@ -304,7 +334,9 @@ class SimRegion:
             # Only the served model's series: a stale one left under the old model id would double count.
             gauge.clear()
             gauge.labels(model).set(value)
-        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -316,7 +348,9 @@ class SimRegion:
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens", DEFAULT_MAX_TOKENS))
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             return _bad_request("max_tokens: must be a positive integer")
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"] if isinstance(m, dict))
+        prompt_tokens = sum(
+            len(str(m.get("content", "")).split()) for m in body["messages"] if isinstance(m, dict)
+        )
         model = self.served_model
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -335,17 +369,28 @@ class SimRegion:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens,
-                          "total_tokens": prompt_tokens + max_tokens},
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": max_tokens,
+                    "total_tokens": prompt_tokens + max_tokens,
+                },
             }
         )
 
     async def _stream(
         self, request: web.Request, model: str, completion_id: str, created: int, max_tokens: int
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
 
         def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
@@ -416,9 +461,13 @@ class SimFleet:
             port = parts.port if parts.port is not None else 80
             regions.append(
                 SimRegion(
-                    region.name, parts.hostname or "127.0.0.1", port, port + 1 if port else 0,
+                    region.name,
+                    parts.hostname or "127.0.0.1",
+                    port,
+                    port + 1 if port else 0,
                     model=region.model or policy.probes.inference.model or "demo-llm",
-                    ttft=ttft, token_interval=token_interval,
+                    ttft=ttft,
+                    token_interval=token_interval,
                 )
             )
         return cls(regions)
@@ -455,14 +504,18 @@ async def _serve(fleet: SimFleet) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with fleet:
         for region in fleet.regions.values():
-            print(f"{region.name}: serving {region.endpoint} (model {region.model}), control {region.control_url}/fault",
-                  flush=True)
+            print(
+                f"{region.name}: serving {region.endpoint} (model {region.model}), control {region.control_url}/fault",
+                flush=True,
+            )
         await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m chaos.simregion", description=__doc__)
-    parser.add_argument("--policy", help="start one region per region of this policy file (ignores --name/--host)")
+    parser.add_argument(
+        "--policy", help="start one region per region of this policy file (ignores --name/--host)"
+    )
     parser.add_argument("--name", default="sim")
     parser.add_argument("--host", default="127.0.0.11")
     parser.add_argument("--port", type=int, default=8000)
@@ -475,8 +528,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.policy:
         fleet = SimFleet.for_policy(load_policy(args.policy), args.ttft, args.token_interval)
     else:
-        fleet = SimFleet([SimRegion(args.name, args.host, args.port, args.control_port, args.model,
-                                    args.ttft, args.token_interval)])
+        fleet = SimFleet(
+            [
+                SimRegion(
+                    args.name,
+                    args.host,
+                    args.port,
+                    args.control_port,
+                    args.model,
+                    args.ttft,
+                    args.token_interval,
+                )
+            ]
+        )
     asyncio.run(_serve(fleet))
 
 

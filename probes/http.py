@@ -51,7 +51,9 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         text = f"timed out after {timeout:g}s"
     elif isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        reason = getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
+        reason = (
+            getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
+        )
         text = f"TLS certificate rejected: {reason}"
     elif isinstance(exc, aiohttp.ClientSSLError):
         text = "TLS handshake failed"
@@ -72,7 +74,9 @@ def describe_error(exc: BaseException, timeout: float) -> str:
 
 
 def failed(region: Region, kind: ProbeKind, started: float, now: Clock, error: str) -> Observation:
-    return Observation(region.name, kind, False, now(), time.perf_counter() - started, error=error[:_MAX_ERROR])
+    return Observation(
+        region.name, kind, False, now(), time.perf_counter() - started, error=error[:_MAX_ERROR]
+    )
 
 
 async def probe_liveness(
@@ -85,7 +89,9 @@ async def probe_liveness(
         async with (
             asyncio.timeout(settings.timeout),
             # Redirects are not followed: a 302 to a login page is not a healthy server.
-            session.get(region.endpoint + liveness.path, ssl=settings.tls_verify, allow_redirects=False) as resp,
+            session.get(
+                region.endpoint + liveness.path, ssl=settings.tls_verify, allow_redirects=False
+            ) as resp,
         ):
             # Read the body even when unused, so the connection goes back to the pool for reuse.
             body = await resp.read()

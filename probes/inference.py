@@ -92,7 +92,9 @@ async def probe_inference(
     try:
         async with (
             asyncio.timeout(inference.timeout),
-            session.post(region.endpoint + "/v1/chat/completions", json=payload, ssl=settings.tls_verify) as resp,
+            session.post(
+                region.endpoint + "/v1/chat/completions", json=payload, ssl=settings.tls_verify
+            ) as resp,
         ):
             if resp.status != 200:
                 error = f"HTTP {resp.status}"

@@ -63,7 +63,9 @@ async def probe_metrics(
     except ValueError as exc:
         return failed(region, ProbeKind.METRICS, started, now, f"unparseable metrics: {exc}")
     if queue is None and running is None and kv is None:
-        return failed(region, ProbeKind.METRICS, started, now, "no vLLM, SGLang or TGI load metrics on the page")
+        return failed(
+            region, ProbeKind.METRICS, started, now, "no vLLM, SGLang or TGI load metrics on the page"
+        )
     return Observation(
         region.name,
         ProbeKind.METRICS,

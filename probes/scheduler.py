@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import aiohttp
@@ -26,8 +28,18 @@ Sink = Callable[[Observation], None]
 Transitioning = Callable[[str, ProbeKind], bool]
 Key = tuple[str, ProbeKind]
 
+# A probe due this long ago (or an eighth of its timeout, if less) is shed rather than started (see _fire).
+# Tighter bounds shed more after a lone garbage-collector pause; looser ones let a 2x overload tip into
+# timeouts (bench/probes.py shows both).
+SHED_LAG = 0.05
+OVERLOAD_LOG_EVERY = 10.0
+
 DEFAULT_PROBES: Mapping[ProbeKind, ProbeFunction] = MappingProxyType(
-    {ProbeKind.LIVENESS: probe_liveness, ProbeKind.INFERENCE: probe_inference, ProbeKind.METRICS: probe_metrics}
+    {
+        ProbeKind.LIVENESS: probe_liveness,
+        ProbeKind.INFERENCE: probe_inference,
+        ProbeKind.METRICS: probe_metrics,
+    }
 )
 
 
@@ -41,6 +53,7 @@ class ScheduleStats:
     def __init__(self, window: int = 65_536) -> None:
         self.launched = 0
         self.skipped = 0  # due, but the (region, kind) already had max_in_flight probes running
+        self.shed = 0  # due, but the scheduler was too far behind to start it in time
         self.completed = 0
         self._lags: deque[float] = deque(maxlen=window)
 
@@ -63,7 +76,7 @@ class ScheduleStats:
         return self.quantile(0.99)
 
     def reset(self) -> None:
-        self.launched = self.skipped = self.completed = 0
+        self.launched = self.skipped = self.shed = self.completed = 0
         self._lags.clear()
 
 
@@ -72,20 +85,17 @@ class _Target:
     region: Region
     kind: ProbeKind
     due: float = 0.0  # loop time of the next intended start
-    timer: asyncio.TimerHandle | None = None
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def halt(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        for task in self.tasks:
-            task.cancel()
+    entry: int = -1  # sequence number of its live heap entry; -1 once retired
+    in_flight: int = 0
 
 
 class ProbeScheduler:
-    """Probes run on loop timers, not in per-target loops awaiting each probe: a hung region keeps
-    producing a timeout result every period, and 10,000 targets cost timers, not sleeping tasks.
+    """Probes start from one heap of due times driven by a single loop timer, never from per-target loops
+    awaiting each probe: a hung region keeps producing a timeout result every period.
+
+    One heap entry per target, rather than a loop TimerHandle each (with its context, bound method and
+    argument tuple), keeps the live objects of 10,000 targets few, and so the garbage collector's pauses,
+    which are the scheduler's worst lag, short.
 
     `run()` probes until cancelled (or `close()`); `close()` also releases the HTTP session.
     """
@@ -109,22 +119,23 @@ class ProbeScheduler:
         self._now = now
         self._rng = rng or random.Random()
         self._targets: dict[Key, _Target] = {}
+        self._heap: list[tuple[float, int, _Target]] = []
+        self._sequence = itertools.count()
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._ticking = False
+        self._tasks: dict[asyncio.Task[None], _Target] = {}
         self._seen: set[Key] = set()
         self._unseen: set[Key] = set()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: asyncio.Future[None] | None = None
-        self._orphans: set[asyncio.Task[None]] = set()  # probes of removed targets, still finishing
+        self._overload_logged = -OVERLOAD_LOG_EVERY
         self.first_round = asyncio.Event()
         self.stats = ScheduleStats()
 
     @property
-    def policy(self) -> Policy:
-        return self._policy
-
-    @property
     def in_flight(self) -> int:
-        return sum(len(t.tasks) for t in self._targets.values())
+        return len(self._tasks)
 
     async def run(self) -> None:
         """Schedule probes until cancelled or closed; calling it again after that resumes probing."""
@@ -137,7 +148,7 @@ class ProbeScheduler:
             await self._idle
         finally:
             self._idle = None
-            self._halt_all()
+            self._halt()
 
     def update_policy(self, policy: Policy) -> None:
         """Hot reload: add and remove targets; the others keep their schedule unless probe settings changed."""
@@ -148,8 +159,8 @@ class ProbeScheduler:
     async def close(self) -> None:
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
-        tasks = self._halt_all()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._halt()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -168,39 +179,47 @@ class ProbeScheduler:
     def _sync_targets(self, previous: ProbeSettings) -> None:
         kinds = self._kinds()
         wanted = {(r.name, kind): r for r in self._policy.regions for kind in kinds}
-        for key in self._targets.keys() - wanted.keys():
-            self._retire(self._targets.pop(key))
+        retired = [self._targets.pop(key) for key in self._targets.keys() - wanted.keys()]
         # A changed interval should not wait out the old, maybe much longer, period.
         respread = self._policy.probes != previous
+        now = self._clock()
         for key, region in wanted.items():
             target = self._targets.get(key)
             if target is None:
                 target = self._targets[key] = _Target(region, key[1])
             elif target.region != region:
                 # Results from the old endpoint must not be reported as the new one's.
-                self._retire(target)
-                target.region = region
+                retired.append(target)
+                target = self._targets[key] = _Target(region, key[1])
             elif not respread:
                 continue
-            # The first start is spread over a whole period so that many targets do not fire at once.
-            self._schedule(target, self._clock() + self._rng.uniform(0, self._period(target)))
+            # The first start is spread over a whole normal period, so that many targets do not fire at
+            # once; not over the fast one, though every new target counts as transitioning: 10,000 targets
+            # in 0.2 s would be a 50,000 probes/s burst.
+            self._schedule(target, now + self._rng.uniform(0, self._base_period(target.kind)))
+        self._retire(retired)
         if not self.first_round.is_set():
             self._unseen = wanted.keys() - self._seen
             self._check_first_round()
 
-    def _retire(self, target: _Target) -> None:
-        """Stop a target's timer and probes; the cancelled probes are still awaited by close()."""
-        target.halt()
-        self._orphans |= target.tasks
-        for task in target.tasks:
-            task.add_done_callback(self._orphans.discard)
-        target.tasks = set()
+    def _retire(self, targets: Collection[_Target]) -> None:
+        """Unschedule targets and cancel their probes; close() still awaits the cancelled ones."""
+        if not targets:
+            return
+        for target in targets:
+            target.entry = -1
+        gone = set(targets)
+        for task, target in self._tasks.items():
+            if target in gone:
+                task.cancel()
 
-    def _halt_all(self) -> list[asyncio.Task[None]]:
-        for target in self._targets.values():
-            self._retire(target)
+    def _halt(self) -> None:
+        self._retire(list(self._targets.values()))
         self._targets.clear()
-        return list(self._orphans)
+        self._heap.clear()
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
 
     # ---------------------------------------------------------------- timing
 
@@ -208,14 +227,21 @@ class ProbeScheduler:
         assert self._loop is not None
         return self._loop.time()
 
+    def _base_period(self, kind: ProbeKind) -> float:
+        settings = self._policy.probes
+        if kind is ProbeKind.INFERENCE:
+            return settings.inference.interval
+        if kind is ProbeKind.METRICS:
+            return settings.metrics.interval
+        return settings.interval
+
+    def _timeout(self, kind: ProbeKind) -> float:
+        settings = self._policy.probes
+        return settings.inference.timeout if kind is ProbeKind.INFERENCE else settings.timeout
+
     def _period(self, target: _Target) -> float:
         settings = self._policy.probes
-        if target.kind is ProbeKind.INFERENCE:
-            period = settings.inference.interval
-        elif target.kind is ProbeKind.METRICS:
-            period = settings.metrics.interval
-        else:
-            period = settings.interval
+        period = self._base_period(target.kind)
         if self._is_transitioning(target.region.name, target.kind):
             # Like HAProxy's fastinter: confirm a suspected change quickly, never probe slower for it.
             period = min(period, settings.fast_interval)
@@ -226,21 +252,58 @@ class ProbeScheduler:
         return period * (1.0 + self._rng.uniform(-jitter, jitter))
 
     def _schedule(self, target: _Target, due: float) -> None:
-        assert self._loop is not None
-        if target.timer is not None:
-            target.timer.cancel()
+        """(Re)schedule a target; an earlier entry of it left in the heap is skipped when it comes up."""
         target.due = due
-        target.timer = self._loop.call_at(due, self._fire, target)
+        target.entry = next(self._sequence)
+        heapq.heappush(self._heap, (due, target.entry, target))
+        if not self._ticking and (self._wakeup is None or due < self._wakeup.when()):
+            self._arm(due)
 
-    def _fire(self, target: _Target) -> None:
+    def _arm(self, when: float) -> None:
         assert self._loop is not None
-        now = self._loop.time()
-        self.stats.record_lag(now - target.due)
-        if len(target.tasks) < self._max_in_flight:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        self._wakeup = self._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._wakeup = None
+        now = self._clock()
+        heap = self._heap
+        self._ticking = True  # the targets fired below reschedule themselves; arm the timer once, after
+        try:
+            while heap and heap[0][0] <= now:
+                _, entry, target = heapq.heappop(heap)
+                if entry == target.entry:
+                    self._fire(target, now)
+        finally:
+            self._ticking = False
+        while heap and heap[0][1] != heap[0][2].entry:
+            heapq.heappop(heap)  # stale entries at the top would only cause empty wake-ups
+        if heap:
+            self._arm(heap[0][0])
+
+    def _fire(self, target: _Target, now: float) -> None:
+        assert self._loop is not None
+        lag = now - target.due
+        self.stats.record_lag(lag)
+        if lag > min(SHED_LAG, self._timeout(target.kind) / 8):
+            # The loop is far behind: a probe started now would spend its timeout waiting for this process,
+            # and report a healthy region as timed out. Skipping it lets the backlog drain; the region goes
+            # stale (unknown) if this persists, never falsely unhealthy.
+            self.stats.shed += 1
+            if now - self._overload_logged >= OVERLOAD_LOG_EVERY:
+                self._overload_logged = now
+                log.warning(
+                    "probe scheduler overloaded: %.0f ms behind; %d probes shed so far",
+                    lag * 1e3,
+                    self.stats.shed,
+                )
+        elif target.in_flight < self._max_in_flight:
             self.stats.launched += 1
+            target.in_flight += 1
             task = self._loop.create_task(self._probe(target))
-            target.tasks.add(task)
-            task.add_done_callback(target.tasks.discard)
+            self._tasks[task] = target
+            task.add_done_callback(self._tasks.pop)
         else:
             self.stats.skipped += 1
         due = target.due + self._jittered(self._period(target))
@@ -261,9 +324,15 @@ class ProbeScheduler:
             # A probe bug must not stop probing; the region reads as failing this probe, visibly.
             log.exception("%s probe of %s crashed", kind, region.name)
             obs = Observation(
-                region.name, kind, False, self._now(), time.perf_counter() - started,
+                region.name,
+                kind,
+                False,
+                self._now(),
+                time.perf_counter() - started,
                 error=f"probe crashed: {type(exc).__name__}",
             )
+        finally:
+            target.in_flight -= 1
         self.stats.completed += 1
         try:
             self._sink(obs)
@@ -273,7 +342,7 @@ class ProbeScheduler:
             self._seen.add((region.name, kind))
             self._unseen.discard((region.name, kind))
             self._check_first_round()
-        if self._is_transitioning(region.name, kind) and target.timer is not None:
+        if self._is_transitioning(region.name, kind) and target.entry >= 0:
             # A result that starts (or continues) a transition pulls the next probe in, rather than
             # leaving it a whole normal period away.
             due = self._clock() + self._jittered(self._policy.probes.fast_interval)

@@ -43,8 +43,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         await session.close()
 
 
-def region_of(sim: SimRegion, **extra: str) -> Region:
-    return Region(name=sim.name, endpoint=sim.endpoint, jurisdiction="US", **extra)
+def region_of(sim: SimRegion, model: str | None = None) -> Region:
+    return Region(name=sim.name, endpoint=sim.endpoint, jurisdiction="US", model=model)
 
 
 async def test_healthy_region_passes_every_probe(sim: SimRegion, session: aiohttp.ClientSession) -> None:
@@ -78,7 +78,9 @@ async def test_down_fails_liveness_fast_with_connection_refused(
     assert (await probe_liveness(session, region, SETTINGS)).ok
 
 
-async def test_hang_times_liveness_out_within_the_timeout(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+async def test_hang_times_liveness_out_within_the_timeout(
+    sim: SimRegion, session: aiohttp.ClientSession
+) -> None:
     await sim.set_fault(FaultSpec(FaultMode.HANG))
     started = time.perf_counter()
     live = await probe_liveness(session, region_of(sim), SETTINGS)
@@ -100,7 +102,9 @@ async def test_hang_mid_stream_times_inference_out_but_keeps_the_first_token(
     assert inference.ttft_s is not None and inference.ttft_s < 0.1
 
 
-async def test_errors_fail_inference_while_liveness_stays_ok(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+async def test_errors_fail_inference_while_liveness_stays_ok(
+    sim: SimRegion, session: aiohttp.ClientSession
+) -> None:
     await sim.set_fault(FaultSpec(FaultMode.ERRORS))
     region = region_of(sim)
     assert (await probe_liveness(session, region, SETTINGS)).ok
@@ -160,7 +164,9 @@ async def test_metrics_probe_uses_metrics_url_and_reports_unknown_pages(
     # metrics_url is a base URL; the path comes from the policy's metrics settings.
     region = Region(name="r", endpoint="http://127.0.0.1:9", metrics_url=sim.endpoint, jurisdiction="US")
     assert (await probe_metrics(session, region, SETTINGS)).ok
-    settings = SETTINGS.model_copy(update={"metrics": SETTINGS.metrics.model_copy(update={"path": "/health"})})
+    settings = SETTINGS.model_copy(
+        update={"metrics": SETTINGS.metrics.model_copy(update={"path": "/health"})}
+    )
     empty = await probe_metrics(session, region, settings)
     assert not empty.ok
     assert empty.error == "no vLLM, SGLang or TGI load metrics on the page"
@@ -177,17 +183,42 @@ async def test_liveness_checks_status_and_body(sim: SimRegion, session: aiohttp.
 
 
 @pytest.fixture
-async def tls_server(tmp_path: Path) -> AsyncIterator[str]:
-    """An HTTPS /health behind a self-signed certificate."""
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.32."""
     openssl = require_binary("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.32",
-         "-addext", "subjectAltName=IP:127.0.0.32", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.32",
+            "-addext",
+            "subjectAltName=IP:127.0.0.32",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_server(certificate: tuple[Path, Path]) -> AsyncIterator[str]:
+    """An HTTPS /health behind a self-signed certificate."""
+    cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 

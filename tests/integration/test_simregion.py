@@ -49,10 +49,17 @@ async def metric_values(client: aiohttp.ClientSession, sim: SimRegion) -> dict[s
     async with client.get(f"{sim.endpoint}/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels.get("le")}
+    return {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if not s.labels.get("le")
+    }
 
 
-async def test_streamed_chat_is_openai_format_with_max_tokens(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+async def test_streamed_chat_is_openai_format_with_max_tokens(
+    sim: SimRegion, client: aiohttp.ClientSession
+) -> None:
     async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -101,7 +108,9 @@ async def test_metrics_follow_in_flight_requests_and_load_knobs(
     sim: SimRegion, client: aiohttp.ClientSession
 ) -> None:
     await sim.set_fault(FaultSpec(queue_depth=9, kv_cache=0.5))
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 200, "stream": True}) as resp:
+    async with client.post(
+        f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 200, "stream": True}
+    ) as resp:
         await resp.content.readline()  # the stream has started: the request is running
         values = await metric_values(client, sim)
         assert values["vllm:num_requests_running"] == 1
@@ -116,7 +125,9 @@ async def test_metrics_follow_in_flight_requests_and_load_knobs(
 
 
 async def post_fault(client: aiohttp.ClientSession, sim: SimRegion, body: Any) -> tuple[int, Any]:
-    async with client.post(f"{sim.control_url}/fault", data=json.dumps(body) if not isinstance(body, str) else body) as resp:
+    async with client.post(
+        f"{sim.control_url}/fault", data=json.dumps(body) if not isinstance(body, str) else body
+    ) as resp:
         return resp.status, await resp.json()
 
 
@@ -127,9 +138,18 @@ async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, client: ai
     assert status == 200
     assert sim.fault == FaultSpec(FaultMode.SLOW, factor=5, queue_depth=3)
     async with client.get(f"{sim.control_url}/fault") as resp:
-        assert await resp.json() == body == {
-            "mode": "slow", "fraction": 1.0, "factor": 5, "model": "wrong-model", "queue_depth": 3, "kv_cache": 0.0,
-        }
+        assert (
+            await resp.json()
+            == body
+            == {
+                "mode": "slow",
+                "fraction": 1.0,
+                "factor": 5,
+                "model": "wrong-model",
+                "queue_depth": 3,
+                "kv_cache": 0.0,
+            }
+        )
 
 
 @pytest.mark.parametrize(
@@ -153,7 +173,9 @@ async def test_control_api_rejects_bad_input_clearly(
     assert sim.fault == FaultSpec()
 
 
-async def test_down_refuses_connections_and_drops_open_ones(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+async def test_down_refuses_connections_and_drops_open_ones(
+    sim: SimRegion, client: aiohttp.ClientSession
+) -> None:
     async with client.get(f"{sim.endpoint}/health") as resp:  # leaves a pooled keep-alive connection
         assert resp.status == 200
     await sim.set_fault(FaultSpec(FaultMode.DOWN))
@@ -183,7 +205,9 @@ async def test_hang_never_answers_until_released(sim: SimRegion, client: aiohttp
 
 
 async def test_hang_stalls_a_stream_in_progress(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 500, "stream": True}) as resp:
+    async with client.post(
+        f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 500, "stream": True}
+    ) as resp:
         await resp.content.readline()
         await sim.set_fault(FaultSpec(FaultMode.HANG))
         await asyncio.sleep(0.05)
@@ -192,7 +216,9 @@ async def test_hang_stalls_a_stream_in_progress(sim: SimRegion, client: aiohttp.
         assert resp.content.read_nowait() == b""
 
 
-async def test_errors_fail_api_and_metrics_but_not_health(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+async def test_errors_fail_api_and_metrics_but_not_health(
+    sim: SimRegion, client: aiohttp.ClientSession
+) -> None:
     await sim.set_fault(FaultSpec(FaultMode.ERRORS))
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/metrics")):
         async with client.request(method, f"{sim.endpoint}{path}", json=CHAT) as resp:
@@ -239,7 +265,9 @@ async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -
         for region in fleet.regions.values():
             async with client.get(f"{region.endpoint}/health") as resp:
                 assert resp.status == 200
-        clash = SimFleet([SimRegion("c", "127.0.0.24", 0, 0), SimRegion("d", "127.0.0.22", fleet["a"].port, 0)])
+        clash = SimFleet(
+            [SimRegion("c", "127.0.0.24", 0, 0), SimRegion("d", "127.0.0.22", fleet["a"].port, 0)]
+        )
         with pytest.raises(OSError):
             await clash.start()
         with pytest.raises(aiohttp.ClientConnectionError):  # "c" did not stay up after "d" failed
@@ -249,9 +277,22 @@ async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -
 
 def test_command_line_serves_until_interrupted() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chaos.simregion", "--name", "cli", "--host", "127.0.0.25", "--port", "0",
-         "--control-port", "0"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "chaos.simregion",
+            "--name",
+            "cli",
+            "--host",
+            "127.0.0.25",
+            "--port",
+            "0",
+            "--control-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert proc.stdout is not None

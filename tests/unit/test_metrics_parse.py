@@ -73,8 +73,11 @@ tgi_request_duration_count 4
     [
         (VLLM, (5.0, 5.0, 0.61)),  # counts summed over engines; KV usage is the fullest engine's
         (VLLM_OLD, (7.0, 1.0, 0.25)),
-        (VLLM_OLD + "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.3\n",
-         (7.0, 1.0, 0.3)),  # the current name wins over the deprecated one instead of adding to it
+        (
+            VLLM_OLD
+            + '# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name="m"} 0.3\n',
+            (7.0, 1.0, 0.3),
+        ),  # the current name wins over the deprecated one instead of adding to it
         (SGLANG, (11.0, 6.0, 0.83)),
         (TGI, (5.0, 16.0, None)),  # TGI exports no KV-cache gauge
     ],
@@ -86,7 +89,9 @@ def test_reads_queue_running_and_kv_cache(text: str, expected: tuple[float | Non
 
 def test_page_without_known_names_reads_as_nothing() -> None:
     assert read_load("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 12.5\n") == (
-        None, None, None,
+        None,
+        None,
+        None,
     )
     assert read_load("") == (None, None, None)
 
