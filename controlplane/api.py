@@ -151,7 +151,7 @@ def _parse_override(body: Any, daemon: Daemon, now: float) -> Override:
     if unknown := set(body) - allowed:
         raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     regions = {r.name for r in daemon.policy.regions}
-    if body.get("region") not in regions:
+    if not isinstance(body.get("region"), str) or body["region"] not in regions:
         raise ValueError(f"region: must be one of {sorted(regions)}, got {body.get('region')!r}")
     try:
         action = OverrideAction(body.get("action", "drain"))
@@ -169,7 +169,9 @@ def _parse_override(body: Any, daemon: Daemon, now: float) -> Override:
             f"duration: seconds, more than 0 and at most {MAX_OVERRIDE_SECONDS}, got {duration!r}"
         )
     service = body.get("service")
-    if service is not None and service not in {s.name for s in daemon.policy.services}:
+    if service is not None and (
+        not isinstance(service, str) or service not in {s.name for s in daemon.policy.services}
+    ):
         raise ValueError(f"service: unknown service {service!r}")
     weight = body.get("weight")
     if action is OverrideAction.WEIGHT and (

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
+import yaml
+
+from controlplane.policy import Policy, PolicyError, Problem, json_schema, load_policy
 
 log = logging.getLogger("controlplane")
 
@@ -33,8 +35,26 @@ def _token() -> str | None:
     return token or None
 
 
+def _load(path: str | Path) -> Policy:
+    """load_policy, also reporting as FILE:LINE:COL (not a traceback) the YAML its loader lets escape:
+    an unknown tag (`!foo`), an alias that contains itself."""
+    try:
+        return load_policy(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise PolicyError([Problem(str(path), line, col, f"invalid YAML: {exc.problem or exc}")]) from None
+    except RecursionError:
+        raise PolicyError([Problem(str(path), 1, 1, "invalid YAML: nested too deeply")]) from None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    problems = validate_files(args.files)
+    problems: list[Problem] = []
+    for file in args.files:
+        try:
+            _load(file)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
@@ -55,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level)
     setup_tracing()
-    policy = load_policy(args.policy)
+    policy = _load(args.policy)
     config = DaemonConfig(
         policy_path=Path(args.policy),
         state_dir=Path(args.state_dir),
@@ -78,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from controlplane.oneshot import plan_once
 
-    policy = load_policy(args.policy)
+    policy = _load(args.policy)
     outcomes, plan = asyncio.run(plan_once(policy, Path(args.state_dir)))
     if args.json:
         print(

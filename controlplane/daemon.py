@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
 from opentelemetry import trace
 
 from controlplane.engine import decide
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy, PolicyError, load_policy
+from controlplane.policy import Policy, PolicyError, Problem, load_policy
 from controlplane.providers.base import Provider
-from controlplane.reconciler import Outcome, Reconciler, ResidencyViolation
+from controlplane.reconciler import Outcome, ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import AuditLog, StateStore
 from controlplane.telemetry import traced_probes
 from probes.health import (
@@ -235,7 +236,7 @@ class Daemon:
     async def reload(self) -> bool:
         """Load the policy file again; an invalid edit is refused and the last good policy keeps running."""
         try:
-            policy = await asyncio.to_thread(load_policy, self.config.policy_path)
+            policy = await asyncio.to_thread(_load_policy, self.config.policy_path)
         except PolicyError as exc:
             self.counters.reloads_rejected += 1
             for problem in exc.problems:
@@ -268,10 +269,26 @@ class Daemon:
                 await self.reload()
 
     async def _start_providers(self) -> None:
-        self.providers = self._provider_factory(self.policy)
-        for provider in self.providers:
-            await provider.start()
-        self.reconciler.providers = list(self.providers)
+        started: list[ManagedProvider] = []
+        for provider in self._provider_factory(self.policy):
+            try:
+                await provider.start()
+            except Exception as exc:
+                # One provider failing never blocks the others: run without it until the providers change.
+                stats = self.reconciler.stats.setdefault(provider.name, ProviderStats())
+                stats.errors += 1
+                stats.consecutive_errors += 1
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("provider %s failed to start, running without it: %s", provider.name, exc)
+                await self.audit.write("provider_failed", provider=provider.name, error=stats.last_error)
+                try:
+                    await provider.close()
+                except Exception:
+                    log.exception("closing provider %s", provider.name)
+                continue
+            started.append(provider)
+        self.providers = started
+        self.reconciler.providers = list(started)
 
     async def _close_providers(self) -> None:
         for provider in self.providers:
@@ -347,6 +364,18 @@ class Daemon:
             await self.audit.write("stop")
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+
+def _load_policy(path: Path) -> Policy:
+    """load_policy, also refusing (as FILE:LINE:COL) the YAML its loader lets escape: unknown tags, alias loops."""
+    try:
+        return load_policy(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise PolicyError([Problem(str(path), line, col, f"invalid YAML: {exc.problem or exc}")]) from None
+    except RecursionError:
+        raise PolicyError([Problem(str(path), 1, 1, "invalid YAML: nested too deeply")]) from None
 
 
 def _health_summary(h: Any) -> dict[str, Any]:

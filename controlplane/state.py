@@ -28,6 +28,7 @@ class StateStore:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "state.json"
+        self._lock = asyncio.Lock()
 
     def load(self) -> PersistedState:
         try:
@@ -37,7 +38,7 @@ class StateStore:
             return PersistedState(plan, overrides)
         except FileNotFoundError:
             return PersistedState(None, ())
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # A corrupt state file must not keep the daemon down; the audit log still has the history.
             log.error("ignoring unreadable state file %s: %s", self.path, exc)
             return PersistedState(None, ())
@@ -56,7 +57,16 @@ class StateStore:
             {"plan": plan.to_json() if plan else None, "overrides": [o.to_json() for o in overrides]},
             sort_keys=True,
         )
-        await asyncio.to_thread(self._write, payload)
+        # One write at a time, in call order: concurrent writers would share the temporary file (one
+        # renames it from under the other) and an older payload could land last. A cancelled caller
+        # cannot stop its thread, so the lock is held until that write has finished (shutdown saves last).
+        async with self._lock:
+            write = asyncio.ensure_future(asyncio.to_thread(self._write, payload))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await write
+                raise
 
 
 class AuditLog:
