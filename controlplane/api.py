@@ -138,8 +138,8 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     token = request.app[DAEMON_KEY].config.token
     if not token:
         return _error(403, "changes are disabled: the daemon has no admin token (set CONTROLPLANE_TOKEN)")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         return _error(401, "missing or wrong bearer token")
     return await handler(request)  # type: ignore[no-any-return]
 

@@ -14,9 +14,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import yaml
-
-from controlplane.policy import Policy, PolicyError, Problem, json_schema, load_policy
+from controlplane.policy import PolicyError, Problem, json_schema, load_policy
 
 log = logging.getLogger("controlplane")
 
@@ -35,24 +33,11 @@ def _token() -> str | None:
     return token or None
 
 
-def _load(path: str | Path) -> Policy:
-    """load_policy, also reporting as FILE:LINE:COL (not a traceback) the YAML its loader lets escape:
-    an unknown tag (`!foo`), an alias that contains itself."""
-    try:
-        return load_policy(path)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise PolicyError([Problem(str(path), line, col, f"invalid YAML: {exc.problem or exc}")]) from None
-    except RecursionError:
-        raise PolicyError([Problem(str(path), 1, 1, "invalid YAML: nested too deeply")]) from None
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[Problem] = []
     for file in args.files:
         try:
-            _load(file)
+            load_policy(file)
         except PolicyError as exc:
             problems.extend(exc.problems)
     for problem in problems:
@@ -75,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level)
     setup_tracing()
-    policy = _load(args.policy)
+    policy = load_policy(args.policy)
     config = DaemonConfig(
         policy_path=Path(args.policy),
         state_dir=Path(args.state_dir),
@@ -98,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from controlplane.oneshot import plan_once
 
-    policy = _load(args.policy)
+    policy = load_policy(args.policy)
     outcomes, plan = asyncio.run(plan_once(policy, Path(args.state_dir)))
     if args.json:
         print(

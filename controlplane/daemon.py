@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -12,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from opentelemetry import trace
 
 from controlplane.engine import decide
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy, PolicyError, Problem, load_policy
+from controlplane.policy import Policy, PolicyError, load_policy
 from controlplane.providers.base import Provider
 from controlplane.reconciler import Outcome, ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import AuditLog, StateStore
@@ -61,6 +61,7 @@ class DaemonConfig:
     reconcile_interval: float = 1.0
     reload_interval: float = 1.0
     dry_run: bool = False
+    provider_start_retry: float = 5.0  # seconds between attempts to start a provider that failed to start
 
 
 def _weights(plan: RoutingPlan | None) -> dict[str, dict[str, dict[str, int]]]:
@@ -113,6 +114,9 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._policy_mtime = self._mtime()
+        self._last_errors: dict[str, str | None] = {}
+        self._unstarted: set[str] = set()
+        self._next_start_retry = 0.0
 
     # ---------------------------------------------------------------- inputs
 
@@ -180,7 +184,11 @@ class Daemon:
                 return plan
             self.counters.reconciles += 1
             self.last_outcomes = outcomes
-            applied = [o for o in outcomes if o.applied or o.error]
+            # A provider failing the same way every second is audited once, not every second.
+            applied = [
+                o for o in outcomes if o.applied or (o.error and o.error != self._last_errors.get(o.provider))
+            ]
+            self._last_errors = {o.provider: o.error for o in outcomes}
             if changed:
                 _log_changes(self.plan, plan)
                 self.counters.plan_changes += 1
@@ -225,6 +233,8 @@ class Daemon:
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._unstarted and time.monotonic() >= self._next_start_retry:
+                await self._start_providers(only=self._unstarted)
             await self.step()
 
     def _mtime(self) -> float:
@@ -236,7 +246,7 @@ class Daemon:
     async def reload(self) -> bool:
         """Load the policy file again; an invalid edit is refused and the last good policy keeps running."""
         try:
-            policy = await asyncio.to_thread(_load_policy, self.config.policy_path)
+            policy = await asyncio.to_thread(load_policy, self.config.policy_path)
         except PolicyError as exc:
             self.counters.reloads_rejected += 1
             for problem in exc.problems:
@@ -254,6 +264,7 @@ class Daemon:
         else:
             for provider in self.providers:
                 provider.update_policy(policy)
+        _settle_heap()
         self.counters.reloads_ok += 1
         log.info("policy reloaded from %s", self.config.policy_path)
         await self.audit.write("policy_loaded", path=str(self.config.policy_path))
@@ -268,27 +279,35 @@ class Daemon:
                 self._policy_mtime = mtime
                 await self.reload()
 
-    async def _start_providers(self) -> None:
+    async def _start_providers(self, only: set[str] | None = None) -> None:
+        """Start the policy's providers (or retry just `only`); one failing to start never blocks the others:
+        it is audited, left out, and retried every few seconds."""
         started: list[ManagedProvider] = []
         for provider in self._provider_factory(self.policy):
+            if only is not None and provider.name not in only:
+                continue
             try:
                 await provider.start()
             except Exception as exc:
-                # One provider failing never blocks the others: run without it until the providers change.
                 stats = self.reconciler.stats.setdefault(provider.name, ProviderStats())
                 stats.errors += 1
                 stats.consecutive_errors += 1
-                stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("provider %s failed to start, running without it: %s", provider.name, exc)
-                await self.audit.write("provider_failed", provider=provider.name, error=stats.last_error)
+                error = f"{type(exc).__name__}: {exc}"
+                if provider.name not in self._unstarted or error != stats.last_error:
+                    log.error("provider %s failed to start, running without it: %s", provider.name, exc)
+                    await self.audit.write("provider_failed", provider=provider.name, error=error)
+                stats.last_error = error
+                self._unstarted.add(provider.name)
                 try:
                     await provider.close()
                 except Exception:
                     log.exception("closing provider %s", provider.name)
                 continue
+            self._unstarted.discard(provider.name)
             started.append(provider)
-        self.providers = started
-        self.reconciler.providers = list(started)
+        self._next_start_retry = time.monotonic() + self.config.provider_start_retry
+        self.providers = [*self.providers, *started] if only is not None else started
+        self.reconciler.providers = list(self.providers)
 
     async def _close_providers(self) -> None:
         for provider in self.providers:
@@ -298,6 +317,7 @@ class Daemon:
                 log.exception("closing provider %s", provider.name)
         self.providers = []
         self.reconciler.providers = []
+        self._unstarted.clear()
 
     async def _restart_providers(self) -> None:
         await self._close_providers()
@@ -342,6 +362,7 @@ class Daemon:
             "start", policy=str(self.config.policy_path), resumed_plan=self.plan is not None
         )
         await self._start_providers()
+        _settle_heap()
         tasks = [
             asyncio.create_task(self._supervise(name, factory), name=name)
             for name, factory in (
@@ -366,16 +387,11 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
 
-def _load_policy(path: Path) -> Policy:
-    """load_policy, also refusing (as FILE:LINE:COL) the YAML its loader lets escape: unknown tags, alias loops."""
-    try:
-        return load_policy(path)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise PolicyError([Problem(str(path), line, col, f"invalid YAML: {exc.problem or exc}")]) from None
-    except RecursionError:
-        raise PolicyError([Problem(str(path), 1, 1, "invalid YAML: nested too deeply")]) from None
+def _settle_heap() -> None:
+    """Move what start-up or a reload allocated (policy, providers, thousands of probe targets) out of the
+    garbage collector's sight: full collections then stop pausing the loop for tens of milliseconds."""
+    gc.collect()
+    gc.freeze()
 
 
 def _health_summary(h: Any) -> dict[str, Any]:

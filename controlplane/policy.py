@@ -249,9 +249,23 @@ Path_ = tuple[str | int, ...]
 _SCALARS = yaml.constructor.SafeConstructor()
 
 
-def _construct(node: yaml.Node, path: Path_, marks: dict[Path_, yaml.Mark], dupes: list[Path_]) -> Any:
+class _AliasLoop(Exception):
+    def __init__(self, mark: yaml.Mark) -> None:
+        self.mark = mark
+
+
+def _construct(
+    node: yaml.Node,
+    path: Path_,
+    marks: dict[Path_, yaml.Mark],
+    dupes: list[Path_],
+    parents: frozenset[int] = frozenset(),
+) -> Any:
     """Build plain data from a composed YAML node, remembering where every value started."""
     marks[path] = node.start_mark
+    if id(node) in parents:
+        raise _AliasLoop(node.start_mark)
+    parents = parents | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -260,11 +274,11 @@ def _construct(node: yaml.Node, path: Path_, marks: dict[Path_, yaml.Mark], dupe
                 marks[(*path, key)] = key_node.start_mark
                 dupes.append((*path, key))
                 continue
-            out[key] = _construct(value_node, (*path, key), marks, dupes)
+            out[key] = _construct(value_node, (*path, key), marks, dupes, parents)
             marks[(*path, key, "__key__")] = key_node.start_mark
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), marks, dupes) for i, item in enumerate(node.value)]
+        return [_construct(item, (*path, i), marks, dupes, parents) for i, item in enumerate(node.value)]
     return _SCALARS.construct_object(node, deep=True)
 
 
@@ -390,21 +404,34 @@ def _check_providers(
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     """Parse and validate policy YAML; raise PolicyError listing every problem with its position."""
+    marks: dict[Path_, yaml.Mark] = {}
+    dupes: list[Path_] = []
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
+        if root is None:
+            raise PolicyError(
+                [Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")]
+            )
+        data = _construct(root, (), marks, dupes)
+    except yaml.MarkedYAMLError as exc:  # syntax errors, and tags like !foo that a policy has no use for
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise PolicyError([Problem(filename, line, col, f"invalid YAML: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([Problem(filename, 1, 1, f"invalid YAML: {exc}")]) from None
-    if root is None:
+    except _AliasLoop as exc:
         raise PolicyError(
-            [Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")]
-        )
-    marks: dict[Path_, yaml.Mark] = {}
-    dupes: list[Path_] = []
-    data = _construct(root, (), marks, dupes)
+            [
+                Problem(
+                    filename,
+                    exc.mark.line + 1,
+                    exc.mark.column + 1,
+                    "invalid YAML: an alias refers to itself",
+                )
+            ]
+        ) from None
+    except RecursionError:
+        raise PolicyError([Problem(filename, 1, 1, "invalid YAML: nested too deeply")]) from None
 
     def at(loc: Path_, message: str, at_key: bool = False) -> Problem:
         mark = _mark_for(loc, marks, at_key)

@@ -326,6 +326,7 @@ async def running_plane(
         token=token,
         reconcile_interval=reconcile_interval,
         reload_interval=reload_interval,
+        provider_start_retry=0.2,
     )
     daemon = Daemon(config, policy, provider_factory)
     task = asyncio.create_task(

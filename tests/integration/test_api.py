@@ -159,6 +159,8 @@ async def test_changes_need_the_right_bearer_token(plane: Plane) -> None:
         {"Authorization": "Bearer wrong"},
         {"Authorization": "Bearer "},
         {"Authorization": TOKEN + "x"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Token {TOKEN}"},
     ):
         status, body = await plane.request("POST", "/overrides", headers=headers, json=drain)
         assert status == 401, headers
@@ -168,6 +170,11 @@ async def test_changes_need_the_right_bearer_token(plane: Plane) -> None:
     assert await plane.get("/overrides") == (200, [])  # reading needs no token
     assert plane.daemon.overrides == ()
     assert plane.events("override_added") == []
+    # The scheme is case-insensitive (RFC 9110); the token is not.
+    status, _ = await plane.request(
+        "POST", "/overrides", headers={"Authorization": f"bearer {TOKEN}"}, json=drain
+    )
+    assert status == 201
     assert plane.weights() == FULL["global"]
 
 

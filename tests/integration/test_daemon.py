@@ -311,6 +311,7 @@ async def test_failing_providers_stop_neither_the_daemon_nor_the_others(
         assert metrics[("controlplane_provider_applies_total", frozenset({("provider", "memory")}))] >= 2
         errors = [p for e in plane.events("applied") for p in e["providers"] if p["provider"] == "broken"]
         assert errors and errors[0]["error"] == "RuntimeError: backend exploded"
+        assert len(errors) == 1, "the same failure, every second, is audited once"
     assert all(getattr(p, "closed", True) for p in made)
 
 
@@ -352,12 +353,22 @@ async def test_a_provider_that_cannot_start_does_not_stop_the_others(fleet: SimF
             assert [p.name for p in plane.daemon.providers] == ["memory"]
             await plane.settled(FULL)
             _, body = await plane.get("/status")
-            assert body["providers"]["localdns"]["errors"] == 1
+            assert body["providers"]["localdns"]["errors"] >= 1
             assert "cannot listen on udp" in body["providers"]["localdns"]["last_error"]
             [failed] = plane.events("provider_failed")
             assert failed["provider"] == "localdns"
             metrics = await plane.metrics()
-            assert metrics[("controlplane_provider_errors_total", frozenset({("provider", "localdns")}))] == 1
+            assert metrics[("controlplane_provider_errors_total", frozenset({("provider", "localdns")}))] >= 1
+
+            # Retried in the background: once the port is free, localdns starts with no policy change,
+            # and the failure was audited once, not at every retry.
+            squatter.close()
+            await until(
+                lambda: [p.name for p in plane.daemon.providers] == ["memory", "localdns"],
+                what="localdns to start once its port is free",
+            )
+            await plane.settled(FULL, provider="localdns")
+            assert len(plane.events("provider_failed")) == 1
 
             # Once the providers change (the DNS server moves to a free port), localdns is started again.
             write_policy(policy, policy_data(fleet, dns_port=free_port(udp_too=True)))
