@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 
 def require_binary(name: str) -> str:
@@ -28,3 +34,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and reporter is not None:
         reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+async def until(predicate: Callable[[], T | Awaitable[T]], within: float = 5.0, what: str = "condition") -> T:
+    """Poll a (sync or async) predicate every 20 ms until it returns something truthy; return that."""
+    deadline = time.monotonic() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from chaos.loopback import free_port, loopback_policy, resolve
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.haproxy_process import haproxy_available
 from controlplane.providers.haproxy import RuntimeApi, parse_servers_state
-from tests.conftest import require_binary
+from tests.conftest import require_binary, until
 
 REGION_PORT = 18400  # demo regions use 8000; these use 127.0.0.11-14 on another port
 ADDRESSES = {
@@ -71,19 +70,6 @@ class Stack:
         reply = await RuntimeApi.at(self.hap_socket).send("show servers state chat")
         return {s.name: s.effective_weight for s in parse_servers_state(reply)}
 
-    async def until(self, predicate, within: float = 5.0, what: str = "condition") -> float:  # type: ignore[no-untyped-def]
-        """Poll an (async) predicate; return how long it took."""
-        start = time.monotonic()
-        while True:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-            if result:
-                return time.monotonic() - start
-            if time.monotonic() - start > within:
-                raise AssertionError(f"timed out after {within}s waiting for {what}")
-            await asyncio.sleep(0.02)
-
     async def all_healthy(self) -> None:
         for region in ADDRESSES:
             await self.fault(region, mode="ok")
@@ -97,7 +83,7 @@ class Stack:
                 for w in group.weights
             )
 
-        await self.until(settled, within=15, what="every region back at full weight")
+        await until(settled, within=15, what="every region back at full weight")
 
     async def mix(self, source: str = "127.0.0.1", count: int = 200) -> Counter[str]:
         return Counter(await self.ask(source, count))
@@ -120,5 +106,5 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         handle_signals=False,
     ) as demo:
         s = Stack(demo, dns_port, f"http://127.0.0.1:{api_port}", hap_socket, policy_path, tmp / "state")
-        await s.until(lambda: len(s.weights()) == 4, within=10, what="the first plan")
+        await until(lambda: len(s.weights()) == 4, within=10, what="the first plan")
         yield s

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +20,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from chaos.loopback import free_port
 from chaos.simregion import SimFleet, SimRegion
 from controlplane.api import serve
 from controlplane.changes import ChangeSet, Record
@@ -31,6 +30,7 @@ from controlplane.policy import Policy, load_policy
 from controlplane.providers.base import Capabilities, PermanentProviderError
 from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider, render_records
+from tests.conftest import until
 
 T = TypeVar("T")
 
@@ -51,36 +51,6 @@ FULL = {
     "eu": {"eu-west": 67, "eu-central": 33},
 }
 TOKEN = "integration-token"
-
-
-def free_port(udp_too: bool = False) -> int:
-    """A TCP port free on 127.0.0.1 (and free for UDP as well when asked)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-
-
-async def until(predicate: Callable[[], T | Awaitable[T]], within: float = 5.0, what: str = "condition") -> T:
-    """Poll a (sync or async) predicate every 20 ms until it returns something truthy; return that."""
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

@@ -316,7 +316,7 @@ async def test_failing_providers_stop_neither_the_daemon_nor_the_others(
 
 
 async def test_localdns_answers_with_the_plan(fleet: SimFleet, tmp_path: Path) -> None:
-    dns_port = free_port(udp_too=True)
+    dns_port = free_port()
     policy = tmp_path / "policy.yaml"
     write_policy(policy, policy_data(fleet, dns_port=dns_port))
     async with running_plane(policy, tmp_path / "state") as plane:
@@ -371,7 +371,7 @@ async def test_a_provider_that_cannot_start_does_not_stop_the_others(fleet: SimF
             assert len(plane.events("provider_failed")) == 1
 
             # Once the providers change (the DNS server moves to a free port), localdns is started again.
-            write_policy(policy, policy_data(fleet, dns_port=free_port(udp_too=True)))
+            write_policy(policy, policy_data(fleet, dns_port=free_port()))
             await until(
                 lambda: [p.name for p in plane.daemon.providers] == ["localdns", "memory"],
                 what="localdns to start on its new port",

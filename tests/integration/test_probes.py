@@ -25,16 +25,6 @@ SETTINGS = ProbeSettings(timeout=0.3, inference=InferenceProbe(timeout=1.0, mode
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimRegion]:
-    region = SimRegion("us-test", "127.0.0.31", port=0, control_port=0, ttft=0.02, token_interval=0.005)
-    await region.start()
-    try:
-        yield region
-    finally:
-        await region.stop()
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     session = make_session()
     try:
@@ -50,7 +40,7 @@ def region_of(sim: SimRegion, model: str | None = None) -> Region:
 async def test_healthy_region_passes_every_probe(sim: SimRegion, session: aiohttp.ClientSession) -> None:
     region = region_of(sim)
     live = await probe_liveness(session, region, SETTINGS)
-    assert (live.region, live.kind, live.ok, live.error) == ("us-test", ProbeKind.LIVENESS, True, None)
+    assert (live.region, live.kind, live.ok, live.error) == ("sim", ProbeKind.LIVENESS, True, None)
     inference = await probe_inference(session, region, SETTINGS)
     assert inference.ok, inference.error
     assert inference.model == "demo-llm"

@@ -18,18 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chaos.simregion import FaultMode, FaultSpec, SimFleet, SimRegion
 from controlplane.policy import Policy
 
-HOST = "127.0.0.21"
 CHAT = {"messages": [{"role": "user", "content": "say ok"}], "max_tokens": 5}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimRegion]:
-    region = SimRegion("sim", HOST, port=0, control_port=0, ttft=0.01, token_interval=0.002)
-    await region.start()
-    try:
-        yield region
-    finally:
-        await region.stop()
 
 
 @pytest.fixture
