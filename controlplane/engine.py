@@ -22,7 +22,7 @@ class _Candidate:
     healthy: bool
     drained: Override | None
     pinned: Override | None
-    down_reason: str
+    idle_reason: str  # why it gets nothing when it is not among the live regions
 
 
 class _Facts:
@@ -35,6 +35,7 @@ class _Facts:
         self.now = now
         self._scoped = any(o.service is not None for o in overrides)
         self._candidates: dict[tuple[str, str], _Candidate] = {}
+        self._candidate_sets: dict[tuple[str, int], tuple[_Candidate, ...]] = {}
         self._targets: dict[tuple[object, ...], tuple[dict[str, float], dict[str, str]]] = {}
         self.weighings: dict[tuple[object, ...], Weighing] = {}
         self._weights: dict[tuple[str, int, str], RouteWeight] = {}
@@ -59,9 +60,25 @@ class _Facts:
                         drained = drained or o
                     else:
                         pinned = pinned or o
-            down = f"{h.state}: " + ("; ".join(h.reasons) or "not healthy")
-            found = _Candidate(region.name, region, h, h.state is State.HEALTHY, drained, pinned, down)
+            healthy = h.state is State.HEALTHY
+            if not healthy:
+                idle = f"{h.state}: " + ("; ".join(h.reasons) or "not healthy")
+            elif drained is not None:
+                idle = f"drained by override until {drained.until:.0f}" + (
+                    f" ({drained.reason})" if drained.reason else ""
+                )
+            else:
+                idle = "standby"
+            found = _Candidate(region.name, region, h, healthy, drained, pinned, idle)
             self._candidates[key] = found
+        return found
+
+    def candidates(self, service: str, allowed: tuple[Region, ...]) -> tuple[_Candidate, ...]:
+        # Keyed by identity: the policy hands out one tuple per (service, group), alive for the whole call.
+        key = (service if self._scoped else "", id(allowed))
+        found = self._candidate_sets.get(key)
+        if found is None:
+            found = self._candidate_sets[key] = tuple(self.candidate(service, r) for r in allowed)
         return found
 
     def targets(
@@ -71,18 +88,20 @@ class _Facts:
         found = self._targets.get(key)
         if found is None:
             found = self._targets[key] = _targets(service, live, self.now)
-        return dict(found[0]), dict(found[1])
+        return found
 
 
 def largest_remainder(shares: Mapping[str, float], total: int = TOTAL) -> dict[str, int]:
     """Integers summing to `total`, each the floor or ceiling of its exact share."""
     if not shares:
         return {}
-    whole = {k: math.floor(max(0.0, v) + 1e-9) for k, v in shares.items()}
+    floor = math.floor
+    whole = {k: floor(v + 1e-9) if v > 0 else 0 for k, v in shares.items()}
     left = total - sum(whole.values())
-    by_remainder = sorted(shares, key=lambda k: (-(max(0.0, shares[k]) - whole[k]), k))
-    for key in by_remainder[: max(0, left)]:
-        whole[key] += 1
+    if left > 0:
+        remainders = sorted((whole[k] - v, k) for k, v in shares.items() if v > 0)
+        for _, key in remainders[:left]:
+            whole[key] += 1
     return whole
 
 
@@ -139,17 +158,18 @@ def _targets(
 
 
 def _damp(
-    previous: Mapping[str, int], target: Mapping[str, float], dead: set[str], max_shift: int
+    previous: Mapping[str, int], target: dict[str, float], dead: set[str], max_shift: int
 ) -> tuple[dict[str, float], set[str]]:
     """Move from the previous weights toward the target by at most max_shift per region, except that dead
     regions drop to zero at once and their weight goes straight to the live ones."""
     gone = dead | {r for r in previous if r not in target}
     freed = sum(previous[r] for r in gone if r in previous)
-    start = {r: (0.0 if r in gone else float(previous.get(r, 0))) + freed * target[r] / TOTAL for r in target}
-    delta = {r: target[r] - start[r] for r in target}
-    biggest = max((abs(d) for d in delta.values()), default=0.0)
+    share = freed / TOTAL
+    start = {r: (0.0 if r in gone else previous.get(r, 0)) + share * t for r, t in target.items()}
+    delta = {r: t - start[r] for r, t in target.items()}
+    biggest = max(max(delta.values(), default=0.0), -min(delta.values(), default=0.0))
     if biggest <= max_shift:
-        return dict(target), set()
+        return target, set()
     step = max_shift / biggest
     moved = {r: start[r] + step * delta[r] for r in target}
     return moved, {r for r in target if abs(moved[r] - target[r]) > 1e-9}
@@ -191,34 +211,26 @@ def _weigh(
     if drain_refused:
         # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
         live = healthy
-    target, reasons = facts.targets(service, live)
-    for c in candidates:
-        if c.name not in target:
-            target[c.name] = 0.0
-            if not c.healthy:
-                reasons[c.name] = c.down_reason
-            elif c.drained is not None:
-                reasons[c.name] = f"drained by override until {c.drained.until:.0f}" + (
-                    f" ({c.drained.reason})" if c.drained.reason else ""
-                )
-            else:
-                reasons[c.name] = "standby"
-    if drain_refused:
-        for c in live:
-            reasons[c.name] += "; drain refused: last healthy region"
+    shares, live_reasons = facts.targets(service, live)  # shared by every group with these regions: read only
+    target = {c.name: shares.get(c.name, 0.0) for c in candidates}
     damped: set[str] = set()
     if previous is not None and previous.mode is GroupMode.NORMAL:
         before = previous.as_dict()
         dead = {c.name for c in candidates if not c.healthy and before.get(c.name, 0) > 0}
-        shares, damped = _damp(before, target, dead, service.max_shift)
+        moved, damped = _damp(before, target, dead, service.max_shift)
     else:
-        shares = target
-    weights = largest_remainder(shares)
-    for name in damped:
-        reasons[name] += f"; damped toward {target[name]:.0f} (max shift {service.max_shift})"
-    return GroupMode.NORMAL, tuple(
-        facts.route_weight(c.name, weights[c.name], reasons[c.name]) for c in candidates
-    )
+        moved = target
+    weights = largest_remainder(moved)
+
+    def reason(c: _Candidate) -> str:
+        why = live_reasons.get(c.name) or c.idle_reason
+        if drain_refused:
+            why += "; drain refused: last healthy region"
+        if c.name in damped:
+            why += f"; damped toward {target[c.name]:.0f} (max shift {service.max_shift})"
+        return why
+
+    return GroupMode.NORMAL, tuple(facts.route_weight(c.name, weights[c.name], reason(c)) for c in candidates)
 
 
 def _decide_group(
@@ -227,7 +239,7 @@ def _decide_group(
     allowed = policy.allowed_regions(service, group)
     if not allowed:
         return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, ())
-    candidates = [facts.candidate(service.name, r) for r in allowed]
+    candidates = facts.candidates(service.name, allowed)
     # Services with the same settings, regions and last weights get the same answer: weigh once per call.
     key = (
         service.mode,
@@ -235,9 +247,11 @@ def _decide_group(
         service.slow_start,
         service.trickle,
         service.when_all_down,
-        *(id(c) for c in candidates),
+        id(candidates),
         previous.mode if previous else None,
-        tuple((w.region, w.weight) for w in previous.weights) if previous else None,
+        # Identity is enough: RouteWeights are interned per call, and `previous` outlives this call, so
+        # equal last weights share objects; a miss only costs a recomputation.
+        *(id(w) for w in (previous.weights if previous else ())),
     )
     weighing = facts.weighings.get(key)
     if weighing is None:
