@@ -1,7 +1,6 @@
 """Benchmark of the embedded DNS server: UDP queries/second on loopback, and answer()'s cost per query."""
 
-# Run as a module from the project root, `python -m bench.dns`: run as a file, this file's directory would
-# come first on sys.path and this file would shadow dnspython's `dns` package.
+# Run as a module from the project root: `python -m bench.dns_server`.
 
 from __future__ import annotations
 

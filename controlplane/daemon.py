@@ -170,8 +170,9 @@ class Daemon:
                 self.overrides = active(self.overrides, now)
                 await self.audit.write("override_expired", overrides=[o.to_json() for o in expired])
             view = self.health(now)
-            plan = decide(self.policy, view, self.plan, now, self.overrides)
-            changed = _weights(plan) != _weights(self.plan)
+            previous = self.plan
+            plan = decide(self.policy, view, previous, now, self.overrides)
+            changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
             try:
                 outcomes = await self.reconciler.reconcile(self.policy, plan, dry_run=self.config.dry_run)
@@ -182,6 +183,8 @@ class Daemon:
                 await self.audit.write("plan_refused", violations=[str(v) for v in exc.violations])
                 span.set_attribute("plan.refused", True)
                 return plan
+            # What the providers now serve is the plan: publish it before the audit writes yield the loop.
+            self.plan = plan
             self.counters.reconciles += 1
             self.last_outcomes = outcomes
             # A provider failing the same way every second is audited once, not every second.
@@ -190,12 +193,12 @@ class Daemon:
             ]
             self._last_errors = {o.provider: o.error for o in outcomes}
             if changed:
-                _log_changes(self.plan, plan)
+                _log_changes(previous, plan)
                 self.counters.plan_changes += 1
                 self.last_change = now
                 await self.audit.write(
                     "plan_changed",
-                    before=_weights(self.plan),
+                    before=_weights(previous),
                     after=_weights(plan),
                     groups=plan.to_json()["groups"],
                     health={r: _health_summary(h) for r, h in view.regions.items()},
@@ -215,7 +218,6 @@ class Daemon:
                     ],
                     changes=[o.changes.to_json() for o in applied if o.changes],
                 )
-            self.plan = plan
             if changed or expired:
                 await self.store.save(self.plan, self.overrides)
             return plan
