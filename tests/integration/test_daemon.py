@@ -15,6 +15,7 @@ import dns.asyncquery
 import dns.message
 import dns.rcode
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chaos.simregion import SimFleet
 from controlplane.daemon import ManagedProvider
@@ -379,3 +380,21 @@ async def test_a_provider_that_cannot_start_does_not_stop_the_others(fleet: SimF
             await plane.settled(FULL, provider="localdns")
             await plane.settled(FULL)
             assert sum(plane.daemon.counters.task_restarts.values()) == 0
+
+
+async def test_reconciles_and_probes_are_traced(
+    fleet: SimFleet, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, policy_data(fleet))
+    spans.clear()
+    async with running_plane(policy, tmp_path / "state") as plane:
+        await plane.settled(FULL)
+    finished = spans.get_finished_spans()
+    reconciles = [s for s in finished if s.name == "reconcile"]
+    assert reconciles and any(s.attributes and s.attributes["plan.changed"] for s in reconciles)
+    probed = {
+        (s.name, s.attributes["region"]) for s in finished if s.name.startswith("probe ") and s.attributes
+    }
+    assert {("probe liveness", r) for r in FULL["global"]} <= probed
+    assert {("probe inference", r) for r in FULL["global"]} <= probed
