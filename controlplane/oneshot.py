@@ -17,6 +17,8 @@ from probes.health import TrackerState, health_view, record
 from probes.observation import Observation
 from probes.scheduler import ProbeScheduler
 
+FIRST_SPREAD = 0.2  # seconds: every first probe goes out at once, whatever each kind's period
+
 
 async def observe_once(policy: Policy) -> TrackerState:
     """Probe every region with every enabled kind once (bounded by the slowest probe's timeout)."""
@@ -26,9 +28,11 @@ async def observe_once(policy: Policy) -> TrackerState:
         nonlocal tracker
         tracker = record(tracker, (obs,), policy.health)
 
-    scheduler = ProbeScheduler(policy, sink=sink, is_transitioning=lambda region, kind: False)
+    scheduler = ProbeScheduler(
+        policy, sink=sink, is_transitioning=lambda region, kind: False, first_spread=FIRST_SPREAD
+    )
     task = asyncio.create_task(scheduler.run())
-    budget = max(policy.probes.timeout, policy.probes.inference.timeout) + policy.probes.interval + 1.0
+    budget = FIRST_SPREAD + max(policy.probes.timeout, policy.probes.inference.timeout) + 1.0
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(budget):

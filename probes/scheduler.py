@@ -108,6 +108,7 @@ class ProbeScheduler:
         *,
         probes: Mapping[ProbeKind, ProbeFunction] = DEFAULT_PROBES,
         max_in_flight: int = 4,
+        first_spread: float | None = None,
         now: Clock = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -116,6 +117,8 @@ class ProbeScheduler:
         self._is_transitioning = is_transitioning
         self._probes = probes
         self._max_in_flight = max_in_flight
+        # Seconds over which first probes are spread; None: a whole period (a one-shot `plan` wants less).
+        self._first_spread = first_spread
         self._now = now
         self._rng = rng or random.Random()
         self._targets: dict[Key, _Target] = {}
@@ -196,7 +199,9 @@ class ProbeScheduler:
             # The first start is spread over a whole normal period, so that many targets do not fire at
             # once; not over the fast one, though every new target counts as transitioning: 10,000 targets
             # in 0.2 s would be a 50,000 probes/s burst.
-            self._schedule(target, now + self._rng.uniform(0, self._base_period(target.kind)))
+            period = self._base_period(target.kind)
+            spread = period if self._first_spread is None else min(period, self._first_spread)
+            self._schedule(target, now + self._rng.uniform(0, spread))
         self._retire(retired)
         if not self.first_round.is_set():
             self._unseen = wanted.keys() - self._seen

@@ -342,3 +342,16 @@ async def test_a_changed_endpoint_is_probed_from_then_on() -> None:
         await asyncio.sleep(0.1)
     # Probes of the old endpoint still in flight were cancelled, not reported under the new one.
     assert {o.error for o in h.seen} == {"http://elsewhere.test:8000"}
+
+
+async def test_first_spread_bounds_how_long_the_first_round_takes() -> None:
+    # Periods of a minute: spread over a whole period, the first round could take a minute.
+    slow = make_policy(interval=60.0, inference={"interval": 60.0}, metrics={"interval": 60.0})
+    started = time.monotonic()
+    async with running(slow, ALL_KINDS, first_spread=0.05) as h:
+        async with asyncio.timeout(2):
+            await h.scheduler.first_round.wait()
+    assert time.monotonic() - started < 2
+    async with running(slow, ALL_KINDS) as h:
+        await asyncio.sleep(0.2)
+        assert not h.scheduler.first_round.is_set(), "without it, first probes spread over the whole minute"
