@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from controlplane.policy import PolicyError, Problem, json_schema, load_policy
+from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
 
 log = logging.getLogger("controlplane")
 
@@ -34,12 +34,7 @@ def _token() -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    problems: list[Problem] = []
-    for file in args.files:
-        try:
-            load_policy(file)
-        except PolicyError as exc:
-            problems.extend(exc.problems)
+    problems = validate_files(args.files)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
