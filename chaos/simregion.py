@@ -403,13 +403,18 @@ class SimRegion:
             }
             return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
-        # The role arrives before any token, as from OpenAI: a probe must time the first *content*.
-        await response.write(chunk({"role": "assistant", "content": ""}))
-        async for token in self._tokens(request, model, max_tokens):
-            await response.write(chunk({"content": token}))
-        await response.write(chunk({}, "length"))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            # The role arrives before any token, as from OpenAI: a probe must time the first *content*.
+            await response.write(chunk({"role": "assistant", "content": ""}))
+            async for token in self._tokens(request, model, max_tokens):
+                await response.write(chunk({"content": token}))
+            await response.write(chunk({}, "length"))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client gave up (a probe's timeout) or a `down` fault closed the connection mid-stream.
+            log.debug("region %s: stream to a closed connection abandoned", self.name)
+            return response
         self._success_c.labels(model, "length").inc()
         return response
 
