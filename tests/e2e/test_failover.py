@@ -56,6 +56,12 @@ async def test_a_slow_region_keeps_less_traffic(stack: Stack) -> None:
     await until(
         lambda: 0 < stack.weights()["us-east"] < before - 10, within=10, what="us-east weight to fall"
     )
+
+    async def haproxy_follows() -> bool:
+        return (await stack.haproxy_weights())["us-east"] == stack.weights()["us-east"]
+
+    await until(haproxy_follows, within=3, what="HAProxy to carry the lower weight")
+    assert 0 < (await stack.haproxy_weights())["us-east"] < before
     await stack.fault("us-east", mode="ok")
 
 
