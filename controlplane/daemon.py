@@ -169,13 +169,15 @@ class Daemon:
             if expired:
                 self.overrides = active(self.overrides, now)
                 await self.audit.write("override_expired", overrides=[o.to_json() for o in expired])
-            view = self.health(now)
-            previous = self.plan
-            plan = decide(self.policy, view, previous, now, self.overrides)
+            policy, previous = self.policy, self.plan  # one policy for the whole step, whatever a reload does
+            view = health_view(self.tracker, policy, now)
+            # Pure over immutable inputs, so it can leave the loop: with thousands of services a decision takes
+            # tens of milliseconds that probes would otherwise wait out.
+            plan = await asyncio.to_thread(decide, policy, view, previous, now, self.overrides)
             changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
             try:
-                outcomes = await self.reconciler.reconcile(self.policy, plan, dry_run=self.config.dry_run)
+                outcomes = await self.reconciler.reconcile(policy, plan, dry_run=self.config.dry_run)
             except ResidencyViolation as exc:
                 # The engine and the gate disagree: apply nothing, keep the last plan, shout.
                 self.counters.residency_blocks += 1
