@@ -208,13 +208,14 @@ class Policy(_Frozen):
     @cached_property
     def _allowed(self) -> dict[tuple[str, str], tuple[Region, ...]]:
         by_name = self._regions_by_name
-        return {
-            (s.name, g.name): tuple(
-                by_name[n] for n in s.regions if by_name[n].jurisdiction in g.allowed_jurisdictions
-            )
-            for s in self.services
-            for g in self.client_groups
-        }
+        # Equal region sets are one shared tuple, so callers may memoise on identity.
+        interned: dict[tuple[str, ...], tuple[Region, ...]] = {}
+        allowed: dict[tuple[str, str], tuple[Region, ...]] = {}
+        for s in self.services:
+            for g in self.client_groups:
+                names = tuple(n for n in s.regions if by_name[n].jurisdiction in g.allowed_jurisdictions)
+                allowed[(s.name, g.name)] = interned.setdefault(names, tuple(by_name[n] for n in names))
+        return allowed
 
     def allowed_regions(self, service: Service, group: ClientGroup) -> tuple[Region, ...]:
         """The service's regions a group may be sent to: residency is decided here and only here."""
