@@ -78,6 +78,12 @@ def run(policy: Policy, churn: bool) -> list[float]:
     return sorted(timings)
 
 
+def reference_ms() -> float:
+    start = time.process_time()
+    sum(i * i for i in range(3_000_000))
+    return (time.process_time() - start) * 1000
+
+
 def main() -> None:
     shapes = (
         ("20 regions each, 1 client group", build(groups=1, all_regions=True)),
@@ -87,6 +93,9 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     print(f"decide() CPU time per call, {SERVICES} services, {ROUNDS} calls each (goal <= 50 ms)")
+    print(
+        f"  machine reference: {reference_ms():.0f} ms of CPU for a fixed loop (VM speed drifts; compare runs by it)"
+    )
     for shape, policy in shapes:
         plans = len(policy.services) * len(policy.client_groups)
         print(f"  {SERVICES} services, {shape}: {plans} group plans per call")
