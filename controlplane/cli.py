@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from controlplane.haproxy_process import HaproxyProcessError
 from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
+from controlplane.providers.base import ProviderError
 
 log = logging.getLogger("controlplane")
 
@@ -175,8 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"controlplane: {exc}", file=sys.stderr)
+    except (OSError, HaproxyProcessError, ProviderError) as exc:
+        # Cannot start: a port taken (another demo running?), a binary refusing its config.
+        print(f"controlplane {args.command}: cannot start: {exc}", file=sys.stderr)
         return 2
 
 

@@ -356,7 +356,8 @@ class Daemon:
         """Run until request_stop() or SIGTERM/SIGINT; then stop every task and close every provider."""
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
+        # SIGHUP too: a closed terminal should shut the plane down cleanly, not orphan its children.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ():
             try:
                 loop.add_signal_handler(sig, self.request_stop)
                 installed.append(sig)

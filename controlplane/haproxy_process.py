@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import re
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -149,6 +152,7 @@ class HaproxyProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=output,
                     stderr=output,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )
             async with asyncio.timeout(self._start_timeout):
                 await self._until_ready(self._process)
@@ -203,3 +207,10 @@ class HaproxyProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the plane dies, even by SIGKILL, so no HAProxy is left
+    holding the demo's ports."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
