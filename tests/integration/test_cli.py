@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chaos.loopback import loopback_policy
 from chaos.simregion import SimFleet
+from tests.conftest import require_binary
 from tests.integration.daemon_helpers import (
     ADDRESS,
     DNS_NAME,
@@ -309,3 +312,17 @@ async def test_run_refuses_an_invalid_policy(tmp_path: Path) -> None:
     assert len(result.err.splitlines()) == 4
     assert all(line.startswith(f"{policy}:") for line in result.err.splitlines())
     assert not (tmp_path / "state").exists()
+
+
+def test_demo_that_cannot_start_says_why_without_a_traceback(tmp_path: Path) -> None:
+    require_binary("haproxy")
+    with socket.socket() as squatter:  # someone else holds the HAProxy runtime API port
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = f"127.0.0.1:{squatter.getsockname()[1]}"
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(loopback_policy(18700, free_port(), taken))
+        result = run_cli("demo", "--policy", str(policy), "--state-dir", str(tmp_path / "state"), "--no-view")
+    assert result.code == 2, result
+    assert "controlplane demo: cannot start: haproxy did not start" in result.err
+    assert "Address already in use" in result.err and "Traceback" not in result.err
