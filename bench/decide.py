@@ -15,6 +15,11 @@ from probes.health import HealthView, RegionHealth, State
 SERVICES, REGIONS, ROUNDS = 1000, 20, 30
 
 
+def subset(seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return sorted(rng.sample(range(REGIONS), rng.randint(4, REGIONS)))
+
+
 def build(groups: int = 2, all_regions: bool = False) -> Policy:
     regions = [
         {
@@ -31,11 +36,9 @@ def build(groups: int = 2, all_regions: bool = False) -> Policy:
             "name": f"svc{s}",
             "dns_name": f"svc{s}.llm.example",
             "mode": "active-passive" if s % 4 == 0 else "active-active",
-            # Varied region subsets and shift limits, so the per-call memo of identical groups is not flattered.
-            "regions": [
-                f"r{i}"
-                for i in sorted(random.Random(s).sample(range(REGIONS), random.Random(s).randint(4, REGIONS)))
-            ],
+            # Varied region subsets (unless all_regions) and shift limits, so the per-call memo of identical
+            # groups is not flattered.
+            "regions": [f"r{i}" for i in (range(REGIONS) if all_regions else subset(s))],
             "max_shift": 10 + s % 30,
         }
         for s in range(SERVICES)

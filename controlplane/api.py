@@ -7,6 +7,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controlplane.overrides import Override, OverrideAction
+from probes.health import RegionHealth
 
 if TYPE_CHECKING:
     from controlplane.daemon import Daemon
@@ -23,6 +25,12 @@ MAX_OVERRIDE_SECONDS = 7 * 24 * 3600
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 REGISTRY_KEY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 STATE_VALUE = {"healthy": 1.0, "unknown": 0.5, "unhealthy": 0.0}
+
+
+def _health_json(health: RegionHealth) -> dict[str, Any]:
+    data = asdict(health)
+    del data["region"]
+    return {**data, "state": health.state.value, "reasons": list(health.reasons)}
 
 
 def status(daemon: Daemon) -> dict[str, Any]:
@@ -40,17 +48,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "policy": str(daemon.config.policy_path),
         "last_change": daemon.last_change,
         "regions": {
-            r.name: {
-                "state": view.get(r.name).state.value,
-                "score": view.get(r.name).score,
-                "reasons": list(view.get(r.name).reasons),
-                "jurisdiction": r.jurisdiction,
-                "endpoint": r.endpoint,
-                "ttft_s": view.get(r.name).ttft_s,
-                "queue_depth": view.get(r.name).queue_depth,
-                "kv_cache_usage": view.get(r.name).kv_cache_usage,
-                "last_observed": view.get(r.name).last_observed,
-            }
+            r.name: {**_health_json(view.get(r.name)), "jurisdiction": r.jurisdiction, "endpoint": r.endpoint}
             for r in daemon.policy.regions
         },
         "services": services,
@@ -112,6 +110,9 @@ class PlaneCollector(Collector):
             "controlplane_plan_changes", "Plans that changed a weight", value=d.counters.plan_changes
         )
         yield CounterMetricFamily("controlplane_reconciles", "Reconcile steps", value=d.counters.reconciles)
+        yield CounterMetricFamily(
+            "controlplane_policy_reloads", "Policy edits loaded", value=d.counters.reloads_ok
+        )
         yield CounterMetricFamily(
             "controlplane_policy_reloads_rejected",
             "Invalid policy edits refused",

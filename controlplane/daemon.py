@@ -20,17 +20,15 @@ from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy, PolicyError, load_policy
 from controlplane.providers.base import Provider
-from controlplane.reconciler import Outcome, ProviderStats, Reconciler, ResidencyViolation
+from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import AuditLog, StateStore
 from controlplane.telemetry import traced_probes
 from probes.health import (
+    HealthTracker,
     HealthView,
+    Kinds,
     State,
-    TrackerState,
-    forget_regions,
     health_view,
-    is_transitioning,
-    record,
     region_health,
 )
 from probes.observation import Observation, ProbeKind
@@ -97,14 +95,13 @@ class Daemon:
         self._provider_factory = provider_factory
         self.providers: list[ManagedProvider] = []
         self.reconciler = Reconciler([])
-        self.tracker = TrackerState()
+        self.tracker = HealthTracker()
         self.store = StateStore(config.state_dir)
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
         persisted = self.store.load()
         self.plan: RoutingPlan | None = persisted.plan
         self.overrides: tuple[Override, ...] = persisted.overrides
         self.last_change: float | None = None
-        self.last_outcomes: list[Outcome] = []
         self.counters = Counters()
         self.started_at = time.time()
         self.scheduler = ProbeScheduler(
@@ -121,13 +118,13 @@ class Daemon:
     # ---------------------------------------------------------------- inputs
 
     def _transitioning(self, region: str, kind: ProbeKind) -> bool:
-        return is_transitioning(self.tracker, region, kind)
+        return self.tracker.transitioning(region, kind)
 
     def observe(self, obs: Observation) -> None:
         """Scheduler sink: fold one result in, and wake the reconciler at once if a verdict flipped."""
-        self.tracker = record(self.tracker, (obs,), self.policy.health)
+        self.tracker.observe(obs, self.policy.health)
         self.counters.observations[(obs.region, obs.kind.value, obs.ok)] += 1
-        state = region_health(self.tracker, self.policy, obs.region, obs.at).state
+        state = region_health(self.tracker.kinds, self.policy, obs.region, obs.at).state
         if self._states.get(obs.region) is not state:
             self._states[obs.region] = state
             self._wake.set()
@@ -137,7 +134,7 @@ class Daemon:
         return self.scheduler.first_round.is_set()
 
     def health(self, now: float | None = None) -> HealthView:
-        return health_view(self.tracker, self.policy, time.time() if now is None else now)
+        return health_view(self.tracker.kinds, self.policy, time.time() if now is None else now)
 
     async def add_override(self, override: Override) -> None:
         self.overrides = (*active(self.overrides, time.time()), override)
@@ -170,10 +167,11 @@ class Daemon:
                 self.overrides = active(self.overrides, now)
                 await self.audit.write("override_expired", overrides=[o.to_json() for o in expired])
             policy, previous = self.policy, self.plan  # one policy for the whole step, whatever a reload does
-            view = health_view(self.tracker, policy, now)
-            # Pure over immutable inputs, so it can leave the loop: with thousands of services a decision takes
-            # tens of milliseconds that probes would otherwise wait out.
-            plan = await asyncio.to_thread(decide, policy, view, previous, now, self.overrides)
+            # Judging thousands of regions and deciding for thousands of services take tens of milliseconds
+            # that probes would otherwise wait out: both are pure, so they run off the loop, on a snapshot.
+            view, plan = await asyncio.to_thread(
+                _judge_and_decide, dict(self.tracker.kinds), policy, previous, now, self.overrides
+            )
             changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
             try:
@@ -188,7 +186,6 @@ class Daemon:
             # What the providers now serve is the plan: publish it before the audit writes yield the loop.
             self.plan = plan
             self.counters.reconciles += 1
-            self.last_outcomes = outcomes
             # A provider failing the same way every second is audited once, not every second.
             applied = [
                 o for o in outcomes if o.applied or (o.error and o.error != self._last_errors.get(o.provider))
@@ -261,7 +258,7 @@ class Daemon:
             return True
         old = self.policy
         self.policy = policy
-        self.tracker = forget_regions(self.tracker, (r.name for r in policy.regions))
+        self.tracker.forget_regions(r.name for r in policy.regions)
         self.scheduler.update_policy(policy)
         if policy.providers != old.providers:
             await self._restart_providers()
@@ -390,6 +387,13 @@ class Daemon:
             await self.audit.write("stop")
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+
+def _judge_and_decide(
+    kinds: Kinds, policy: Policy, previous: RoutingPlan | None, now: float, overrides: tuple[Override, ...]
+) -> tuple[HealthView, RoutingPlan]:
+    view = health_view(kinds, policy, now)
+    return view, decide(policy, view, previous, now, overrides)
 
 
 def _settle_heap() -> None:

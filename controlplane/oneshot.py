@@ -13,23 +13,20 @@ from controlplane.policy import Policy
 from controlplane.providers.factory import build_providers
 from controlplane.reconciler import Outcome, Reconciler
 from controlplane.state import StateStore
-from probes.health import TrackerState, health_view, record
-from probes.observation import Observation
+from probes.health import HealthTracker, health_view
 from probes.scheduler import ProbeScheduler
 
 FIRST_SPREAD = 0.2  # seconds: every first probe goes out at once, whatever each kind's period
 
 
-async def observe_once(policy: Policy) -> TrackerState:
+async def observe_once(policy: Policy) -> HealthTracker:
     """Probe every region with every enabled kind once (bounded by the slowest probe's timeout)."""
-    tracker = TrackerState()
-
-    def sink(obs: Observation) -> None:
-        nonlocal tracker
-        tracker = record(tracker, (obs,), policy.health)
-
+    tracker = HealthTracker()
     scheduler = ProbeScheduler(
-        policy, sink=sink, is_transitioning=lambda region, kind: False, first_spread=FIRST_SPREAD
+        policy,
+        sink=lambda obs: tracker.observe(obs, policy.health),
+        is_transitioning=lambda region, kind: False,
+        first_spread=FIRST_SPREAD,
     )
     task = asyncio.create_task(scheduler.run())
     budget = FIRST_SPREAD + max(policy.probes.timeout, policy.probes.inference.timeout) + 1.0
@@ -49,7 +46,7 @@ async def plan_once(policy: Policy, state_dir: Path) -> tuple[list[Outcome], Rou
     tracker = await observe_once(policy)
     persisted = StateStore(state_dir).load()
     now = time.time()
-    plan = decide(policy, health_view(tracker, policy, now), persisted.plan, now, persisted.overrides)
+    plan = decide(policy, health_view(tracker.kinds, policy, now), persisted.plan, now, persisted.overrides)
     providers = build_providers(policy)
     try:
         outcomes = await Reconciler(list(providers), attempts=1).reconcile(policy, plan, dry_run=True)

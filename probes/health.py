@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -37,11 +37,7 @@ class KindHealth:
         return self.healthy is None or self.streak > 0
 
 
-@dataclass(frozen=True, slots=True)
-class TrackerState:
-    """Everything the health view remembers between observations, as an immutable value."""
-
-    kinds: Mapping[tuple[str, ProbeKind], KindHealth] = field(default_factory=lambda: MappingProxyType({}))
+Kinds = Mapping[tuple[str, ProbeKind], KindHealth]
 
 
 def advance(previous: KindHealth | None, obs: Observation, settings: HealthSettings) -> KindHealth:
@@ -61,20 +57,25 @@ def advance(previous: KindHealth | None, obs: Observation, settings: HealthSetti
     return KindHealth(previous.healthy, streak, previous.changed_at, obs, ttft)
 
 
-def record(
-    state: TrackerState, observations: Iterable[Observation], settings: HealthSettings
-) -> TrackerState:
-    kinds = dict(state.kinds)
-    for obs in observations:
+class HealthTracker:
+    """What the health view remembers between observations: one KindHealth per (region, kind), replaced
+    through the pure advance(), so an observation costs O(1) however many regions are probed."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[tuple[str, ProbeKind], KindHealth] = {}
+
+    def observe(self, obs: Observation, settings: HealthSettings) -> None:
         key = (obs.region, obs.kind)
-        kinds[key] = advance(kinds.get(key), obs, settings)
-    return replace(state, kinds=MappingProxyType(kinds))
+        self.kinds[key] = advance(self.kinds.get(key), obs, settings)
 
+    def forget_regions(self, keep: Iterable[str]) -> None:
+        """Drop the memory of regions no longer in the policy (hot reload)."""
+        wanted = set(keep)
+        self.kinds = {k: v for k, v in self.kinds.items() if k[0] in wanted}
 
-def forget_regions(state: TrackerState, keep: Iterable[str]) -> TrackerState:
-    """Drop the memory of regions no longer in the policy (hot reload)."""
-    wanted = set(keep)
-    return replace(state, kinds=MappingProxyType({k: v for k, v in state.kinds.items() if k[0] in wanted}))
+    def transitioning(self, region: str, kind: ProbeKind) -> bool:
+        kh = self.kinds.get((region, kind))
+        return kh is None or kh.transitioning
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class RegionHealth:
     reasons: tuple[str, ...]
     last_observed: float | None = None
     ttft_s: float | None = None
+    tokens_per_s: float | None = None
     queue_depth: float | None = None
     kv_cache_usage: float | None = None
 
@@ -125,7 +127,7 @@ def score(settings: HealthSettings, ttft: float | None, queue: float | None, kv:
     return round(max(settings.min_score, min(1.0, raw)), 4)
 
 
-def region_health(state: TrackerState, policy: Policy, region: str, now: float) -> RegionHealth:
+def region_health(kinds: Kinds, policy: Policy, region: str, now: float) -> RegionHealth:
     settings = policy.health
     decisive = [k for k in enabled_kinds(policy) if k in DECISIVE_KINDS]
     reasons: list[str] = []
@@ -133,7 +135,7 @@ def region_health(state: TrackerState, policy: Policy, region: str, now: float) 
     since = 0.0
     last_seen: float | None = None
     for kind in decisive:
-        kh = state.kinds.get((region, kind))
+        kh = kinds.get((region, kind))
         if kh is None:
             verdicts.append(State.UNKNOWN)
             reasons.append(f"{kind}: no result yet")
@@ -148,14 +150,15 @@ def region_health(state: TrackerState, policy: Policy, region: str, now: float) 
         else:
             verdicts.append(State.UNHEALTHY)
             reasons.append(f"{kind}: {kh.last.error or 'failing'}")
-    metrics = state.kinds.get((region, ProbeKind.METRICS))
+    metrics = kinds.get((region, ProbeKind.METRICS))
     fresh_metrics = (
         metrics.last
         if metrics and metrics.last.ok and now - metrics.last.at <= settings.stale_after
         else None
     )
-    inference = state.kinds.get((region, ProbeKind.INFERENCE))
+    inference = kinds.get((region, ProbeKind.INFERENCE))
     ttft = inference.ttft_ewma if inference else None
+    tokens_per_s = inference.last.tokens_per_s if inference and inference.last.ok else None
     queue = fresh_metrics.queue_depth if fresh_metrics else None
     kv = fresh_metrics.kv_cache_usage if fresh_metrics else None
     if State.UNHEALTHY in verdicts:
@@ -165,16 +168,14 @@ def region_health(state: TrackerState, policy: Policy, region: str, now: float) 
     else:
         overall = State.HEALTHY
     value = score(settings, ttft, queue, kv) if overall is State.HEALTHY else 0.0
-    return RegionHealth(region, overall, value, since, tuple(reasons), last_seen, ttft, queue, kv)
-
-
-def health_view(state: TrackerState, policy: Policy, now: float) -> HealthView:
-    return HealthView(
-        at=now,
-        regions=MappingProxyType({r.name: region_health(state, policy, r.name, now) for r in policy.regions}),
+    return RegionHealth(
+        region, overall, value, since, tuple(reasons), last_seen, ttft, tokens_per_s, queue, kv
     )
 
 
-def is_transitioning(state: TrackerState, region: str, kind: ProbeKind) -> bool:
-    kh = state.kinds.get((region, kind))
-    return kh is None or kh.transitioning
+def health_view(kinds: Kinds, policy: Policy, now: float) -> HealthView:
+    """An immutable snapshot: safe to hand to decide() in another thread while observations go on."""
+    return HealthView(
+        at=now,
+        regions=MappingProxyType({r.name: region_health(kinds, policy, r.name, now) for r in policy.regions}),
+    )

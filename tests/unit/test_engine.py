@@ -5,6 +5,7 @@ import pytest
 from controlplane.engine import decide, largest_remainder
 from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode
+from controlplane.policy import Policy
 from probes.health import State
 from tests.unit.builders import REGIONS, all_healthy, policy, view
 
@@ -162,3 +163,44 @@ def test_decide_is_deterministic():
 def test_largest_remainder(shares, expected):
     # Ties go to the alphabetically first region, so a plan never flips between equal choices.
     assert largest_remainder(shares) == expected
+
+
+def test_services_sharing_regions_are_weighed_alike_but_never_conflated():
+    # decide() weighs identical (settings, regions, last weights) once per call; differing settings must not
+    # share an answer.
+    base = policy(max_shift=10)
+    data = base.model_dump(mode="json")
+    data["services"] = [
+        {**data["services"][0], "name": "a", "dns_name": "a.llm.local", "max_shift": 10},
+        {**data["services"][0], "name": "b", "dns_name": "b.llm.local", "max_shift": 10},
+        {**data["services"][0], "name": "c", "dns_name": "c.llm.local", "max_shift": 40},
+        {
+            **data["services"][0],
+            "name": "d",
+            "dns_name": "d.llm.local",
+            "max_shift": 10,
+            "mode": "active-passive",
+        },
+    ]
+    p = Policy.model_validate(data)
+    first = decide(
+        p, view({"us-east": (H, 1.0), "us-west": (H, 1.0), "eu-west": U, "eu-central": U}), None, NOW
+    )
+    step = decide(
+        p, view({"us-east": (H, 0.1), "us-west": (H, 1.0), "eu-west": U, "eu-central": U}), first, NOW + 1
+    )
+    w = {s: step.group(s, "global").as_dict() for s in "abcd"}
+    assert w["a"] == w["b"] == {"us-east": 40, "us-west": 60, "eu-west": 0, "eu-central": 0}
+    assert w["c"]["us-east"] == 10, "a wider max_shift moves further"
+    assert w["d"] == {"us-east": 100, "us-west": 0, "eu-west": 0, "eu-central": 0}, (
+        "active-passive keeps the primary"
+    )
+    for s in "abcd":
+        assert decide(
+            Policy.model_validate(
+                {**data, "services": [next(x for x in data["services"] if x["name"] == s)]}
+            ),
+            view({"us-east": (H, 0.1), "us-west": (H, 1.0), "eu-west": U, "eu-central": U}),
+            first,
+            NOW + 1,
+        ).group(s, "global") == step.group(s, "global"), "same as deciding alone"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from controlplane.policy import HealthSettings
-from probes.health import State, TrackerState, health_view, is_transitioning, record, score
+from probes.health import HealthTracker, State, health_view, score
 from probes.observation import Observation, ProbeKind
 from tests.unit.builders import policy
 
@@ -15,54 +15,75 @@ def obs(region: str, kind: ProbeKind, ok: bool, at: float, **kw: float) -> Obser
 
 
 def feed(
-    state: TrackerState,
+    tracker: HealthTracker,
     region: str,
     results: list[bool],
     start: float,
     kinds=(ProbeKind.LIVENESS, ProbeKind.INFERENCE),
-):
+) -> HealthTracker:
     for i, ok in enumerate(results):
-        state = record(state, [obs(region, k, ok, start + i) for k in kinds], P.health)
-    return state
+        for k in kinds:
+            tracker.observe(obs(region, k, ok, start + i), P.health)
+    return tracker
+
+
+def view(tracker: HealthTracker, at: float):
+    return health_view(tracker.kinds, P, at)
 
 
 def test_unknown_until_every_decisive_kind_has_spoken():
-    s = record(TrackerState(), [obs("us-east", ProbeKind.LIVENESS, True, 1.0)], P.health)
-    assert health_view(s, P, 1.0).get("us-east").state is State.UNKNOWN
-    s = record(s, [obs("us-east", ProbeKind.INFERENCE, True, 1.0, ttft_s=0.1)], P.health)
-    assert health_view(s, P, 1.0).get("us-east").state is State.HEALTHY
-    assert health_view(s, P, 1.0).get("us-west").state is State.UNKNOWN
+    t = HealthTracker()
+    t.observe(obs("us-east", ProbeKind.LIVENESS, True, 1.0), P.health)
+    assert view(t, 1.0).get("us-east").state is State.UNKNOWN
+    t.observe(obs("us-east", ProbeKind.INFERENCE, True, 1.0, ttft_s=0.1, tokens_per_s=80.0), P.health)
+    h = view(t, 1.0).get("us-east")
+    assert h.state is State.HEALTHY and h.ttft_s == 0.1 and h.tokens_per_s == 80.0
+    assert view(t, 1.0).get("us-west").state is State.UNKNOWN
 
 
 def test_fall_needs_consecutive_failures_and_rise_consecutive_successes():
-    s = feed(TrackerState(), "us-east", [True, False, False, True, False, False], 0.0)
-    assert health_view(s, P, 5.0).get("us-east").state is State.HEALTHY, "a broken streak resets"
-    assert is_transitioning(s, "us-east", ProbeKind.LIVENESS)
-    s = feed(s, "us-east", [False], 6.0)
-    h = health_view(s, P, 6.0).get("us-east")
+    t = feed(HealthTracker(), "us-east", [True, False, False, True, False, False], 0.0)
+    assert view(t, 5.0).get("us-east").state is State.HEALTHY, "a broken streak resets"
+    assert t.transitioning("us-east", ProbeKind.LIVENESS)
+    feed(t, "us-east", [False], 6.0)
+    h = view(t, 6.0).get("us-east")
     assert h.state is State.UNHEALTHY and h.score == 0.0 and "boom" in h.reasons[0]
-    s = feed(s, "us-east", [True], 7.0)
-    assert health_view(s, P, 7.0).get("us-east").state is State.UNHEALTHY
-    s = feed(s, "us-east", [True], 8.0)
-    h = health_view(s, P, 8.0).get("us-east")
+    assert not t.transitioning("us-east", ProbeKind.LIVENESS), "a verdict just flipped; no streak is running"
+    feed(t, "us-east", [True], 7.0)
+    assert view(t, 7.0).get("us-east").state is State.UNHEALTHY
+    feed(t, "us-east", [True], 8.0)
+    h = view(t, 8.0).get("us-east")
     assert h.state is State.HEALTHY and h.since == 8.0, "recovery time feeds slow start"
 
 
+def test_a_view_is_a_snapshot_that_later_observations_do_not_change():
+    t = feed(HealthTracker(), "us-east", [True], 0.0)
+    before = view(t, 1.0)
+    feed(t, "us-east", [False, False, False], 1.0)
+    assert before.get("us-east").state is State.HEALTHY
+    assert view(t, 4.0).get("us-east").state is State.UNHEALTHY
+
+
+def test_forgetting_a_region_keeps_the_others():
+    t = feed(feed(HealthTracker(), "us-east", [True], 0.0), "eu-west", [True], 0.0)
+    t.forget_regions(["eu-west"])
+    assert view(t, 1.0).get("us-east").state is State.UNKNOWN
+    assert view(t, 1.0).get("eu-west").state is State.HEALTHY
+
+
 def test_stale_results_make_a_region_unknown_never_healthy():
-    s = feed(TrackerState(), "us-east", [True], 0.0)
-    assert health_view(s, P, 4.9).get("us-east").state is State.HEALTHY
-    h = health_view(s, P, 5.1).get("us-east")
+    t = feed(HealthTracker(), "us-east", [True], 0.0)
+    assert view(t, 4.9).get("us-east").state is State.HEALTHY
+    h = view(t, 5.1).get("us-east")
     assert h.state is State.UNKNOWN and "stale" in h.reasons[0]
 
 
 def test_metrics_failures_do_not_take_a_region_out_but_load_lowers_its_score():
-    s = feed(TrackerState(), "us-east", [True], 0.0)
-    s = record(s, [obs("us-east", ProbeKind.METRICS, False, 0.5)], P.health)
-    assert health_view(s, P, 1.0).get("us-east").score == 1.0
-    s = record(
-        s, [obs("us-east", ProbeKind.METRICS, True, 0.6, queue_depth=40.0, kv_cache_usage=0.2)], P.health
-    )
-    assert health_view(s, P, 1.0).get("us-east").score == 0.25
+    t = feed(HealthTracker(), "us-east", [True], 0.0)
+    t.observe(obs("us-east", ProbeKind.METRICS, False, 0.5), P.health)
+    assert view(t, 1.0).get("us-east").score == 1.0
+    t.observe(obs("us-east", ProbeKind.METRICS, True, 0.6, queue_depth=40.0, kv_cache_usage=0.2), P.health)
+    assert view(t, 1.0).get("us-east").score == 0.25
 
 
 def test_score_table():
