@@ -27,7 +27,7 @@ from controlplane.providers.base import PermanentProviderError
 from controlplane.providers.localdns import LocalDnsProvider, answer
 
 HOST = "127.0.0.1"
-NAME = "chat.llm.local"
+NAME = "chat.llm.internal"
 SECONDS_PER_RUN = 4.0  # two runs: the whole benchmark stays near ten seconds
 PLAN = RoutingPlan(
     0.0,

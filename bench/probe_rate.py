@@ -72,7 +72,7 @@ def _policy(targets: int, ports: Sequence[int], rate: float) -> Policy:
             ],
             "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
             "default_client_group": "all",
-            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": names}],
+            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": names}],
             "probes": {
                 "interval": targets / rate,
                 "timeout": 2.0,

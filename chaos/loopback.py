@@ -10,7 +10,7 @@ import dns.message
 import dns.rcode
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "demo.yaml"
-SERVICE_NAME = "chat.llm.local"
+SERVICE_NAME = "chat.llm.internal"
 
 
 def free_port() -> int:

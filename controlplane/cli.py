@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from controlplane.haproxy_process import HaproxyProcessError
+from controlplane.errors import ControlPlaneError
 from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
-from controlplane.providers.base import ProviderError
 
 log = logging.getLogger("controlplane")
 
@@ -177,8 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except (OSError, HaproxyProcessError, ProviderError) as exc:
-        # Cannot start: a port taken (another demo running?), a binary refusing its config.
+    except ControlPlaneError as exc:
+        print(f"controlplane {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        # Cannot start: a port taken (another demo running?), a file that cannot be read.
         print(f"controlplane {args.command}: cannot start: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from controlplane.errors import Unavailable
 from controlplane.policy import Policy
 from controlplane.providers.base import ProviderError
 from controlplane.providers.haproxy import RuntimeApi, check_name, parse_address
@@ -22,7 +23,7 @@ _OUTPUT_TAIL = 4000  # characters of HAProxy's output quoted in an error
 _STATS_SOCKET = re.compile(r"^\s*stats\s+socket\s+(\S+)", re.MULTILINE)
 
 
-class HaproxyProcessError(RuntimeError):
+class HaproxyProcessError(Unavailable):
     """HAProxy is missing, refused its config, or did not come up in time (message carries its output)."""
 
 

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from controlplane.errors import InvalidInput
+
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
 
@@ -161,7 +163,7 @@ class LocalDnsProvider(_Frozen):
     enabled: bool = True
     listen: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5353
-    zone: str = Field(description="Zone this server is authoritative for, e.g. llm.local")
+    zone: str = Field(description="Zone this server is authoritative for, e.g. llm.internal")
     ecs: bool = Field(
         default=True, description="Honour the EDNS client subnet option to pick the client group"
     )
@@ -238,7 +240,7 @@ class Problem:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
 
 
-class PolicyError(Exception):
+class PolicyError(InvalidInput):
     """A policy file that cannot be used; carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -22,6 +22,9 @@ class Observation:
     at: float
     latency_s: float
     error: str | None = None
+    # The probe could not look (the plane's own descriptors ran out, its loop stalled past the timeout):
+    # not evidence against the region, so it is neither counted toward a verdict nor toward staleness.
+    inconclusive: bool = False
     # inference
     ttft_s: float | None = None
     tokens_per_s: float | None = None

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from controlplane.changes import ChangeSet, Record
+from controlplane.errors import ControlPlaneError
 from controlplane.plan import RoutingPlan
 
 
-class ProviderError(Exception):
+class ProviderError(ControlPlaneError):
     """Base of every provider failure."""
+
+    exit_code = 2
+    http_status = 502
 
 
 class TransientProviderError(ProviderError):

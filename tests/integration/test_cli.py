@@ -324,5 +324,5 @@ def test_demo_that_cannot_start_says_why_without_a_traceback(tmp_path: Path) -> 
         policy.write_text(loopback_policy(18700, free_port(), taken))
         result = run_cli("demo", "--policy", str(policy), "--state-dir", str(tmp_path / "state"), "--no-view")
     assert result.code == 2, result
-    assert "controlplane demo: cannot start: haproxy did not start" in result.err
+    assert "controlplane demo: haproxy did not start" in result.err
     assert "Address already in use" in result.err and "Traceback" not in result.err

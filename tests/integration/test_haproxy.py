@@ -42,7 +42,7 @@ def make_policy(
             "regions": [{"name": r, "endpoint": url, "jurisdiction": "US"} for r, url in endpoints.items()],
             "client_groups": [{"name": "global", "allowed_jurisdictions": ["US"]}],
             "default_client_group": "global",
-            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": list(endpoints)}],
+            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": list(endpoints)}],
             "providers": {
                 "haproxy": {
                     "socket": socket_address,

@@ -73,7 +73,7 @@ async def converge(provider: LocalDnsProvider, plan: RoutingPlan) -> None:
 
 async def udp(
     port: int,
-    name: str = "chat.llm.local",
+    name: str = "chat.llm.internal",
     rdtype: str = "A",
     source: str | None = None,
     subnet: dns.edns.ECSOption | None = None,
@@ -131,7 +131,7 @@ async def test_answers_follow_the_weights(server: LocalDnsProvider) -> None:
     assert ADDRESS["eu-central"] not in counts  # weight 0
     for region, weight in (("us-east", 50), ("us-west", 30), ("eu-west", 20)):
         assert abs(counts[ADDRESS[region]] / 2000 - weight / 100) < 0.06, counts
-    assert server.stats[("chat.llm.local", "global", "NOERROR")] == 2000
+    assert server.stats[("chat.llm.internal", "global", "NOERROR")] == 2000
 
 
 async def test_an_eu_client_only_ever_gets_eu_addresses(server: LocalDnsProvider) -> None:
@@ -150,10 +150,10 @@ async def test_client_subnet_picks_the_group_and_is_echoed(server: LocalDnsProvi
 
 async def test_tcp_answers_several_queries_on_one_connection(server: LocalDnsProvider) -> None:
     queries = [
-        dns.message.make_query("chat.llm.local", "A"),
-        dns.message.make_query("nope.llm.local", "A"),
+        dns.message.make_query("chat.llm.internal", "A"),
+        dns.message.make_query("nope.llm.internal", "A"),
         dns.message.make_query(
-            "chat.llm.local", "A", use_edns=0, options=[dns.edns.ECSOption("127.0.1.0", 24)]
+            "chat.llm.internal", "A", use_edns=0, options=[dns.edns.ECSOption("127.0.1.0", 24)]
         ),
     ]
     replies = [
@@ -162,7 +162,7 @@ async def test_tcp_answers_several_queries_on_one_connection(server: LocalDnsPro
     assert [r.id for r in replies] == [q.id for q in queries]
     assert [r.rcode() for r in replies] == [dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.NOERROR]
     assert address(replies[2]) in EU
-    query = dns.message.make_query("chat.llm.local", "A")
+    query = dns.message.make_query("chat.llm.internal", "A")
     async with asyncio.timeout(WAIT):
         response = await dns.asyncquery.tcp(query, HOST, port=port(server), source=EU_CLIENT, timeout=WAIT)
     assert address(response) in EU
@@ -171,10 +171,10 @@ async def test_tcp_answers_several_queries_on_one_connection(server: LocalDnsPro
 @pytest.mark.parametrize(
     ("name", "rdtype", "rcode", "authority"),
     [
-        ("nope.llm.local", "A", dns.rcode.NXDOMAIN, True),
+        ("nope.llm.internal", "A", dns.rcode.NXDOMAIN, True),
         ("example.com", "A", dns.rcode.REFUSED, False),
-        ("chat.llm.local", "AAAA", dns.rcode.NOERROR, True),
-        ("llm.local", "A", dns.rcode.NOERROR, True),
+        ("chat.llm.internal", "AAAA", dns.rcode.NOERROR, True),
+        ("llm.internal", "A", dns.rcode.NOERROR, True),
     ],
 )
 async def test_names_and_types_without_an_address(
@@ -186,7 +186,7 @@ async def test_names_and_types_without_an_address(
 
 
 async def test_zone_apex_soa(server: LocalDnsProvider) -> None:
-    response = await udp(port(server), "llm.local", "SOA")
+    response = await udp(port(server), "llm.internal", "SOA")
     assert response.answer[0].rdtype == dns.rdatatype.SOA
 
 
@@ -197,7 +197,7 @@ async def test_apply_changes_answers_at_once(server: LocalDnsProvider) -> None:
     fail_closed = await udp(port(server))
     assert fail_closed.rcode() == dns.rcode.NOERROR and not fail_closed.answer
     assert address(await udp(port(server), source=EU_CLIENT)) == ADDRESS["eu-central"]
-    assert server.stats[("chat.llm.local", "global", "NODATA")] == 1
+    assert server.stats[("chat.llm.internal", "global", "NODATA")] == 1
 
 
 async def test_hot_reload_remaps_client_groups(server: LocalDnsProvider) -> None:
@@ -224,7 +224,9 @@ async def test_malformed_packets_get_formerr_or_nothing(server: LocalDnsProvider
         query_id, flags = struct.unpack_from("!HH", reply)
         assert query_id == 0x1234 and flags & dns.flags.QR and flags & 0xF == dns.rcode.FORMERR
         transport.sendto(b"\x01\x02\x03")  # not even a header: dropped
-        transport.sendto(dns.message.make_response(dns.message.make_query("chat.llm.local", "A")).to_wire())
+        transport.sendto(
+            dns.message.make_response(dns.message.make_query("chat.llm.internal", "A")).to_wire()
+        )
         await asyncio.sleep(0.2)
         assert client.replies.empty()
     finally:
@@ -280,7 +282,7 @@ async def dig(*args: str) -> list[str]:
 
 @pytest.mark.needs_binary("dig")
 async def test_dig_sees_groups_by_source_and_by_subnet(server: LocalDnsProvider) -> None:
-    at = (f"@{HOST}", "-p", str(port(server)), "chat.llm.local", "+short")
+    at = (f"@{HOST}", "-p", str(port(server)), "chat.llm.internal", "+short")
     (anyone,) = await dig(*at)
     assert anyone in ADDRESS.values() and anyone != ADDRESS["eu-central"]
     assert {(await dig(*at, "-b", EU_CLIENT))[0] for _ in range(5)} <= EU

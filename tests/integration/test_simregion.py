@@ -243,7 +243,7 @@ async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -
             ],
             "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
             "default_client_group": "all",
-            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": ["a", "b"]}],
+            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": ["a", "b"]}],
             "probes": {"inference": {"model": "m1"}},
         }
     )

@@ -30,7 +30,9 @@ def policy(**service: Any) -> Policy:
                 {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
             ],
             "default_client_group": "global",
-            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": list(REGIONS), **service}],
+            "services": [
+                {"name": "chat", "dns_name": "chat.llm.internal", "regions": list(REGIONS), **service}
+            ],
         }
     )
 

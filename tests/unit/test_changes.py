@@ -6,7 +6,7 @@ from controlplane.changes import Action, Record, diff
 
 
 def rec(region: str, weight: int, group: str = "global") -> Record:
-    return Record("chat.llm.local", group, region, f"10.0.0.{len(region)}", weight, 5)
+    return Record("chat.llm.internal", group, region, f"10.0.0.{len(region)}", weight, 5)
 
 
 def test_diff_creates_updates_deletes_and_leaves_equal_alone():
@@ -19,8 +19,8 @@ def test_diff_creates_updates_deletes_and_leaves_equal_alone():
         (Action.CREATE, "d"),
     ]
     text = cs.render_text()
-    assert "~ chat.llm.local [global] b" in text and "weight 50 => 100" in text
-    assert "- chat.llm.local [global] c" in text and "+ chat.llm.local [global] d" in text
+    assert "~ chat.llm.internal [global] b" in text and "weight 50 => 100" in text
+    assert "- chat.llm.internal [global] c" in text and "+ chat.llm.internal [global] d" in text
     assert json.loads(cs.dumps())["changes"][0]["action"] == "update"
 
 

@@ -171,13 +171,13 @@ def test_services_sharing_regions_are_weighed_alike_but_never_conflated():
     base = policy(max_shift=10)
     data = base.model_dump(mode="json")
     data["services"] = [
-        {**data["services"][0], "name": "a", "dns_name": "a.llm.local", "max_shift": 10},
-        {**data["services"][0], "name": "b", "dns_name": "b.llm.local", "max_shift": 10},
-        {**data["services"][0], "name": "c", "dns_name": "c.llm.local", "max_shift": 40},
+        {**data["services"][0], "name": "a", "dns_name": "a.llm.internal", "max_shift": 10},
+        {**data["services"][0], "name": "b", "dns_name": "b.llm.internal", "max_shift": 10},
+        {**data["services"][0], "name": "c", "dns_name": "c.llm.internal", "max_shift": 40},
         {
             **data["services"][0],
             "name": "d",
-            "dns_name": "d.llm.local",
+            "dns_name": "d.llm.internal",
             "max_shift": 10,
             "mode": "active-passive",
         },

@@ -46,7 +46,7 @@ def make_policy(socket: str = "127.0.0.1:9999", servers: dict[str, str] | None =
             ],
             "client_groups": [{"name": "global", "allowed_jurisdictions": ["US"]}],
             "default_client_group": "global",
-            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": list(REGIONS)}],
+            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": list(REGIONS)}],
             "providers": {
                 "haproxy": {
                     "socket": socket,

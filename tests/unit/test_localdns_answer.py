@@ -45,7 +45,7 @@ def table_for(plan: RoutingPlan = PLAN, policy: Policy | None = None) -> AnswerT
 
 def ask(
     table: AnswerTable,
-    name: str = "chat.llm.local",
+    name: str = "chat.llm.internal",
     rdtype: str = "A",
     client: str = "127.0.0.1",
     subnet: dns.edns.ECSOption | None = None,
@@ -87,7 +87,7 @@ def test_a_query_gets_exactly_one_authoritative_record_with_the_record_ttl() -> 
 
 def test_picks_follow_the_weights_and_never_a_weight_zero_region() -> None:
     table, rng = table_for(), random.Random(7)
-    query = dns.message.make_query("chat.llm.local", "A")
+    query = dns.message.make_query("chat.llm.internal", "A")
     counts = Counter(addresses(answer(query, "127.0.0.1", table, rng))[0] for _ in range(10_000))
     assert ADDRESS["eu-central"] not in counts
     for region, weight in (("us-east", 50), ("us-west", 30), ("eu-west", 20)):
@@ -101,7 +101,7 @@ def test_a_client_group_only_ever_gets_its_allowed_regions() -> None:
 
 
 def test_name_matching_ignores_case() -> None:
-    assert addresses(ask(table_for(), name="CHAT.Llm.Local"))
+    assert addresses(ask(table_for(), name="CHAT.Llm.Internal"))
 
 
 def test_fail_closed_is_nodata_with_the_soa() -> None:
@@ -135,10 +135,10 @@ def test_ipv6_regions_answer_aaaa() -> None:
 
 def test_zone_apex_answers_soa_and_ns() -> None:
     table = table_for()
-    soa = ask(table, name="llm.local", rdtype="SOA")
+    soa = ask(table, name="llm.internal", rdtype="SOA")
     assert soa.answer[0].rdtype == dns.rdatatype.SOA and soa.flags & dns.flags.AA
-    assert ask(table, name="llm.local", rdtype="NS").answer[0][0].to_text() == "ns.llm.local."
-    apex_a = ask(table, name="llm.local")
+    assert ask(table, name="llm.internal", rdtype="NS").answer[0][0].to_text() == "ns.llm.internal."
+    apex_a = ask(table, name="llm.internal")
     assert apex_a.rcode() == dns.rcode.NOERROR and not apex_a.answer and apex_a.authority
 
 
@@ -149,21 +149,21 @@ def test_each_table_has_a_new_soa_serial() -> None:
 
 
 def test_unserved_names_in_the_zone_are_nxdomain_with_the_soa() -> None:
-    for name in ("nope.llm.local", "x.chat.llm.local"):
+    for name in ("nope.llm.internal", "x.chat.llm.internal"):
         response = ask(table_for(), name=name)
         assert response.rcode() == dns.rcode.NXDOMAIN and response.flags & dns.flags.AA
         assert response.authority[0].rdtype == dns.rdatatype.SOA
 
 
 def test_names_between_the_zone_and_a_served_name_exist() -> None:
-    services = [{"name": "chat", "dns_name": "chat.eu.llm.local", "regions": ["eu-west"]}]
+    services = [{"name": "chat", "dns_name": "chat.eu.llm.internal", "regions": ["eu-west"]}]
     policy = demo_policy({"services": services})
-    response = ask(table_for(make_plan({"eu": {"eu-west": 100}}), policy), name="eu.llm.local")
+    response = ask(table_for(make_plan({"eu": {"eu-west": 100}}), policy), name="eu.llm.internal")
     assert response.rcode() == dns.rcode.NOERROR and not response.answer
 
 
 def test_outside_the_zone_and_zone_transfers_are_refused() -> None:
-    for name, rdtype in (("example.com", "A"), ("local", "SOA"), ("llm.local", "AXFR")):
+    for name, rdtype in (("example.com", "A"), ("local", "SOA"), ("llm.internal", "AXFR")):
         response = ask(table_for(), name=name, rdtype=rdtype)
         assert response.rcode() == dns.rcode.REFUSED and not response.flags & dns.flags.AA
 
@@ -186,7 +186,7 @@ def test_client_subnet_outranks_the_source_address() -> None:
 
 
 def test_an_untailored_answer_has_scope_zero() -> None:
-    response = ask(table_for(), name="nope.llm.local", subnet=dns.edns.ECSOption("127.0.1.0", 24))
+    response = ask(table_for(), name="nope.llm.internal", subnet=dns.edns.ECSOption("127.0.1.0", 24))
     (echo,) = response.options
     assert isinstance(echo, dns.edns.ECSOption) and echo.scopelen == 0
 
@@ -213,7 +213,7 @@ def test_client_subnet_is_ignored_when_disabled() -> None:
 
 def test_residency_holds_even_for_records_the_policy_no_longer_allows() -> None:
     # Records rendered while "eu" could reach the US, answered under a policy where it cannot.
-    records = [Record("chat.llm.local", "eu", "us-east", ADDRESS["us-east"], 100, 5)]
+    records = [Record("chat.llm.internal", "eu", "us-east", ADDRESS["us-east"], 100, 5)]
     table = AnswerTable.build(demo_policy(), records)
     assert ask(table, client="127.0.1.5").answer == []
 
@@ -229,6 +229,6 @@ def test_residency_holds_even_for_records_the_policy_no_longer_allows() -> None:
 def test_unsupported_queries_get_their_rcode(
     make: Callable[[dns.message.Message], object], rcode: dns.rcode.Rcode
 ) -> None:
-    query = dns.message.make_query("chat.llm.local", "A")
+    query = dns.message.make_query("chat.llm.internal", "A")
     make(query)
     assert answer(query, "127.0.0.1", table_for(), random.Random(0)).rcode() == rcode

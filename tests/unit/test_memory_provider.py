@@ -75,14 +75,16 @@ def test_render_holds_every_allowed_region_and_only_those(policy: Policy) -> Non
         ("eu", "eu-west"): 100,
         ("eu", "eu-central"): 0,
     }
-    assert all(r.name == "chat.llm.local" and r.ttl == 5 and r.target == ADDRESS[r.region] for r in records)
+    assert all(
+        r.name == "chat.llm.internal" and r.ttl == 5 and r.target == ADDRESS[r.region] for r in records
+    )
 
 
 def test_render_normalises_the_dns_name(policy: Policy) -> None:
     shouting = policy.model_copy(
-        update={"services": (policy.services[0].model_copy(update={"dns_name": "Chat.LLM.local."}),)}
+        update={"services": (policy.services[0].model_copy(update={"dns_name": "Chat.LLM.Internal."}),)}
     )
-    assert {r.name for r in render_records(shouting, PLAN)} == {"chat.llm.local"}
+    assert {r.name for r in render_records(shouting, PLAN)} == {"chat.llm.internal"}
 
 
 def test_render_refuses_weight_on_a_region_residency_forbids(policy: Policy) -> None:
@@ -144,7 +146,7 @@ async def test_a_bad_change_refuses_the_whole_set(
         "other": replace(held, region="elsewhere"),
         "heavy": replace(held, weight=101),
     }
-    good = Change(Action.CREATE, None, Record("new.llm.local", "global", "us-east", "127.0.0.11", 100, 5))
+    good = Change(Action.CREATE, None, Record("new.llm.internal", "global", "us-east", "127.0.0.11", 100, 5))
     bad = Change(action, records.get(before or ""), records.get(after or ""))
     snapshot = await provider.current()
     with pytest.raises(PermanentProviderError, match=problem):

@@ -36,7 +36,7 @@ def make_policy(regions: tuple[str, ...] = ("a", "b"), **probes: Any) -> Policy:
             ],
             "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
             "default_client_group": "all",
-            "services": [{"name": "chat", "dns_name": "chat.llm.local", "regions": list(regions)}],
+            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": list(regions)}],
             "probes": settings,
         }
     )
