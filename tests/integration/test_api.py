@@ -24,19 +24,12 @@ from tests.integration.daemon_helpers import (
     fault,
     policy_data,
     running_plane,
-    sim_fleet,
     until,
     write_policy,
 )
 
 US_WEST_DRAINED = {"us-east": 57, "us-west": 0, "eu-west": 29, "eu-central": 14}
 REGION_NAMES = sorted(ADDRESS)
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[SimFleet]:
-    async with sim_fleet() as fleet:
-        yield fleet
 
 
 async def start(fleet: SimFleet, tmp_path: Path, token: str | None = TOKEN) -> AsyncIterator[Plane]:

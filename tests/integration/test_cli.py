@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.integration.daemon_helpers import (
     position,
     read_audit,
     running_plane,
-    sim_fleet,
     until,
     write_policy,
 )
@@ -64,12 +62,6 @@ async def arun_cli(*args: str, within: float = 20) -> Result:
         raise
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[SimFleet]:
-    async with sim_fleet() as fleet:
-        yield fleet
 
 
 # ---------------------------------------------------------------- validate, schema

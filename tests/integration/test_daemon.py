@@ -36,17 +36,10 @@ from tests.integration.daemon_helpers import (
     position,
     read_audit,
     running_plane,
-    sim_fleet,
     until,
     write_policy,
 )
 from tests.integration.daemon_helpers import fault as set_fault
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[SimFleet]:
-    async with sim_fleet() as fleet:
-        yield fleet
 
 
 @pytest.fixture
