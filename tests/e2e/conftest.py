@@ -17,15 +17,11 @@ from chaos.loopback import free_port, loopback_policy, resolve
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.haproxy_process import haproxy_available
 from controlplane.providers.haproxy import RuntimeApi, parse_servers_state
+from tests.builders import DEMO_ADDRESS
 from tests.conftest import require_binary, until
 
 REGION_PORT = 18400  # demo regions use 8000; these use 127.0.0.11-14 on another port
-ADDRESSES = {
-    "us-east": "127.0.0.11",
-    "us-west": "127.0.0.12",
-    "eu-west": "127.0.0.13",
-    "eu-central": "127.0.0.14",
-}
+ADDRESSES = DEMO_ADDRESS  # the demo policy's regions, on REGION_PORT
 US = {ADDRESSES["us-east"], ADDRESSES["us-west"]}
 EU_CLIENT = "127.0.1.5"
 

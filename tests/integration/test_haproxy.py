@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -13,54 +12,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from chaos.loopback import free_port
 from controlplane.changes import Action, Change, ChangeSet, Record, diff
 from controlplane.haproxy_process import HaproxyProcess, HaproxyProcessError, render_config
-from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
-from controlplane.policy import Policy
 from controlplane.providers.base import PermanentProviderError, TransientProviderError
 from controlplane.providers.haproxy import HaproxyProvider, RuntimeApi, ServerState, parse_servers_state
+from tests.builders import haproxy_policy, plan
 from tests.conftest import require_binary
 
 OWNED = ("us-east", "us-west", "eu-west", "eu-central")
 # In the HAProxy backend but not named by the provider's policy: it must never be touched.
 FOREIGN = "foreign"
 HOSTS = {region: f"127.0.0.{31 + i}" for i, region in enumerate((*OWNED, FOREIGN))}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def make_policy(
-    endpoints: dict[str, str], socket_address: str, servers: tuple[str, ...], backend: str = "chat"
-) -> Policy:
-    return Policy.model_validate(
-        {
-            "regions": [{"name": r, "endpoint": url, "jurisdiction": "US"} for r, url in endpoints.items()],
-            "client_groups": [{"name": "global", "allowed_jurisdictions": ["US"]}],
-            "default_client_group": "global",
-            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": list(endpoints)}],
-            "providers": {
-                "haproxy": {
-                    "socket": socket_address,
-                    "service": "chat",
-                    "client_group": "global",
-                    "backend": backend,
-                    "servers": {r: r for r in servers},
-                }
-            },
-        }
-    )
-
-
-def plan(weights: dict[str, int]) -> RoutingPlan:
-    group = GroupPlan(
-        "chat", "global", GroupMode.NORMAL, tuple(RouteWeight(r, w, "") for r, w in weights.items())
-    )
-    return RoutingPlan(0.0, (group,))
 
 
 @dataclass
@@ -73,7 +36,9 @@ class Stack:
     provider: HaproxyProvider
 
     def provider_for(self, servers: tuple[str, ...], backend: str = "chat") -> HaproxyProvider:
-        return HaproxyProvider(make_policy(self.endpoints, self.stats, servers, backend), timeout=1.0)
+        return HaproxyProvider(
+            haproxy_policy(self.stats, servers, endpoints=self.endpoints, backend=backend), timeout=1.0
+        )
 
     async def servers(self) -> dict[str, ServerState]:
         return {s.name: s for s in parse_servers_state(await self.api.send("show servers state chat"))}
@@ -110,7 +75,9 @@ async def endpoints() -> AsyncIterator[dict[str, str]]:
 async def stack(endpoints: dict[str, str]) -> AsyncIterator[Stack]:
     require_binary("haproxy")
     frontend, stats = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    config = render_config(make_policy(endpoints, stats, (*OWNED, FOREIGN)), frontend=frontend, stats=stats)
+    config = render_config(
+        haproxy_policy(stats, (*OWNED, FOREIGN), endpoints=endpoints), frontend=frontend, stats=stats
+    )
     async with HaproxyProcess(config) as process:
         yield Stack(
             frontend=f"http://{frontend}/",
@@ -118,7 +85,7 @@ async def stack(endpoints: dict[str, str]) -> AsyncIterator[Stack]:
             stats=stats,
             api=RuntimeApi.at(stats),
             process=process,
-            provider=HaproxyProvider(make_policy(endpoints, stats, OWNED), timeout=1.0),
+            provider=HaproxyProvider(haproxy_policy(stats, OWNED, endpoints=endpoints), timeout=1.0),
         )
 
 
@@ -130,7 +97,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def converge(provider: HaproxyProvider, weights: dict[str, int]) -> ChangeSet:
     """One reconcile step, as the reconciler does it: render, read, diff, apply."""
-    changes = diff("haproxy", provider.render(plan(weights)), await provider.current())
+    changes = diff("haproxy", provider.render(plan({"global": weights})), await provider.current())
     await provider.apply(changes)
     return changes
 
@@ -177,8 +144,10 @@ async def test_drain_takes_a_server_out_and_ready_brings_it_back(
 async def test_current_reads_back_what_apply_set(stack: Stack) -> None:
     weights = {"us-east": 60, "us-west": 30, "eu-west": 10}
     await converge(stack.provider, weights)
-    assert await stack.provider.current() == stack.provider.render(plan(weights))
-    assert not diff("haproxy", stack.provider.render(plan(weights)), await stack.provider.current())
+    assert await stack.provider.current() == stack.provider.render(plan({"global": weights}))
+    assert not diff(
+        "haproxy", stack.provider.render(plan({"global": weights})), await stack.provider.current()
+    )
     servers = await stack.servers()
     assert {r: servers[r].weight for r in weights} == weights
     assert servers["eu-central"].effective_weight == 0
@@ -209,7 +178,7 @@ async def test_a_server_the_policy_does_not_name_is_never_touched(stack: Stack) 
 
 async def test_a_named_server_missing_from_haproxy_is_permanent(stack: Stack) -> None:
     endpoints = {**stack.endpoints, "ghost": "http://127.0.0.36:1"}
-    provider = HaproxyProvider(make_policy(endpoints, stack.stats, ("us-east", "ghost")))
+    provider = HaproxyProvider(haproxy_policy(stack.stats, ("us-east", "ghost"), endpoints=endpoints))
     with pytest.raises(PermanentProviderError, match=r"has no server\(s\) \['ghost'\]"):
         await provider.current()
     ghost = Change(Action.UPDATE, None, Record("chat", "*", "ghost", "ghost", 5))
@@ -227,7 +196,7 @@ async def test_a_missing_backend_is_permanent(stack: Stack) -> None:
 
 async def converge_blind(provider: HaproxyProvider, weights: dict[str, int]) -> None:
     """Apply a plan without reading first, as a retry of an earlier change set would."""
-    desired = provider.render(plan(weights))
+    desired = provider.render(plan({"global": weights}))
     await provider.apply(ChangeSet("haproxy", tuple(Change(Action.UPDATE, None, r) for r in desired)))
 
 
@@ -274,7 +243,7 @@ async def test_a_missing_unix_socket_is_transient(tmp_path: Path) -> None:
 async def test_unix_socket_runtime_api(tmp_path: Path, endpoints: dict[str, str]) -> None:
     require_binary("haproxy")
     stats = str(tmp_path / "admin.sock")
-    policy = make_policy(endpoints, stats, OWNED)
+    policy = haproxy_policy(stats, OWNED, endpoints=endpoints)
     async with HaproxyProcess(render_config(policy, frontend=f"127.0.0.1:{free_port()}", stats=stats)):
         provider = HaproxyProvider(policy)
         await converge(provider, {"eu-west": 100})
@@ -298,7 +267,7 @@ async def test_a_refused_config_reports_haproxy_output() -> None:
 
 async def test_a_stats_address_in_use_is_not_mistaken_for_ours(stack: Stack) -> None:
     config = render_config(
-        make_policy(stack.endpoints, stack.stats, OWNED),
+        haproxy_policy(stack.stats, OWNED, endpoints=stack.endpoints),
         frontend=f"127.0.0.1:{free_port()}",
         stats=stack.stats,
     )
@@ -327,7 +296,9 @@ async def test_https_endpoints_render_a_config_haproxy_accepts(tmp_path: Path) -
     endpoints = {"us-east": "https://127.0.0.31:8443", "us-west": "http://[::1]:8000"}
     config = tmp_path / "haproxy.cfg"
     config.write_text(
-        render_config(make_policy(endpoints, "127.0.0.1:1", tuple(endpoints)), stats="127.0.0.1:1")
+        render_config(
+            haproxy_policy("127.0.0.1:1", tuple(endpoints), endpoints=endpoints), stats="127.0.0.1:1"
+        )
     )
     check = await asyncio.create_subprocess_exec(
         haproxy, "-c", "-f", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT

@@ -6,8 +6,7 @@ import pytest
 
 from controlplane.changes import Action, Change, ChangeSet, Record
 from controlplane.haproxy_process import render_config
-from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
-from controlplane.policy import Policy
+from controlplane.plan import RoutingPlan
 from controlplane.providers.base import PermanentProviderError, Provider
 from controlplane.providers.haproxy import (
     HaproxyProvider,
@@ -18,6 +17,7 @@ from controlplane.providers.haproxy import (
     parse_address,
     parse_servers_state,
 )
+from tests.builders import REGIONS, haproxy_policy, plan
 
 HEADER = (
     "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
@@ -34,37 +34,6 @@ STATE_REPLY = (
     "3 chat 3 eu-west 127.0.0.33 0 1 50 1 0 1 0 0 0 0 0 0 - 18000 - 0 0 - - 0\n"
     "3 chat 4 foreign 127.0.0.35 2 0 1 1 9 1 0 2 0 0 0 0 - 18000 - 0 0 - - 0\n\n"
 )
-REGIONS = ("us-east", "us-west", "eu-west", "eu-central")
-
-
-def make_policy(socket: str = "127.0.0.1:9999", servers: dict[str, str] | None = None) -> Policy:
-    return Policy.model_validate(
-        {
-            "regions": [
-                {"name": name, "endpoint": f"http://127.0.0.{31 + i}:8000", "jurisdiction": "US"}
-                for i, name in enumerate(REGIONS)
-            ],
-            "client_groups": [{"name": "global", "allowed_jurisdictions": ["US"]}],
-            "default_client_group": "global",
-            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": list(REGIONS)}],
-            "providers": {
-                "haproxy": {
-                    "socket": socket,
-                    "service": "chat",
-                    "client_group": "global",
-                    "backend": "chat",
-                    "servers": servers if servers is not None else {r: r for r in REGIONS},
-                }
-            },
-        }
-    )
-
-
-def plan(weights: dict[str, int]) -> RoutingPlan:
-    group = GroupPlan(
-        "chat", "global", GroupMode.NORMAL, tuple(RouteWeight(r, w, "") for r, w in weights.items())
-    )
-    return RoutingPlan(0.0, (group,))
 
 
 def record(region: str, weight: int, target: str | None = None) -> Record:
@@ -186,14 +155,14 @@ def test_weight_in_range_passes(weight: int) -> None:
 
 
 def test_is_a_provider() -> None:
-    provider: Provider = HaproxyProvider(make_policy())
+    provider: Provider = HaproxyProvider(haproxy_policy())
     assert isinstance(provider, Provider)
     assert provider.capabilities.max_weight == 256
     assert not provider.capabilities.client_groups
 
 
 def test_render_emits_every_named_region_with_zero_for_absent_ones() -> None:
-    records = HaproxyProvider(make_policy()).render(plan({"us-east": 75, "us-west": 25}))
+    records = HaproxyProvider(haproxy_policy()).render(plan({"global": {"us-east": 75, "us-west": 25}}))
     assert records == [
         record("eu-central", 0),
         record("eu-west", 0),
@@ -203,8 +172,8 @@ def test_render_emits_every_named_region_with_zero_for_absent_ones() -> None:
 
 
 def test_render_uses_the_policy_server_names() -> None:
-    provider = HaproxyProvider(make_policy(servers={"us-east": "srv-a", "us-west": "srv_b"}))
-    assert provider.render(plan({"us-east": 100})) == [
+    provider = HaproxyProvider(haproxy_policy(servers={"us-east": "srv-a", "us-west": "srv_b"}))
+    assert provider.render(plan({"global": {"us-east": 100}})) == [
         record("us-east", 100, "srv-a"),
         record("us-west", 0, "srv_b"),
     ]
@@ -212,12 +181,12 @@ def test_render_uses_the_policy_server_names() -> None:
 
 def test_render_refuses_a_plan_without_the_group() -> None:
     with pytest.raises(PermanentProviderError, match="plan has no weights for service 'chat'"):
-        HaproxyProvider(make_policy()).render(RoutingPlan(0.0, ()))
+        HaproxyProvider(haproxy_policy()).render(RoutingPlan(0.0, ()))
 
 
 def test_render_refuses_an_out_of_range_weight() -> None:
     with pytest.raises(PermanentProviderError, match="plan chat/us-east: weight 300"):
-        HaproxyProvider(make_policy()).render(plan({"us-east": 300}))
+        HaproxyProvider(haproxy_policy()).render(plan({"global": {"us-east": 300}}))
 
 
 @pytest.mark.parametrize(
@@ -231,23 +200,23 @@ def test_render_refuses_an_out_of_range_weight() -> None:
 )
 def test_unusable_settings_are_refused(servers: dict[str, str], message: str) -> None:
     with pytest.raises(PermanentProviderError, match=message):
-        HaproxyProvider(make_policy(servers=servers))
+        HaproxyProvider(haproxy_policy(servers=servers))
 
 
 def test_update_policy_keeps_the_old_settings_when_the_new_ones_are_bad() -> None:
-    provider = HaproxyProvider(make_policy())
+    provider = HaproxyProvider(haproxy_policy())
     with pytest.raises(PermanentProviderError):
-        provider.update_policy(make_policy(socket="127.0.0.1:nope"))
-    assert [r.region for r in provider.render(plan({"us-east": 100}))] == sorted(REGIONS)
-    provider.update_policy(make_policy(servers={"us-east": "only"}))
-    assert provider.render(plan({"us-east": 100})) == [record("us-east", 100, "only")]
+        provider.update_policy(haproxy_policy(socket="127.0.0.1:nope"))
+    assert [r.region for r in provider.render(plan({"global": {"us-east": 100}}))] == sorted(REGIONS)
+    provider.update_policy(haproxy_policy(servers={"us-east": "only"}))
+    assert provider.render(plan({"global": {"us-east": 100}})) == [record("us-east", 100, "only")]
 
 
 # ---------------------------------------------------------------- apply: commands and their order
 
 
 def test_commands_raise_before_they_drain() -> None:
-    settings = make_policy().providers.haproxy
+    settings = haproxy_policy().providers.haproxy
     assert settings is not None
     changes = updates(
         record("us-east", 0), record("us-west", 100), record("eu-west", 0), record("eu-central", 7)
@@ -263,7 +232,7 @@ def test_commands_raise_before_they_drain() -> None:
 
 
 def test_create_is_treated_like_update() -> None:
-    settings = make_policy().providers.haproxy
+    settings = haproxy_policy().providers.haproxy
     assert settings is not None
     changes = ChangeSet("haproxy", (Change(Action.CREATE, None, record("us-east", 5)),))
     assert commands_for(changes, settings) == [
@@ -293,7 +262,7 @@ def test_create_is_treated_like_update() -> None:
     ],
 )
 def test_bad_change_refuses_the_whole_change_set(change: Change, message: str) -> None:
-    settings = make_policy().providers.haproxy
+    settings = haproxy_policy().providers.haproxy
     assert settings is not None
     changes = ChangeSet("haproxy", (Change(Action.UPDATE, None, record("us-west", 100)), change))
     with pytest.raises(PermanentProviderError, match=message):
@@ -302,14 +271,14 @@ def test_bad_change_refuses_the_whole_change_set(change: Change, message: str) -
 
 async def test_apply_refuses_another_providers_change_set() -> None:
     with pytest.raises(PermanentProviderError, match="change set for provider 'localdns'"):
-        await HaproxyProvider(make_policy()).apply(ChangeSet("localdns", ()))
+        await HaproxyProvider(haproxy_policy()).apply(ChangeSet("localdns", ()))
 
 
 # ---------------------------------------------------------------- config rendering
 
 
 def test_render_config() -> None:
-    config = render_config(make_policy(), frontend="127.0.0.1:19000", stats="127.0.0.1:19999")
+    config = render_config(haproxy_policy(), frontend="127.0.0.1:19000", stats="127.0.0.1:19999")
     lines = [line.strip() for line in config.splitlines()]
     assert "stats socket 127.0.0.1:19999 level admin" in lines
     assert "mode http" in lines
@@ -327,10 +296,10 @@ def test_render_config() -> None:
 
 
 def test_render_config_unix_socket_is_private() -> None:
-    config = render_config(make_policy(), stats="/run/cp/admin.sock")
+    config = render_config(haproxy_policy(), stats="/run/cp/admin.sock")
     assert "    stats socket /run/cp/admin.sock mode 600 level admin" in config.splitlines()
 
 
 def test_render_config_refuses_an_address_that_would_inject_config() -> None:
     with pytest.raises(ValueError, match="must be one word"):
-        render_config(make_policy(), frontend="127.0.0.1:9000\n    stats enable")
+        render_config(haproxy_policy(), frontend="127.0.0.1:9000\n    stats enable")

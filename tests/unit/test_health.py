@@ -3,7 +3,7 @@ from __future__ import annotations
 from controlplane.policy import HealthSettings
 from probes.health import HealthTracker, State, health_view, score
 from probes.observation import Observation, ProbeKind
-from tests.unit.builders import policy
+from tests.builders import policy
 
 P = policy().model_copy(
     update={"health": HealthSettings(rise=2, fall=3, stale_after=5.0, ttft_target=0.5, queue_target=10)}

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from controlplane.changes import Action, Change, ChangeSet, Record, diff
-from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
+from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy, load_policy
 from controlplane.providers.base import (
     PermanentProviderError,
@@ -17,27 +16,10 @@ from controlplane.providers.base import (
 )
 from controlplane.providers.memory import MemoryProvider, render_records
 
-DEMO = Path(__file__).resolve().parents[2] / "policies" / "demo.yaml"
-ADDRESS = {
-    "us-east": "127.0.0.11",
-    "us-west": "127.0.0.12",
-    "eu-west": "127.0.0.13",
-    "eu-central": "127.0.0.14",
-}
-
-
-def make_plan(groups: dict[str, dict[str, int]], service: str = "chat") -> RoutingPlan:
-    """A plan giving each client group the weights listed (regions left out get no RouteWeight)."""
-    return RoutingPlan(
-        0.0,
-        tuple(
-            GroupPlan(
-                service, group, GroupMode.NORMAL, tuple(RouteWeight(r, w, "test") for r, w in weights.items())
-            )
-            for group, weights in groups.items()
-        ),
-    )
-
+# Named as before: test_localdns.py and test_localdns_answer.py import these three from here.
+from tests.builders import DEMO
+from tests.builders import DEMO_ADDRESS as ADDRESS
+from tests.builders import plan as make_plan
 
 PLAN = make_plan(
     {"global": {"us-east": 50, "us-west": 30, "eu-west": 20}, "eu": {"eu-west": 100, "eu-central": 0}}

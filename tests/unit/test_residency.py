@@ -4,7 +4,7 @@ from controlplane.engine import decide
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.residency import check_plan
 from probes.health import State
-from tests.unit.builders import REGIONS, policy, view
+from tests.builders import REGIONS, policy, view
 
 
 def test_engine_plans_pass_the_gate_in_every_all_down_mode():
