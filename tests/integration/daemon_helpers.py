@@ -30,6 +30,7 @@ from controlplane.policy import Policy, load_policy
 from controlplane.providers.base import Capabilities, PermanentProviderError
 from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider, render_records
+from tests import builders
 from tests.conftest import until
 
 T = TypeVar("T")
@@ -82,13 +83,11 @@ def policy_data(
 ) -> dict[str, Any]:
     """A policy over the fleet: fast probes, rise 1, no slow start, and damping off (max_shift 100)."""
     capacities = capacities or {}
-    names = [name for name, _, _, _ in REGIONS if name not in drop]
     providers: dict[str, Any] = {"memory": memory}
     if dns_port is not None:
         providers["localdns"] = {"listen": "127.0.0.1", "port": dns_port, "zone": "llm.test"}
-    return {
-        "version": 1,
-        "regions": [
+    return builders.policy_data(
+        [
             {
                 "name": name,
                 "endpoint": fleet[name].endpoint,
@@ -96,25 +95,16 @@ def policy_data(
                 "capacity": capacities.get(name, capacity),
             }
             for name, _, jurisdiction, capacity in REGIONS
-            if name in names
+            if name not in drop
         ],
-        "client_groups": [
-            {"name": "eu", "sources": ["127.0.1.0/24"], "allowed_jurisdictions": ["EU"]},
-            {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
-        ],
-        "default_client_group": "global",
-        "services": [
-            {
-                "name": SERVICE,
-                "dns_name": DNS_NAME,
-                "ttl": 5,
-                "regions": names,
-                "max_shift": max_shift,
-                "slow_start": 0,
-                "when_all_down": "fail-closed",
-            }
-        ],
-        "probes": {
+        service={
+            "dns_name": DNS_NAME,
+            "ttl": 5,
+            "max_shift": max_shift,
+            "slow_start": 0,
+            "when_all_down": "fail-closed",
+        },
+        probes={
             "interval": 0.1,
             "fast_interval": 0.05,
             "timeout": probe_timeout,
@@ -127,9 +117,9 @@ def policy_data(
             },
             "metrics": {"interval": 0.2},
         },
-        "health": {"rise": 1, "fall": 3, "stale_after": 3.0},
-        "providers": providers,
-    }
+        health={"rise": 1, "fall": 3, "stale_after": 3.0},
+        providers=providers,
+    )
 
 
 def write_policy(path: Path, data: dict[str, Any] | str) -> str:
