@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -18,6 +19,7 @@ import aiohttp
 from controlplane.policy import Policy, ProbeSettings, Region
 from probes.http import Clock, make_session, probe_liveness
 from probes.inference import probe_inference
+from probes.loop import LoopMonitor
 from probes.metrics import probe_metrics
 from probes.observation import Observation, ProbeKind
 
@@ -33,6 +35,9 @@ Key = tuple[str, ProbeKind]
 # timeouts (bench/probes.py shows both).
 SHED_LAG = 0.05
 OVERLOAD_LOG_EVERY = 10.0
+# Before the first round, a target that could not be looked at this many times in a row counts as looked
+# at (see _missed): a plane that keeps stalling must still come to a first round, or it never reconciles.
+FIRST_ROUND_TRIES = 3
 
 DEFAULT_PROBES: Mapping[ProbeKind, ProbeFunction] = MappingProxyType(
     {
@@ -55,6 +60,7 @@ class ScheduleStats:
         self.skipped = 0  # due, but the (region, kind) already had max_in_flight probes running
         self.shed = 0  # due, but the scheduler was too far behind to start it in time
         self.completed = 0
+        self.inconclusive = 0  # completed, but the plane could not look (see ProbeScheduler); not reported
         self._lags: deque[float] = deque(maxlen=window)
 
     def record_lag(self, lag: float) -> None:
@@ -76,7 +82,7 @@ class ScheduleStats:
         return self.quantile(0.99)
 
     def reset(self) -> None:
-        self.launched = self.skipped = self.shed = self.completed = 0
+        self.launched = self.skipped = self.shed = self.completed = self.inconclusive = 0
         self._lags.clear()
 
 
@@ -87,6 +93,7 @@ class _Target:
     due: float = 0.0  # loop time of the next intended start
     entry: int = -1  # sequence number of its live heap entry; -1 once retired
     in_flight: int = 0
+    missed: int = 0  # inconclusive results before its first conclusive one
 
 
 class ProbeScheduler:
@@ -98,6 +105,18 @@ class ProbeScheduler:
     which are the scheduler's worst lag, short.
 
     `run()` probes until cancelled (or `close()`); `close()` also releases the HTTP session.
+
+    Only what the plane really saw reaches the sink. A result is inconclusive when the probe function says
+    so (the plane's own descriptors ran out, say), or when it is a failure and `monitor` saw the event loop
+    stall while the probe ran: its timeout may have run out while this process, not the region, was not
+    answering. Inconclusive results are counted (`stats.inconclusive`) and dropped, so they count neither
+    toward a verdict nor as a fresh look at the region: it keeps its verdict until its observations go
+    stale. Successes always pass: a stall only ever makes a probe look worse than the region is.
+
+    `first_round` is set once every target has reported a conclusive result, or, failing that, has come
+    back inconclusive FIRST_ROUND_TRIES times in a row: a plane that stalls that often could wait forever,
+    and the daemon, which changes nothing before the first round, would then never reconcile (overrides
+    included). Such a region then has no observation at all, which is what the health view is told.
     """
 
     def __init__(
@@ -111,6 +130,7 @@ class ProbeScheduler:
         first_spread: float | None = None,
         now: Clock = time.time,
         rng: random.Random | None = None,
+        monitor: LoopMonitor | None = None,
     ) -> None:
         self._policy = policy
         self._sink = sink
@@ -121,6 +141,7 @@ class ProbeScheduler:
         self._first_spread = first_spread
         self._now = now
         self._rng = rng or random.Random()
+        self._monitor = monitor
         self._targets: dict[Key, _Target] = {}
         self._heap: list[tuple[float, int, _Target]] = []
         self._sequence = itertools.count()
@@ -322,7 +343,7 @@ class ProbeScheduler:
     async def _probe(self, target: _Target) -> None:
         region, kind = target.region, target.kind
         assert self._session is not None
-        started = time.perf_counter()
+        started = self._clock()
         try:
             obs = await self._probes[kind](self._session, region, self._policy.probes, self._now)
         except Exception as exc:
@@ -333,26 +354,44 @@ class ProbeScheduler:
                 kind,
                 False,
                 self._now(),
-                time.perf_counter() - started,
+                self._clock() - started,
                 error=f"probe crashed: {type(exc).__name__}",
             )
         finally:
             target.in_flight -= 1
         self.stats.completed += 1
+        if not obs.ok and self._monitor is not None and self._monitor.stalled_between(started, self._clock()):
+            obs = dataclasses.replace(obs, inconclusive=True)
+        if obs.inconclusive:
+            # Nothing was learnt, so nothing starts a transition either: no pull-in of the next probe.
+            self.stats.inconclusive += 1
+            self._missed(target)
+            return
         try:
             self._sink(obs)
         except Exception:
             log.exception("observation sink failed on %s %s", region.name, kind)
-        if not self.first_round.is_set():
-            self._seen.add((region.name, kind))
-            self._unseen.discard((region.name, kind))
-            self._check_first_round()
+        self._looked_at(target)
         if self._is_transitioning(region.name, kind) and target.entry >= 0:
             # A result that starts (or continues) a transition pulls the next probe in, rather than
             # leaving it a whole normal period away.
             due = self._clock() + self._jittered(self._policy.probes.fast_interval)
             if due < target.due:
                 self._schedule(target, due)
+
+    def _looked_at(self, target: _Target) -> None:
+        if not self.first_round.is_set():
+            key = (target.region.name, target.kind)
+            self._seen.add(key)
+            self._unseen.discard(key)
+            self._check_first_round()
+
+    def _missed(self, target: _Target) -> None:
+        """An inconclusive result; before the first round, enough of them in a row count as a look."""
+        if not self.first_round.is_set():
+            target.missed += 1
+            if target.missed >= FIRST_ROUND_TRIES:
+                self._looked_at(target)
 
     def _check_first_round(self) -> None:
         if not self._unseen:

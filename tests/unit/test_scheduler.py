@@ -1,11 +1,15 @@
-"""ProbeScheduler with fake probe functions: timing, in-flight bounds, first round, hot reload, shutdown."""
+"""ProbeScheduler with fake probe functions: timing, in-flight bounds, first round, hot reload, shutdown,
+and what a stalled event loop does to results.
+
+Every test runs on virtual time (tests/fakes/clock.py): sleeps cost nothing and timers fire exactly when
+due, so counts and intervals are exact; only `advance()` makes the loop late, on purpose.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -14,8 +18,10 @@ import aiohttp
 import pytest
 
 from controlplane.policy import Policy, ProbeSettings, Region
+from probes.loop import LoopMonitor
 from probes.observation import Observation, ProbeKind
-from probes.scheduler import ProbeFunction, ProbeScheduler
+from probes.scheduler import FIRST_ROUND_TRIES, ProbeFunction, ProbeScheduler
+from tests.fakes.clock import EPOCH, virtual_loop, virtual_time
 
 L, INF, M = ProbeKind.LIVENESS, ProbeKind.INFERENCE, ProbeKind.METRICS
 
@@ -76,7 +82,13 @@ class Harness:
         self.seen: list[Observation] = []
         self._arrived = asyncio.Event()
         self.scheduler = ProbeScheduler(
-            policy, self.sink, transitioning, probes=probes, rng=random.Random(7), **kwargs
+            policy,
+            self.sink,
+            transitioning,
+            probes=probes,
+            rng=random.Random(7),
+            now=virtual_loop().wall,
+            **kwargs,
         )
 
     def sink(self, obs: Observation) -> None:
@@ -113,6 +125,7 @@ async def running(
         await scheduler.close()
 
 
+@virtual_time
 async def test_first_round_waits_for_every_region_and_enabled_kind() -> None:
     slow_metrics = asyncio.Event()
 
@@ -132,6 +145,7 @@ async def test_first_round_waits_for_every_region_and_enabled_kind() -> None:
         assert {(o.region, o.kind) for o in h.seen} == {(r, k) for r in "ab" for k in ProbeKind}
 
 
+@virtual_time
 async def test_disabled_kinds_are_not_probed_nor_awaited() -> None:
     policy = make_policy(inference={"enabled": False}, metrics={"enabled": False})
     async with running(policy, ALL_KINDS) as h:
@@ -141,14 +155,14 @@ async def test_disabled_kinds_are_not_probed_nor_awaited() -> None:
         assert {o.kind for o in h.seen} == {L}
 
 
+@virtual_time
 async def test_a_hung_probe_does_not_hold_back_the_next_one() -> None:
     async def times_out(
         session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
     ) -> Observation:
-        started = time.perf_counter()
         if region.name == "a":
             await asyncio.sleep(0.2)  # a probe that only ends at its timeout, four periods later
-            return Observation(region.name, L, False, now(), time.perf_counter() - started, error="timeout")
+            return Observation(region.name, L, False, now(), 0.2, error="timeout")
         return Observation(region.name, L, True, now(), 0.0)
 
     async with running(make_policy(), {L: times_out}) as h:
@@ -159,6 +173,7 @@ async def test_a_hung_probe_does_not_hold_back_the_next_one() -> None:
     assert all(not o.ok for o in h.seen if o.region == "a")
 
 
+@virtual_time
 async def test_in_flight_probes_are_bounded_per_target() -> None:
     never = asyncio.Event()
 
@@ -177,6 +192,7 @@ async def test_in_flight_probes_are_bounded_per_target() -> None:
     assert h.scheduler.in_flight == 0  # close() cancelled and awaited them
 
 
+@virtual_time
 async def test_fast_interval_while_transitioning() -> None:
     async def takes_40ms(
         session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
@@ -196,6 +212,7 @@ async def test_fast_interval_while_transitioning() -> None:
     assert h.count("b") <= 2
 
 
+@virtual_time
 async def test_a_result_that_starts_a_transition_pulls_the_next_probe_in_once() -> None:
     results: Counter[str] = Counter()
 
@@ -212,9 +229,9 @@ async def test_a_result_that_starts_a_transition_pulls_the_next_probe_in_once() 
     policy = make_policy(("a", "b"), interval=0.3)
     async with running(policy, {L: a_fails_once}, transitioning=transitioning) as h:
         await h.until(lambda: h.count("a") >= 1)
-        first = time.perf_counter()
+        first = virtual_loop().time()
         await h.until(lambda: h.count("a") >= 2)
-        pulled_in = time.perf_counter() - first
+        pulled_in = virtual_loop().time() - first
         await asyncio.sleep(0.45)
     # Without the pull-in the second probe would come a whole period (300 ms) after the first.
     assert pulled_in < 0.1
@@ -223,6 +240,7 @@ async def test_a_result_that_starts_a_transition_pulls_the_next_probe_in_once() 
     assert h.count("a") == 4
 
 
+@virtual_time
 async def test_update_policy_adds_and_removes_targets_without_resetting_the_others() -> None:
     cancelled: list[str] = []
 
@@ -248,6 +266,7 @@ async def test_update_policy_adds_and_removes_targets_without_resetting_the_othe
     assert "b" not in cancelled
 
 
+@virtual_time
 async def test_removing_a_region_cancels_its_probes_in_flight() -> None:
     cancelled: list[str] = []
 
@@ -270,6 +289,7 @@ async def test_removing_a_region_cancels_its_probes_in_flight() -> None:
     assert h.seen == []
 
 
+@virtual_time
 async def test_hot_reload_of_probe_settings_takes_effect_at_once() -> None:
     async with running(make_policy(("a",), interval=5.0), {L: instant()}) as h:
         await asyncio.sleep(0.05)
@@ -279,6 +299,7 @@ async def test_hot_reload_of_probe_settings_takes_effect_at_once() -> None:
     assert h.count("a") >= 8
 
 
+@virtual_time
 async def test_a_crashing_probe_reports_a_failure_and_probing_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -294,6 +315,7 @@ async def test_a_crashing_probe_reports_a_failure_and_probing_goes_on(
     assert "liveness probe of a crashed" in caplog.text
 
 
+@virtual_time
 async def test_a_failing_sink_does_not_stop_probing(caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
 
@@ -302,7 +324,7 @@ async def test_a_failing_sink_does_not_stop_probing(caplog: pytest.LogCaptureFix
         calls += 1
         raise RuntimeError("sink bug")
 
-    scheduler = ProbeScheduler(make_policy(("a",)), sink, probes={L: instant()})
+    scheduler = ProbeScheduler(make_policy(("a",)), sink, probes={L: instant()}, now=virtual_loop().wall)
     task = asyncio.create_task(scheduler.run())
     await asyncio.sleep(0.15)
     await scheduler.close()  # close() alone ends run()
@@ -313,6 +335,7 @@ async def test_a_failing_sink_does_not_stop_probing(caplog: pytest.LogCaptureFix
     assert "observation sink failed" in caplog.text
 
 
+@virtual_time
 async def test_many_targets_start_on_time_and_lag_is_recorded() -> None:
     regions = tuple(f"r{i}" for i in range(60))
     policy = make_policy(regions, interval=0.1, jitter=0.5)
@@ -326,6 +349,7 @@ async def test_many_targets_start_on_time_and_lag_is_recorded() -> None:
         assert (stats.launched, stats.p99) == (0, 0.0)
 
 
+@virtual_time
 async def test_a_changed_endpoint_is_probed_from_then_on() -> None:
     async def reports_endpoint(
         session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
@@ -344,14 +368,105 @@ async def test_a_changed_endpoint_is_probed_from_then_on() -> None:
     assert {o.error for o in h.seen} == {"http://elsewhere.test:8000"}
 
 
+@virtual_time
 async def test_first_spread_bounds_how_long_the_first_round_takes() -> None:
     # Periods of a minute: spread over a whole period, the first round could take a minute.
     slow = make_policy(interval=60.0, inference={"interval": 60.0}, metrics={"interval": 60.0})
-    started = time.monotonic()
+    started = virtual_loop().time()
     async with running(slow, ALL_KINDS, first_spread=0.05) as h:
         async with asyncio.timeout(2):
             await h.scheduler.first_round.wait()
-    assert time.monotonic() - started < 2
+    assert virtual_loop().time() - started <= 0.05
     async with running(slow, ALL_KINDS) as h:
         await asyncio.sleep(0.2)
         assert not h.scheduler.first_round.is_set(), "without it, first probes spread over the whole minute"
+
+
+def b_answers_a_fails(after: float, inconclusive: bool = False) -> ProbeFunction:
+    async def probe(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        await asyncio.sleep(after)
+        ok = region.name == "b"
+        return Observation(
+            region.name,
+            L,
+            ok,
+            now(),
+            after,
+            error=None if ok else "timed out",
+            inconclusive=inconclusive and not ok,
+        )
+
+    return probe
+
+
+@virtual_time
+async def test_a_failure_through_a_loop_stall_is_inconclusive_and_a_success_through_it_passes() -> None:
+    loop = virtual_loop()
+    monitor = LoopMonitor()
+    watching = asyncio.create_task(monitor.run())
+    # Both probes of the first round start by 50 ms and end at 900 ms; at 500 ms a callback holds the loop
+    # for a second. The second round, due at ~1 s, is shed; the third, at ~2 s, runs on a loop that keeps up.
+    loop.call_later(0.5, loop.advance, 1.0)
+    policy = make_policy(("a", "b"), interval=1.0)
+    async with running(policy, {L: b_answers_a_fails(0.85)}, first_spread=0.05, monitor=monitor) as h:
+        await asyncio.sleep(3.5)
+    watching.cancel()
+    assert monitor.stalls == 1
+    assert h.scheduler.stats.inconclusive == 1
+    assert [o.ok for o in h.seen if o.region == "b"] == [True, True]
+    # The failure that ran through the stall never reached the sink; the one after it did.
+    (failure,) = (o for o in h.seen if o.region == "a")
+    assert monitor.last_stall_end is not None
+    assert failure.at - failure.latency_s > EPOCH + monitor.last_stall_end
+
+
+@virtual_time
+async def test_inconclusive_results_of_probe_functions_are_not_reported() -> None:
+    async with running(make_policy(("a", "b")), {L: b_answers_a_fails(0.0, inconclusive=True)}) as h:
+        await asyncio.sleep(1.0)
+    stats = h.scheduler.stats
+    assert h.count("a") == 0
+    assert h.count("b") >= 19
+    assert stats.inconclusive == stats.completed - h.count("b") >= 19
+
+
+def blind_at_first(blind: Callable[[str, int], bool], calls: Counter[str]) -> ProbeFunction:
+    """Probes that cannot look (as with descriptors exhausted) at the calls `blind(region, n)` says."""
+
+    async def probe(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        calls[region.name] += 1
+        inconclusive = blind(region.name, calls[region.name])
+        return Observation(region.name, L, not inconclusive, now(), 0.0, inconclusive=inconclusive)
+
+    return probe
+
+
+@virtual_time
+async def test_a_region_not_yet_looked_at_holds_the_first_round_back() -> None:
+    calls: Counter[str] = Counter()
+    probes = {L: blind_at_first(lambda region, n: region == "a" and n == 1, calls)}
+    # With no spread, every target is probed at 0, 100, 200 ms and so on.
+    async with running(make_policy(("a", "b"), interval=0.1), probes, first_spread=0.0) as h:
+        await asyncio.sleep(0.05)
+        assert calls["a"] == 1
+        assert not h.scheduler.first_round.is_set()
+        await asyncio.sleep(0.1)
+        assert h.scheduler.first_round.is_set()
+
+
+@virtual_time
+async def test_a_region_that_cannot_be_looked_at_does_not_hold_the_first_round_back_forever() -> None:
+    calls: Counter[str] = Counter()
+    probes = {L: blind_at_first(lambda region, n: region == "a", calls)}
+    async with running(make_policy(("a", "b"), interval=0.1), probes, first_spread=0.0) as h:
+        await asyncio.sleep(0.1 * (FIRST_ROUND_TRIES - 1) - 0.05)
+        assert calls["a"] == FIRST_ROUND_TRIES - 1
+        assert not h.scheduler.first_round.is_set()
+        await asyncio.sleep(0.1)
+        assert calls["a"] == FIRST_ROUND_TRIES
+        assert h.scheduler.first_round.is_set()
+    assert h.count("a") == 0
