@@ -1,0 +1,1 @@
+"""Test doubles: stand-ins for parts whose real version cannot be made to misbehave on demand."""

@@ -23,13 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from chaos.loopback import free_port
 from chaos.simregion import SimFleet, SimRegion
 from controlplane.api import serve
-from controlplane.changes import ChangeSet, Record
 from controlplane.daemon import Daemon, DaemonConfig, ManagedProvider, ProviderFactory
-from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy, load_policy
-from controlplane.providers.base import Capabilities, PermanentProviderError
+from controlplane.policy import load_policy
 from controlplane.providers.factory import build_providers
-from controlplane.providers.memory import MemoryProvider, render_records
+from controlplane.providers.memory import MemoryProvider
 from tests import builders
 from tests.conftest import until
 
@@ -153,38 +150,6 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-
-
-class BrokenProvider:
-    """A provider whose backend fails in a way nobody wrapped: every read raises a plain RuntimeError
-    (and, when asked, so does start()). It renders like the reference provider."""
-
-    capabilities = Capabilities(client_groups=True, weights=True, max_weight=100)
-
-    def __init__(self, policy: Policy, name: str = "broken", fail_start: bool = False) -> None:
-        self.name = name
-        self._policy = policy
-        self._fail_start = fail_start
-        self.closed = False
-
-    def render(self, plan: RoutingPlan) -> list[Record]:
-        return render_records(self._policy, plan)
-
-    async def current(self) -> list[Record]:
-        raise RuntimeError("backend exploded")
-
-    async def apply(self, changes: ChangeSet) -> None:
-        raise RuntimeError("backend exploded")
-
-    async def start(self) -> None:
-        if self._fail_start:
-            raise PermanentProviderError(f"{self.name}: cannot connect to the backend")
-
-    def update_policy(self, policy: Policy) -> None:
-        self._policy = policy
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 @dataclass

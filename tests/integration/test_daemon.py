@@ -25,12 +25,12 @@ from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider
 from controlplane.state import StateStore
 from probes.observation import ProbeKind
+from tests.fakes.providers import BrokenProvider
 from tests.integration.daemon_helpers import (
     ADDRESS,
     DNS_NAME,
     EU_CLIENT,
     FULL,
-    BrokenProvider,
     free_port,
     policy_data,
     position,
