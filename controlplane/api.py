@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
 from probes.health import RegionHealth
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from controlplane.daemon import Daemon
 
 MAX_OVERRIDE_SECONDS = 7 * 24 * 3600
+HEADER_TIMEOUT = 10.0  # seconds a client has to send a request's line and headers (slow-loris guard)
+KEEPALIVE_TIMEOUT = 15.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^@/]*@", re.IGNORECASE)
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 REGISTRY_KEY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 STATE_VALUE = {"healthy": 1.0, "unknown": 0.5, "unhealthy": 0.0}
@@ -31,6 +37,49 @@ def _health_json(health: RegionHealth) -> dict[str, Any]:
     data = asdict(health)
     del data["region"]
     return {**data, "state": health.state.value, "reasons": list(health.reasons)}
+
+
+def redact(url: str | None) -> str | None:
+    """A URL without its user and password: /status is read by anyone who can reach the API."""
+    return None if url is None else _USERINFO.sub(r"\1***@", url)
+
+
+def alerts(daemon: Daemon) -> list[dict[str, Any]]:
+    """What an operator should look at now, each with what it means for routing."""
+    found: list[dict[str, Any]] = []
+    for name, health in (("state.json", daemon.store.health), ("audit.jsonl", daemon.audit.health)):
+        if health.failing:
+            found.append(
+                {
+                    "alert": "disk_writes_failing",
+                    "file": name,
+                    "since": health.failing_since,
+                    "error": health.last_error,
+                    "impact": "routing continues; changes are not recorded until writes work again",
+                }
+            )
+    if daemon.state_problems:
+        found.append(
+            {
+                "alert": "state_repaired",
+                "problems": list(daemon.state_problems[:20]),
+                "impact": "parts of state.json did not validate and were dropped; a copy is kept beside it",
+            }
+        )
+    for name, task in daemon.tasks.items():
+        if task.crash_looping:
+            found.append(
+                {
+                    "alert": "task_crash_looping",
+                    "task": name,
+                    "crashes": task.streak,
+                    "error": task.last_error,
+                }
+            )
+    for name, stats in daemon.reconciler.stats.items():
+        if stats.consecutive_errors:
+            found.append({"alert": "provider_failing", "provider": name, "error": stats.last_error})
+    return found
 
 
 def status(daemon: Daemon) -> dict[str, Any]:
@@ -48,10 +97,15 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "policy": str(daemon.config.policy_path),
         "last_change": daemon.last_change,
         "regions": {
-            r.name: {**_health_json(view.get(r.name)), "jurisdiction": r.jurisdiction, "endpoint": r.endpoint}
+            r.name: {
+                **_health_json(view.get(r.name)),
+                "jurisdiction": r.jurisdiction,
+                "endpoint": redact(r.endpoint),
+            }
             for r in daemon.policy.regions
         },
         "services": services,
+        "alerts": alerts(daemon),
         "overrides": [o.to_json() for o in daemon.overrides if o.until > time.time()],
         "providers": {
             name: {
@@ -133,6 +187,14 @@ def _error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except ControlPlaneError as exc:
+        return _error(exc.http_status, str(exc))
+
+
+@web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.method in ("GET", "HEAD"):
         return await handler(request)  # type: ignore[no-any-return]
@@ -182,6 +244,9 @@ def _parse_override(body: Any, daemon: Daemon, now: float) -> Override:
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 500:
         raise ValueError("reason: a string of at most 500 characters")
+    if _CONTROL.search(reason):
+        # It goes into the text log and the terminal view: no line breaks or escape sequences to forge them.
+        raise ValueError("reason: control characters (line breaks, escape sequences) are not allowed")
     return Override(
         region=body["region"],
         action=action,
@@ -228,7 +293,9 @@ async def _add_override(request: web.Request) -> web.Response:
     except ValueError as exc:
         return _error(400, str(exc))
     await daemon.add_override(override)
-    return web.json_response(override.to_json(), status=201)
+    # In force either way; the header says whether a restart would still know it.
+    persisted = "false" if daemon.store.health.failing else "true"
+    return web.json_response(override.to_json(), status=201, headers={"X-Persisted": persisted})
 
 
 async def _delete_overrides(request: web.Request) -> web.Response:
@@ -238,7 +305,7 @@ async def _delete_overrides(request: web.Request) -> web.Response:
 
 
 def create_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=64 * 1024)
     app[DAEMON_KEY] = daemon
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PlaneCollector(daemon))
@@ -253,12 +320,57 @@ def create_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def serve(daemon: Daemon, host: str, port: int) -> None:
+class _HeaderDeadline(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol: a connection that has not sent a whole request head
+    (line and headers, up to the blank line) within HEADER_TIMEOUT of connecting is closed, so slow
+    clients cannot hold the admin API's connections open. Later requests on a kept-alive connection fall
+    under aiohttp's keep-alive timeout."""
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._tail = b""
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._deadline = asyncio.get_running_loop().call_later(self._timeout, transport.close)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            window = self._tail + data
+            if b"\r\n\r\n" in window:
+                self._deadline.cancel()
+                self._deadline = None
+            self._tail = window[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+async def serve(daemon: Daemon, host: str, port: int, *, header_timeout: float = HEADER_TIMEOUT) -> None:
     """Serve until cancelled."""
-    runner = web.AppRunner(create_app(daemon), access_log=None)
+    runner = web.AppRunner(create_app(daemon), access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
+    server = runner.server
+    assert server is not None
+    listener = await asyncio.get_running_loop().create_server(
+        lambda: _HeaderDeadline(server(), header_timeout), host, port, reuse_address=True
+    )
     try:
-        await web.TCPSite(runner, host, port).start()
         await asyncio.Event().wait()
     finally:
+        listener.close()
         await runner.cleanup()

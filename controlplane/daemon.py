@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import resource
 import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from opentelemetry import trace
 
 from controlplane.engine import decide
+from controlplane.errors import InvalidInput
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy, PolicyError, load_policy
-from controlplane.providers.base import Provider
+from controlplane.providers.base import Provider, ProviderError
 from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
-from controlplane.state import AuditLog, StateStore
+from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore
 from controlplane.telemetry import traced_probes
 from probes.health import (
     HealthTracker,
@@ -36,6 +39,11 @@ from probes.scheduler import DEFAULT_PROBES, ProbeFunction, ProbeScheduler
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("controlplane")
+
+RESTART_INITIAL = 0.1  # seconds before a crashed task's first restart, doubling to RESTART_MAX
+RESTART_MAX = 5.0
+STABLE_AFTER = 10.0  # a task that ran this long before crashing starts its backoff afresh
+CRASH_LOOP_WINDOW = 60.0  # two crashes in a row within this long: not ready
 
 
 class ManagedProvider(Provider, Protocol):
@@ -80,6 +88,28 @@ class Counters:
     task_restarts: Counter[str] = field(default_factory=Counter)
 
 
+@dataclass
+class TaskHealth:
+    """One supervised task's crashes: `streak` counts crashes with no stable run between them."""
+
+    crashes: int = 0
+    streak: int = 0
+    last_crash: float | None = None
+    last_error: str | None = None
+
+    @property
+    def crash_looping(self) -> bool:
+        return (
+            self.streak >= 2
+            and self.last_crash is not None
+            and time.time() - self.last_crash < CRASH_LOOP_WINDOW
+        )
+
+
+class TooManyOverrides(InvalidInput):
+    http_status = 409
+
+
 class Daemon:
     """Observe -> decide -> gate -> diff -> apply, forever, changing nothing before the first probe round."""
 
@@ -99,8 +129,11 @@ class Daemon:
         self.store = StateStore(config.state_dir)
         self.audit = AuditLog(config.state_dir / "audit.jsonl")
         persisted = self.store.load()
+        self.state_problems = persisted.problems  # what state.json held that did not validate
+        # The damping base: the last plan some provider really holds (or, at start, the one persisted).
         self.plan: RoutingPlan | None = persisted.plan
         self.overrides: tuple[Override, ...] = persisted.overrides
+        self.tasks: dict[str, TaskHealth] = {}
         self.last_change: float | None = None
         self.counters = Counters()
         self.started_at = time.time()
@@ -131,13 +164,20 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        return self.scheduler.first_round.is_set()
+        """Looked at every region once, and no task is crash-looping."""
+        return self.scheduler.first_round.is_set() and not any(t.crash_looping for t in self.tasks.values())
 
     def health(self, now: float | None = None) -> HealthView:
         return health_view(self.tracker.kinds, self.policy, time.time() if now is None else now)
 
     async def add_override(self, override: Override) -> None:
-        self.overrides = (*active(self.overrides, time.time()), override)
+        """Takes effect at once; persisting it is best-effort (see `store.health`)."""
+        kept = active(self.overrides, time.time())
+        if len(kept) >= MAX_OVERRIDES:
+            raise TooManyOverrides(
+                f"{len(kept)} overrides are active, the most this daemon keeps; remove some"
+            )
+        self.overrides = (*kept, override)
         await self.store.save(self.plan, self.overrides)
         await self.audit.write("override_added", override=override.to_json())
         self._wake.set()
@@ -183,15 +223,19 @@ class Daemon:
                 await self.audit.write("plan_refused", violations=[str(v) for v in exc.violations])
                 span.set_attribute("plan.refused", True)
                 return plan
-            # What the providers now serve is the plan: publish it before the audit writes yield the loop.
-            self.plan = plan
             self.counters.reconciles += 1
             # A provider failing the same way every second is audited once, not every second.
-            applied = [
+            reported = [
                 o for o in outcomes if o.applied or (o.error and o.error != self._last_errors.get(o.provider))
             ]
             self._last_errors = {o.provider: o.error for o in outcomes}
-            if changed:
+            held = not outcomes or any(o.error is None for o in outcomes)
+            span.set_attribute("plan.held", held)
+            if held:
+                # What the providers now serve is the plan, and the next step's damping base. When none
+                # holds it, the base stays what they do hold: damping from a wish would let weights jump.
+                self.plan = plan
+            if changed and held:
                 _log_changes(previous, plan)
                 self.counters.plan_changes += 1
                 self.last_change = now
@@ -203,7 +247,7 @@ class Daemon:
                     health={r: _health_summary(h) for r, h in view.regions.items()},
                     overrides=[o.to_json() for o in self.overrides],
                 )
-            if applied:
+            if reported:
                 await self.audit.write(
                     "applied",
                     providers=[
@@ -213,11 +257,11 @@ class Daemon:
                             "applied": o.applied,
                             "error": o.error,
                         }
-                        for o in applied
+                        for o in reported
                     ],
-                    changes=[o.changes.to_json() for o in applied if o.changes],
+                    changes=[o.changes.to_json() for o in reported if o.changes],
                 )
-            if changed or expired:
+            if (changed and held) or expired:
                 await self.store.save(self.plan, self.overrides)
             return plan
 
@@ -249,28 +293,95 @@ class Daemon:
         try:
             policy = await asyncio.to_thread(load_policy, self.config.policy_path)
         except PolicyError as exc:
-            self.counters.reloads_rejected += 1
-            for problem in exc.problems:
-                log.error("policy reload refused, keeping the last good policy: %s", problem)
-            await self.audit.write("policy_rejected", problems=[str(p) for p in exc.problems])
-            return False
+            return await self._refuse_reload([str(p) for p in exc.problems])
         if policy == self.policy:
             return True
         old = self.policy
+        refused = await self._swap_providers(old, policy)
+        if refused is not None:
+            return await self._refuse_reload([refused])
         self.policy = policy
         self.tracker.forget_regions(r.name for r in policy.regions)
         self.scheduler.update_policy(policy)
-        if policy.providers != old.providers:
-            await self._restart_providers()
-        else:
-            for provider in self.providers:
-                provider.update_policy(policy)
         _settle_heap()
         self.counters.reloads_ok += 1
         log.info("policy reloaded from %s", self.config.policy_path)
         await self.audit.write("policy_loaded", path=str(self.config.policy_path))
         self._wake.set()
         return True
+
+    async def _refuse_reload(self, problems: list[str]) -> bool:
+        self.counters.reloads_rejected += 1
+        for problem in problems:
+            log.error("policy reload refused, keeping the last good policy: %s", problem)
+        await self.audit.write("policy_rejected", problems=problems)
+        return False
+
+    async def _swap_providers(self, old: Policy, policy: Policy) -> str | None:
+        """Move the providers to `policy`, make before break: a provider that can adopt it in place does; one
+        that needs a new instance (a new port, say) gets it started and loaded with the current plan before
+        the old one stops. If a replacement cannot start, everything is put back and the reason returned:
+        the reload is refused and the old providers keep serving."""
+        running = {p.name: p for p in self.providers}
+        adopted: list[ManagedProvider] = []
+        started: list[ManagedProvider] = []
+        retired: list[ManagedProvider] = []
+        spare: list[ManagedProvider] = []
+        failure: str | None = None
+        wanted = self._provider_factory(policy)
+        for fresh in wanted:
+            current = running.pop(fresh.name, None)
+            if current is not None:
+                try:
+                    current.update_policy(policy)
+                except ProviderError:
+                    pass  # it needs a new instance
+                else:
+                    adopted.append(current)
+                    spare.append(fresh)
+                    continue
+                try:
+                    await fresh.start()
+                except Exception as exc:
+                    failure = f"providers.{fresh.name}: the new settings cannot be served, so the old ones stay: {exc}"
+                    spare.append(fresh)
+                    break
+                started.append(fresh)
+                retired.append(current)
+            elif await self._start_one(fresh):
+                started.append(fresh)
+        if failure is not None:
+            for provider in adopted:
+                provider.update_policy(old)
+            await _close_all([*started, *spare])
+            return failure
+        await self._serve_held_plan(started, policy)
+        await _close_all([*retired, *running.values(), *spare])
+        order = [p.name for p in wanted]
+        self.providers = sorted([*adopted, *started], key=lambda p: order.index(p.name))
+        self.reconciler.providers = list(self.providers)
+        self._unstarted &= set(order)
+        return None
+
+    async def _serve_held_plan(self, providers: Sequence[ManagedProvider], policy: Policy) -> None:
+        """Give `providers` the last plan at once, so neither a restart nor a new provider instance answers
+        empty until the next decision; refused whole if it breaks `policy`'s residency."""
+        if self.plan is None or not providers:
+            return
+        plan = _within(self.plan, policy)
+        try:
+            outcomes = await Reconciler(list(providers), attempts=1).reconcile(
+                policy, plan, dry_run=self.config.dry_run
+            )
+        except ResidencyViolation as exc:
+            log.error("not serving the last plan, it breaks residency: %s", exc)
+            await self.audit.write("resume_refused", violations=[str(v) for v in exc.violations])
+            return
+        await self.audit.write(
+            "plan_served",
+            age=round(time.time() - plan.generated_at, 3),
+            providers={o.provider: o.error or "ok" for o in outcomes},
+        )
 
     async def _reload_loop(self) -> None:
         while True:
@@ -283,63 +394,69 @@ class Daemon:
     async def _start_providers(self, only: set[str] | None = None) -> None:
         """Start the policy's providers (or retry just `only`); one failing to start never blocks the others:
         it is audited, left out, and retried every few seconds."""
-        started: list[ManagedProvider] = []
-        for provider in self._provider_factory(self.policy):
-            if only is not None and provider.name not in only:
-                continue
-            try:
-                await provider.start()
-            except Exception as exc:
-                stats = self.reconciler.stats.setdefault(provider.name, ProviderStats())
-                stats.errors += 1
-                stats.consecutive_errors += 1
-                error = f"{type(exc).__name__}: {exc}"
-                if provider.name not in self._unstarted or error != stats.last_error:
-                    log.error("provider %s failed to start, running without it: %s", provider.name, exc)
-                    await self.audit.write("provider_failed", provider=provider.name, error=error)
-                stats.last_error = error
-                self._unstarted.add(provider.name)
-                try:
-                    await provider.close()
-                except Exception:
-                    log.exception("closing provider %s", provider.name)
-                continue
-            self._unstarted.discard(provider.name)
-            started.append(provider)
+        started = [
+            provider
+            for provider in self._provider_factory(self.policy)
+            if (only is None or provider.name in only) and await self._start_one(provider)
+        ]
         self._next_start_retry = time.monotonic() + self.config.provider_start_retry
         self.providers = [*self.providers, *started] if only is not None else started
         self.reconciler.providers = list(self.providers)
 
+    async def _start_one(self, provider: ManagedProvider) -> bool:
+        try:
+            await provider.start()
+        except Exception as exc:
+            stats = self.reconciler.stats.setdefault(provider.name, ProviderStats())
+            stats.errors += 1
+            stats.consecutive_errors += 1
+            error = f"{type(exc).__name__}: {exc}"
+            if provider.name not in self._unstarted or error != stats.last_error:
+                log.error("provider %s failed to start, running without it: %s", provider.name, exc)
+                await self.audit.write("provider_failed", provider=provider.name, error=error)
+            stats.last_error = error
+            self._unstarted.add(provider.name)
+            await _close_all([provider])
+            return False
+        self._unstarted.discard(provider.name)
+        return True
+
     async def _close_providers(self) -> None:
-        for provider in self.providers:
-            try:
-                await provider.close()
-            except Exception:
-                log.exception("closing provider %s", provider.name)
+        await _close_all(self.providers)
         self.providers = []
         self.reconciler.providers = []
         self._unstarted.clear()
 
-    async def _restart_providers(self) -> None:
-        await self._close_providers()
-        await self._start_providers()
-
     # ---------------------------------------------------------------- supervision
 
     async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        """Keep a task alive: log a crash and restart it with capped backoff; cancellation ends it."""
-        delay = 0.1
+        """Keep a task alive: restart it after a crash with capped backoff, afresh once it had run stably;
+        crashing twice in a row makes the daemon not ready. Cancellation ends it."""
+        health = self.tasks.setdefault(name, TaskHealth())
+        delay = RESTART_INITIAL
         while True:
+            began = time.monotonic()
             try:
                 await factory()
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if time.monotonic() - began >= STABLE_AFTER:
+                    delay, health.streak = RESTART_INITIAL, 0
+                health.crashes += 1
+                health.streak += 1
+                health.last_crash = time.time()
+                health.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 self.counters.task_restarts[name] += 1
-                log.exception("task %s crashed; restarting in %.1fs", name, delay)
+                if health.streak == 1:
+                    log.exception("task %s crashed; restarting in %.1fs", name, delay)
+                else:  # the traceback was logged at the first crash of this streak
+                    log.error(
+                        "task %s crashed again (%d in a row): %s", name, health.streak, health.last_error
+                    )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RESTART_MAX)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -352,6 +469,7 @@ class Daemon:
     ) -> None:
         """Run until request_stop() or SIGTERM/SIGINT; then stop every task and close every provider."""
         loop = asyncio.get_running_loop()
+        _raise_descriptor_limit()
         installed: list[signal.Signals] = []
         # SIGHUP too: a closed terminal should shut the plane down cleanly, not orphan its children.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ():
@@ -364,6 +482,7 @@ class Daemon:
             "start", policy=str(self.config.policy_path), resumed_plan=self.plan is not None
         )
         await self._start_providers()
+        await self._serve_held_plan(self.providers, self.policy)
         _settle_heap()
         tasks = [
             asyncio.create_task(self._supervise(name, factory), name=name)
@@ -385,6 +504,8 @@ class Daemon:
             await self._close_providers()
             await self.store.save(self.plan, self.overrides)
             await self.audit.write("stop")
+            await self.store.close()
+            await self.audit.close()
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
@@ -394,6 +515,41 @@ def _judge_and_decide(
 ) -> tuple[HealthView, RoutingPlan]:
     view = health_view(kinds, policy, now)
     return view, decide(policy, view, previous, now, overrides)
+
+
+def _raise_descriptor_limit() -> None:
+    """Use every descriptor the hard limit allows: held connections must exhaust a bounded pool of ours,
+    never the process, or probes fail with EMFILE and healthy regions look dead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _close_all(providers: Sequence[ManagedProvider]) -> None:
+    for provider in providers:
+        try:
+            await provider.close()
+        except Exception:
+            log.exception("closing provider %s", provider.name)
+
+
+def _within(plan: RoutingPlan, policy: Policy) -> RoutingPlan:
+    """`plan` cut down to what `policy` still has: its services and groups, and each group's allowed regions
+    (the residency gate still checks the result)."""
+    allowed = {
+        (s.name, g.name): {r.name for r in policy.allowed_regions(s, g)}
+        for s in policy.services
+        for g in policy.client_groups
+    }
+    return RoutingPlan(
+        plan.generated_at,
+        tuple(
+            replace(g, weights=tuple(w for w in g.weights if w.region in regions))
+            for g in plan
+            if (regions := allowed.get((g.service, g.group))) is not None
+        ),
+    )
 
 
 def _settle_heap() -> None:
