@@ -1,4 +1,5 @@
-"""Benchmark of the embedded DNS server: UDP queries/second on loopback, and answer()'s cost per query."""
+"""Benchmark of the embedded DNS server: UDP queries/second on loopback, answer()'s cost per query, and the
+share of legitimate queries answered correctly while a flood of heavy packets runs."""
 
 # Run as a module from the project root: `python -m bench.dns_server`.
 
@@ -8,16 +9,22 @@ import asyncio
 import multiprocessing
 import random
 import socket
+import struct
+import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dns.asyncbackend
 import dns.asyncquery
 import dns.edns
+import dns.exception
 import dns.message
+import dns.rcode
 import yaml
 
 from controlplane.changes import diff
@@ -28,7 +35,11 @@ from controlplane.providers.localdns import LocalDnsProvider, answer
 
 HOST = "127.0.0.1"
 NAME = "chat.llm.internal"
-SECONDS_PER_RUN = 4.0  # two runs: the whole benchmark stays near ten seconds
+SECONDS_PER_RUN = 4.0  # two plain runs and two flood runs: the whole benchmark stays near half a minute
+FLOOD_RATES = (5.0, 200.0)  # heavy packets a second: a trickle from one sender, and much more
+FLOOD_CLIENTS = 4
+QUERY_TIMEOUT = 1.0  # a legitimate query not answered within this counts as lost
+MAX_UDP = 65_507  # the largest UDP payload over IPv4
 PLAN = RoutingPlan(
     0.0,
     (
@@ -43,6 +54,49 @@ PLAN = RoutingPlan(
         GroupPlan("chat", "eu", GroupMode.NORMAL, (RouteWeight("eu-west", 100, "bench"),)),
     ),
 )
+
+
+def heavy_queries() -> tuple[bytes, bytes]:
+    """Two 64 KB queries that are costly to parse: thousands of answer records, and one OPT record with
+    thousands of options (whose section counts are a real query's: only its size gives it away)."""
+    question = dns.message.make_query(NAME, "A").to_wire()[12:]
+    # An empty record named by a pointer to the question, of a distinct type each: every record is an
+    # RRset of its own, the parser's most expensive case.
+    record = struct.Struct("!HHHIH")
+    count = (MAX_UDP - 12 - len(question)) // record.size
+    records = b"".join(record.pack(0xC00C, 1000 + i, 1, 60, 0) for i in range(count))
+    many_records = struct.pack("!6H", 0xBEEF, 0x0100, 1, count, 0, 0) + question + records
+    options = (MAX_UDP - 12 - len(question) - 11) // 4
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, options * 4) + struct.pack("!HH", 65001, 0) * options
+    many_options = struct.pack("!6H", 0xBEEF, 0x0100, 1, 0, 0, 1) + question + opt
+    return many_records, many_options
+
+
+class LoopLag:
+    """While entered, the longest the running loop was late for a 10 ms tick: how long it stalled."""
+
+    TICK = 0.01
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.TICK
+            await asyncio.sleep(self.TICK)
+            self.longest = max(self.longest, loop.time() - due)
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._task
 
 
 async def start_server(data: dict[str, Any]) -> LocalDnsProvider:
@@ -61,52 +115,108 @@ async def start_server(data: dict[str, Any]) -> LocalDnsProvider:
     raise RuntimeError("no free loopback port for the DNS server")
 
 
-async def client(port: int, deadline: float) -> int:
-    """Queries answered by one client sending one at a time over a reused socket until `deadline`."""
+async def client(port: int, deadline: float, expected: Collection[str]) -> tuple[int, int]:
+    """(queries sent, answered correctly) by one client asking one at a time over one socket until
+    `deadline`; correct is one address of `expected`."""
     backend = dns.asyncbackend.get_backend("asyncio")
     # One socket for all of a client's queries: a socket per query would make the client the bottleneck.
     sock = await backend.make_socket(  # type: ignore[no-untyped-call]  # dnspython leaves it untyped
         socket.AF_INET, socket.SOCK_DGRAM, 0, (HOST, 0)
     )
     loop = asyncio.get_running_loop()
-    answered = 0
+    sent = correct = 0
     try:
         while loop.time() < deadline:
             query = dns.message.make_query(NAME, "A")
-            await dns.asyncquery.udp(query, HOST, port=port, sock=sock, timeout=1.0)
-            answered += 1
+            sent += 1
+            try:
+                response = await dns.asyncquery.udp(query, HOST, port=port, sock=sock, timeout=QUERY_TIMEOUT)
+            except dns.exception.DNSException:
+                continue  # lost, late, or a late reply to an earlier query: not answered correctly
+            addresses = [rdata.to_text() for rrset in response.answer for rdata in rrset]
+            correct += (
+                response.rcode() == dns.rcode.NOERROR and len(addresses) == 1 and addresses[0] in expected
+            )
     finally:
         await sock.close()
-    return answered
+    return sent, correct
 
 
-def run_clients(port: int, clients: int) -> float:
-    """Queries/second that `clients` concurrent clients get answered; runs in its own process."""
+def run_clients(port: int, clients: int, expected: Collection[str]) -> tuple[float, float]:
+    """(correct answers/s, share of queries answered correctly) of `clients` concurrent clients over
+    SECONDS_PER_RUN; runs in its own process."""
 
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        counts = await asyncio.gather(*(client(port, start + SECONDS_PER_RUN) for _ in range(clients)))
-        return sum(counts) / (loop.time() - start)
+        counts = await asyncio.gather(
+            *(client(port, start + SECONDS_PER_RUN, expected) for _ in range(clients))
+        )
+        sent, correct = (sum(column) for column in zip(*counts, strict=True))
+        return correct / (loop.time() - start), correct / sent
 
     return asyncio.run(run())
 
 
-def microseconds(run: Callable[[], object], number: int = 20_000) -> float:
-    return timeit.timeit(run, number=number) / number * 1e6
+def flood(port: int, rate: float) -> int:
+    """Sends heavy_queries() in turn at `rate` a second for SECONDS_PER_RUN; runs in its own process and
+    returns how many it sent."""
+    packets = heavy_queries()
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        start = time.monotonic()
+        while (now := time.monotonic()) < start + SECONDS_PER_RUN:
+            due = start + sent / rate
+            if now < due:
+                time.sleep(due - now)
+                continue
+            sock.sendto(packets[sent % len(packets)], (HOST, port))
+            sent += 1
+    return sent
+
+
+def microseconds(run: Callable[[], object]) -> float:
+    number, seconds = timeit.Timer(run).autorange()
+    return seconds / number * 1e6
+
+
+def parse(wire: bytes) -> None:
+    with suppress(dns.exception.DNSException):
+        dns.message.from_wire(wire)
 
 
 async def main(policy_data: dict[str, Any]) -> None:
     server = await start_server(policy_data)
     try:
         port = server.address[1]
-        # Clients in another process, so the figure is the server's and not the client's share of one core.
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        expected = {r.target for r in await server.current() if r.group == "global" and r.weight > 0}
+        loop = asyncio.get_running_loop()
+        # Clients and flood in other processes, so the figures are the server's and not the client's
+        # share of one core.
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
             for clients in (1, 16):
-                qps = await asyncio.get_running_loop().run_in_executor(pool, run_clients, port, clients)
+                qps, _ = await loop.run_in_executor(pool, run_clients, port, clients, expected)
                 print(f"udp loopback, {clients:2d} client(s): {qps:9,.0f} queries/s")
+            for rate in FLOOD_RATES:
+                async with LoopLag() as lag:
+                    sent, (qps, share) = await asyncio.gather(
+                        loop.run_in_executor(pool, flood, port, rate),
+                        loop.run_in_executor(pool, run_clients, port, FLOOD_CLIENTS, expected),
+                    )
+                print(
+                    f"flood of {sent / SECONDS_PER_RUN:3.0f} heavy packets/s ({sent} of 64 KB), "
+                    f"{FLOOD_CLIENTS} clients: {qps:7,.0f} queries/s, {share:7.2%} answered correctly, "
+                    f"loop late by {lag.longest * 1e3:5.1f} ms at most"
+                )
     finally:
         await server.close()
+    for kind, packet in zip(("records", "options"), heavy_queries(), strict=True):
+        handled = microseconds(partial(server._handle, packet, HOST))
+        parsed = microseconds(partial(parse, packet))
+        print(
+            f"one 64 KB query of many {kind}: the server is done with it in {handled:8.1f} us; "
+            f"dns.message.from_wire alone takes {parsed / 1e3:6.1f} ms"
+        )
     table, rng = server.table, random.Random(0)
     plain = dns.message.make_query(NAME, "A")
     subnet = dns.message.make_query(NAME, "A", use_edns=0, options=[dns.edns.ECSOption("127.0.1.0", 24)])

@@ -7,12 +7,14 @@ import ipaddress
 import logging
 import random
 import struct
+import time
 from bisect import bisect_right
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
+from math import inf
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -45,10 +47,20 @@ NONE = "-"
 # Advertised EDNS payload (DNS flag day 2020): avoids IP fragmentation. Every answer this server builds
 # (one question, at most one A/AAAA or SOA, one OPT) fits in 512 bytes, so it never needs to truncate.
 UDP_PAYLOAD = 1232
+MAX_QUERY_SIZE = 512
+"""The largest query this server parses; larger ones are dropped unread by dnspython.
+
+A query is one question and at most one OPT: header 12 + name 255 at most + type and class 4 + OPT 11 +
+client subnet 24 (an IPv6 /128) + cookie 44 = 350 bytes, 384 if padded to a 128-byte block (RFC 8467), and
+512 bytes was a whole UDP message before EDNS. What is bigger is no query but it costs: dnspython spends
+about 0.2 s on the loop parsing a 64 KB packet of 5,000 records.
+"""
+LOG_INTERVAL = 60.0  # seconds between two log lines of one kind of failure a remote peer can cause
 _OPCODE_MASK = 0x7800
 _HEADER = struct.Struct("!6H")
 _ZONE_TRANSFERS = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6 addresses (RFC 4291 2.5.5.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +125,7 @@ class AnswerTable:
             rdtype = dns.rdatatype.A if address.version == 4 else dns.rdatatype.AAAA
             rrset = dns.rrset.from_text(name, record.ttl, "IN", rdtype, str(address))
             weighted[(name, rdtype, record.group)].append((rrset, record.weight))
-        networks = [
-            (ipaddress.ip_network(cidr, strict=False), g.name)
-            for g in policy.client_groups
-            for cidr in g.sources
-        ]
+        networks = [(_network(cidr), g.name) for g in policy.client_groups for cidr in g.sources]
         return cls(
             zone=zone,
             zone_label=dns_name(settings.zone),
@@ -146,6 +154,20 @@ class AnswerTable:
                 if ip in network:
                     return group
         return self.default_group
+
+
+def _network(cidr: str) -> IpNetwork:
+    """The network of `cidr`, an IPv4-mapped IPv6 one (::ffff:10.0.0.0/104) as the IPv4 network it maps.
+
+    group_for() sees IPv4 clients as IPv4 addresses, even those a dual-stack socket reports as mapped: a
+    mapped network left as IPv6 would never match anyone.
+    """
+    network = ipaddress.ip_network(cidr, strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None  # every address in ::ffff:0:0/96 maps
+        return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
+    return network
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -224,6 +246,44 @@ def _resolve(
     return response, (table.zone_label, NONE, "NXDOMAIN")
 
 
+def _screen(data: bytes) -> str | None:
+    """Why `data` is refused before it is parsed, from its size and raw header alone; None to parse it."""
+    if len(data) < _HEADER.size:
+        return "short"
+    _, flags, questions, answers, authorities, additionals = _HEADER.unpack_from(data)
+    if flags & dns.flags.QR:
+        return "response"  # answering a response could start a loop between two servers
+    if len(data) > MAX_QUERY_SIZE:
+        return "oversize"
+    # A query carries exactly one question and, at most, its OPT record: every other record is only
+    # something for the parser to chew on.
+    if questions != 1 or answers or authorities or additionals > 1:
+        return "sections"
+    return None
+
+
+@dataclass(slots=True)
+class _Throttle:
+    """Lets one log line through per `interval` and counts the ones held back.
+
+    Failures a remote peer can cause must not let it fill the disk with tracebacks.
+    """
+
+    interval: float
+    clock: Callable[[], float] = time.monotonic
+    _last: float = field(default=-inf, init=False)
+    _held: int = field(default=0, init=False)
+
+    def due(self) -> int | None:
+        """How many lines were held back since the last one if this one may be logged, else None."""
+        now = self.clock()
+        if now - self._last < self.interval:
+            self._held += 1
+            return None
+        held, self._last, self._held = self._held, now, 0
+        return held
+
+
 def _header_reply(data: bytes, rcode: int) -> bytes | None:
     """A bare reply built from the raw header, for a packet dnspython cannot parse; None if not a query."""
     if len(data) < _HEADER.size:
@@ -264,25 +324,57 @@ class LocalDnsProvider:
     capabilities: Capabilities = Capabilities(client_groups=True, weights=True, max_weight=MAX_WEIGHT)
 
     def __init__(
-        self, policy: Policy, *, idle_timeout: float = 10.0, rng: random.Random | None = None
+        self,
+        policy: Policy,
+        *,
+        idle_timeout: float = 10.0,
+        query_timeout: float = 2.0,
+        max_connections: int = 128,
+        rng: random.Random | None = None,
     ) -> None:
+        """`idle_timeout`: a TCP connection waiting that long for its next query is closed; `query_timeout`:
+        so is one taking longer to send a query (slow drip) or to take its reply; `max_connections`: open TCP
+        connections at most, the one idle longest is closed to admit another (descriptors are finite and
+        shared with the probes and the admin API)."""
         self._settings = _settings(policy)
         self._policy = policy
         self._idle_timeout = idle_timeout
+        self._query_timeout = query_timeout
+        self._max_connections = max_connections
         self._rng = rng or random.Random()
         self._records: dict[RecordKey, Record] = {}
         self._serial = 1
         self._table = AnswerTable.build(policy, (), self._serial)
         self._stats: Counter[StatKey] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._failure_log = _Throttle(LOG_INTERVAL)
+        self._eviction_log = _Throttle(LOG_INTERVAL)
         self._udp: asyncio.DatagramTransport | None = None
         self._udp_protocol: _UdpProtocol | None = None
         self._tcp: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        # TCP connections still served, the one that completed a query longest ago first. They are ended by
+        # closing their writer, never by cancelling their task: 3.11's streams log a traceback for that.
+        self._connections: OrderedDict[asyncio.Task[Any], asyncio.StreamWriter] = OrderedDict()
 
     @property
     def stats(self) -> Counter[StatKey]:
         """Queries answered so far by (name, client group, rcode); a copy, safe to keep."""
         return Counter(self._stats)
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """What was dropped unanswered, by reason; a copy.
+
+        Packets refused before parsing: "short" (no header), "response", "oversize" (over MAX_QUERY_SIZE),
+        "sections" (not one question, or records besides one OPT). TCP connections closed early: "slow"
+        (a query or its reply took over query_timeout), "evicted" (idle longest when the cap was reached).
+        """
+        return Counter(self._dropped)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections open now."""
+        return sum(not writer.is_closing() for writer in self._connections.values())
 
     @property
     def table(self) -> AnswerTable:
@@ -353,8 +445,8 @@ class LocalDnsProvider:
             self._udp = self._udp_protocol = None
         if self._tcp is not None:
             self._tcp.close()
-            for task in self._connections:
-                task.cancel()
+            for writer in self._connections.values():
+                writer.close()
             await asyncio.gather(*self._connections, return_exceptions=True)
             await self._tcp.wait_closed()
             self._tcp = None
@@ -366,46 +458,96 @@ class LocalDnsProvider:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _handle(self, data: bytes, client_ip: str) -> bytes | None:
-        """Wire in, wire out; every failure is contained here so one bad packet never stops the server."""
+    def _handle(self, data: bytes, client_ip: str, *, connected: bool = False) -> bytes | None:
+        """Wire in, wire out; every failure is contained here so one bad packet never stops the server.
+
+        A packet refused unparsed is dropped silently over UDP, where a reply to a forged source would be
+        reflected at a victim; over TCP (`connected`), whose handshake proves the source, a query with the
+        wrong sections still gets its FORMERR.
+        """
+        refused = _screen(data)
+        if refused == "sections" and connected:
+            self._stats[(NONE, NONE, "FORMERR")] += 1
+            return _header_reply(data, dns.rcode.FORMERR)
+        if refused is not None:
+            self._dropped[refused] += 1
+            return None
         try:
             query = dns.message.from_wire(data)
         except Exception:
-            reply = _header_reply(data, dns.rcode.FORMERR)
-            if reply is not None:
-                self._stats[(NONE, NONE, "FORMERR")] += 1
-            return reply
-        if query.flags & dns.flags.QR:
-            return None  # a response sent to a server: answering it could start a loop between two servers
+            self._stats[(NONE, NONE, "FORMERR")] += 1
+            return _header_reply(data, dns.rcode.FORMERR)
         try:
             response, key = _resolve(query, client_ip, self._table, self._rng)
             wire = response.to_wire()
         except Exception:
-            log.exception("%s: answering a query failed", self.name)
             self._stats[(NONE, NONE, "SERVFAIL")] += 1
+            self._log_failure("answering a query")
             return _header_reply(data, dns.rcode.SERVFAIL)
         self._stats[key] += 1
         return wire
+
+    def _log_failure(self, what: str) -> None:
+        """Logs the exception being handled, with its traceback, at most once per LOG_INTERVAL."""
+        held = self._failure_log.due()
+        if held is not None:
+            log.exception("%s: %s failed (%d more such failures not logged)", self.name, what, held)
+
+    def _admit(self, task: asyncio.Task[Any], writer: asyncio.StreamWriter) -> None:
+        """Makes room for a new TCP connection by closing the one idle longest (RFC 7766 6.2.3)."""
+        if self.connections >= self._max_connections:
+            oldest = next(w for w in self._connections.values() if not w.is_closing())
+            oldest.close()  # its task reads the end of the stream and leaves
+            self._dropped["evicted"] += 1
+            held = self._eviction_log.due()
+            if held is not None:
+                log.warning(
+                    "%s: %d TCP connections open, closing the ones idle longest (%d more not logged)",
+                    self.name,
+                    self._max_connections,
+                    held,
+                )
+        self._connections[task] = writer
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Length-prefixed queries, answered in order, until the client goes quiet or away (RFC 7766)."""
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
-        client_ip = str(writer.get_extra_info("peername")[0])
+        self._admit(task, writer)
         try:
-            while True:
-                async with asyncio.timeout(self._idle_timeout):
-                    (size,) = struct.unpack("!H", await reader.readexactly(2))
-                    reply = self._handle(await reader.readexactly(size), client_ip)
-                    if reply is None:
-                        break
-                    writer.write(struct.pack("!H", len(reply)) + reply)
-                    await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # idle, half a message, or a reset: all just end the connection
+            client_ip = str(writer.get_extra_info("peername")[0])
+            while await self._exchange(reader, writer, client_ip):
+                self._connections.move_to_end(task)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # half a message, or a reset: both just end the connection
+        except Exception:
+            self._log_failure("serving a TCP connection")
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
             with suppress(ConnectionError):
                 await writer.wait_closed()
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str
+    ) -> bool:
+        """Reads one query and answers it; False when the connection should end instead."""
+        try:
+            async with asyncio.timeout(self._idle_timeout):
+                (size,) = struct.unpack("!H", await reader.readexactly(2))
+        except TimeoutError:
+            return False  # idle: the usual end of a connection
+        if size > MAX_QUERY_SIZE:
+            self._dropped["oversize"] += 1  # not even read: a client sending that is no DNS client
+            return False
+        try:
+            async with asyncio.timeout(self._query_timeout):
+                reply = self._handle(await reader.readexactly(size), client_ip, connected=True)
+                if reply is None:
+                    return False
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except TimeoutError:
+            self._dropped["slow"] += 1
+            return False
+        return True

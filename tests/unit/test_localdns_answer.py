@@ -78,6 +78,20 @@ def test_group_is_the_most_specific_matching_prefix() -> None:
     assert table.group_for("not an address") == "global"
 
 
+def test_an_ipv4_mapped_source_matches_ipv4_clients() -> None:
+    groups = [
+        {"name": "eu", "sources": ["::ffff:10.20.0.0/112"], "allowed_jurisdictions": ["EU"]},
+        {"name": "lab", "sources": ["::ffff:10.20.1.0/120"], "allowed_jurisdictions": ["EU"]},
+        {"name": "v6", "sources": ["::/0"], "allowed_jurisdictions": ["EU"]},
+        {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
+    ]
+    table = AnswerTable.build(demo_policy({"client_groups": groups}), [])
+    assert table.group_for("10.20.1.1") == "lab"  # the longer mapped prefix still wins
+    assert table.group_for("::ffff:10.20.9.9") == "eu"
+    assert table.group_for("10.21.0.1") == "global"  # ::/0 is IPv6 clients only, as before
+    assert table.group_for("2001:db8::1") == "v6"
+
+
 def test_a_query_gets_exactly_one_authoritative_record_with_the_record_ttl() -> None:
     response = ask(table_for())
     assert response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA
