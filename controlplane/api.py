@@ -180,6 +180,23 @@ class PlaneCollector(Collector):
         yield GaugeMetricFamily(
             "controlplane_ready", "1 once the first probe round completed", value=float(d.ready)
         )
+        failures = CounterMetricFamily(
+            "controlplane_disk_write_failures",
+            "Failed writes of state or audit (routing goes on)",
+            labels=["file"],
+        )
+        failing = GaugeMetricFamily(
+            "controlplane_disk_writes_failing", "1 while writes fail", labels=["file"]
+        )
+        for name, health in (("state", d.store.health), ("audit", d.audit.health)):
+            failures.add_metric([name], health.failures)
+            failing.add_metric([name], float(health.failing))
+        restarts = CounterMetricFamily(
+            "controlplane_task_restarts", "Supervised task crashes", labels=["task"]
+        )
+        for name, task in d.tasks.items():
+            restarts.add_metric([name], task.crashes)
+        yield from (failures, failing, restarts)
 
 
 def _error(status: int, message: str) -> web.Response:
