@@ -76,6 +76,16 @@ def alerts(daemon: Daemon) -> list[dict[str, Any]]:
                     "error": task.last_error,
                 }
             )
+    monitor = daemon.loop_monitor
+    if monitor.max_lag > monitor.state.threshold:
+        found.append(
+            {
+                "alert": "event_loop_stalled",
+                "max_lag": round(monitor.max_lag, 3),
+                "stalls": monitor.stalls,
+                "impact": "probe failures during a stall are ignored and plan changes wait for fresh probes",
+            }
+        )
     for name, stats in daemon.reconciler.stats.items():
         if stats.consecutive_errors:
             found.append({"alert": "provider_failing", "provider": name, "error": stats.last_error})
@@ -188,15 +198,28 @@ class PlaneCollector(Collector):
         failing = GaugeMetricFamily(
             "controlplane_disk_writes_failing", "1 while writes fail", labels=["file"]
         )
-        for name, health in (("state", d.store.health), ("audit", d.audit.health)):
-            failures.add_metric([name], health.failures)
-            failing.add_metric([name], float(health.failing))
+        for name, writes in (("state", d.store.health), ("audit", d.audit.health)):
+            failures.add_metric([name], writes.failures)
+            failing.add_metric([name], float(writes.failing))
         restarts = CounterMetricFamily(
             "controlplane_task_restarts", "Supervised task crashes", labels=["task"]
         )
         for name, task in d.tasks.items():
             restarts.add_metric([name], task.crashes)
         yield from (failures, failing, restarts)
+        monitor = d.loop_monitor
+        yield GaugeMetricFamily(
+            "controlplane_loop_lag_seconds", "How late the event loop ran", value=monitor.lag
+        )
+        yield GaugeMetricFamily(
+            "controlplane_loop_max_lag_seconds", "Largest loop lag of the last minutes", value=monitor.max_lag
+        )
+        yield CounterMetricFamily("controlplane_loop_stalls", "Event loop stalls", value=monitor.stalls)
+        yield CounterMetricFamily(
+            "controlplane_probe_inconclusive",
+            "Probe results dropped: the plane could not look (loop stalled, out of descriptors)",
+            value=d.scheduler.stats.inconclusive,
+        )
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -31,9 +31,11 @@ from probes.health import (
     HealthView,
     Kinds,
     State,
+    enabled_kinds,
     health_view,
     region_health,
 )
+from probes.loop import LoopMonitor
 from probes.observation import Observation, ProbeKind
 from probes.scheduler import DEFAULT_PROBES, ProbeFunction, ProbeScheduler
 
@@ -137,9 +139,15 @@ class Daemon:
         self.last_change: float | None = None
         self.counters = Counters()
         self.started_at = time.time()
+        self.loop_monitor = LoopMonitor()
         self.scheduler = ProbeScheduler(
-            policy, sink=self.observe, is_transitioning=self._transitioning, probes=traced_probes(probes)
+            policy,
+            sink=self.observe,
+            is_transitioning=self._transitioning,
+            probes=traced_probes(probes),
+            monitor=self.loop_monitor,
         )
+        self.held_after_stall: int | None = None  # the stall the last hold was for (its number)
         self._states: dict[str, State] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -214,6 +222,16 @@ class Daemon:
             )
             changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
+            stall = self._unseen_stall()
+            if changed and stall is not None:
+                # The plane itself could not look: a change now would rest on results it failed to collect
+                # (every region stale, probes timed out), not on the regions. Hold until it has looked again.
+                span.set_attribute("plan.held_after_stall", True)
+                if self.held_after_stall != stall:
+                    self.held_after_stall = stall
+                    log.warning("event loop stalled: holding the plan until every region is probed again")
+                    await self.audit.write("held_after_stall", lag=round(self.loop_monitor.max_lag, 3))
+                return plan
             try:
                 outcomes = await self.reconciler.reconcile(policy, plan, dry_run=self.config.dry_run)
             except ResidencyViolation as exc:
@@ -264,6 +282,23 @@ class Daemon:
             if (changed and held) or expired:
                 await self.store.save(self.plan, self.overrides)
             return plan
+
+    def _unseen_stall(self) -> int | None:
+        """The number of a recent stall while some region has not been probed since it ended; else None."""
+        loop_now = asyncio.get_running_loop().time()
+        pending = self.loop_monitor.state.overdue(loop_now)  # this step may be the first to run after it
+        end = loop_now if pending is not None else self.loop_monitor.last_stall_end
+        number = self.loop_monitor.stalls + (pending is not None)
+        if end is None or loop_now - end > self.policy.health.stale_after:
+            return None  # long enough ago: every result since is fresh or honestly missing
+        since = time.time() - (loop_now - end)
+        kinds = enabled_kinds(self.policy)
+        for region in self.policy.regions:
+            for kind in kinds:
+                found = self.tracker.kinds.get((region.name, kind))
+                if found is None or found.last.at < since:
+                    return number
+        return None
 
     async def _reconcile_loop(self) -> None:
         await self.scheduler.first_round.wait()
@@ -487,6 +522,7 @@ class Daemon:
         tasks = [
             asyncio.create_task(self._supervise(name, factory), name=name)
             for name, factory in (
+                ("loop", self.loop_monitor.run),
                 ("probes", self.scheduler.run),
                 ("reconcile", self._reconcile_loop),
                 ("reload", self._reload_loop),

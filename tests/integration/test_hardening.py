@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
@@ -304,3 +305,22 @@ async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
         return await asyncio.open_connection("127.0.0.1", port)
     except OSError:
         return None
+
+
+async def test_a_stalled_plane_holds_its_plan_instead_of_failing_regions_over(plane: Plane) -> None:
+    await plane.settled(FULL)
+    await plane.ready()
+    # The loop this test shares with the daemon is blocked past stale_after (3 s): every region's last
+    # result is now stale and every probe in flight timed out. None of that is news about the regions.
+    time.sleep(3.5)  # noqa: ASYNC251 - the point is to block the loop
+    for _ in range(50):  # the steps right after the stall, and for a second after
+        assert (await plane.held("global"), await plane.held("eu")) == (FULL["global"], FULL["eu"])
+        await asyncio.sleep(0.02)
+    [hold] = await until(lambda: plane.events("held_after_stall"), what="the hold in the audit log")
+    assert hold["lag"] >= 3.0
+    # Once every region has been probed again the plane decides as usual: nothing to change here.
+    await until(lambda: plane.daemon._unseen_stall() is None, what="fresh results after the stall")
+    await plane.settled(FULL)
+    assert plane.events("plan_changed")[-1]["after"]["chat"]["global"] == FULL["global"]
+    metrics = await plane.metrics()
+    assert metrics[("controlplane_loop_stalls_total", frozenset())] >= 1
