@@ -48,7 +48,7 @@ NONE = "-"
 # (one question, at most one A/AAAA or SOA, one OPT) fits in 512 bytes, so it never needs to truncate.
 UDP_PAYLOAD = 1232
 MAX_QUERY_SIZE = 512
-"""The largest query this server parses; larger ones are dropped unread by dnspython.
+"""The largest query this server parses; larger ones are dropped before dnspython sees them.
 
 A query is one question and at most one OPT: header 12 + name 255 at most + type and class 4 + OPT 11 +
 client subnet 24 (an IPv6 /128) + cookie 44 = 350 bytes, 384 if padded to a 128-byte block (RFC 8467), and
@@ -285,7 +285,7 @@ class _Throttle:
 
 
 def _header_reply(data: bytes, rcode: int) -> bytes | None:
-    """A bare reply built from the raw header, for a packet dnspython cannot parse; None if not a query."""
+    """A bare reply built from the raw header alone, for a packet not to be parsed; None if not a query."""
     if len(data) < _HEADER.size:
         return None
     query_id, flags = struct.unpack_from("!HH", data)
@@ -336,6 +336,8 @@ class LocalDnsProvider:
         so is one taking longer to send a query (slow drip) or to take its reply; `max_connections`: open TCP
         connections at most, the one idle longest is closed to admit another (descriptors are finite and
         shared with the probes and the admin API)."""
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self._settings = _settings(policy)
         self._policy = policy
         self._idle_timeout = idle_timeout
@@ -491,7 +493,7 @@ class LocalDnsProvider:
         """Logs the exception being handled, with its traceback, at most once per LOG_INTERVAL."""
         held = self._failure_log.due()
         if held is not None:
-            log.exception("%s: %s failed (%d more such failures not logged)", self.name, what, held)
+            log.exception("%s: %s failed (%d more since the last report, not logged)", self.name, what, held)
 
     def _admit(self, task: asyncio.Task[Any], writer: asyncio.StreamWriter) -> None:
         """Makes room for a new TCP connection by closing the one idle longest (RFC 7766 6.2.3)."""
@@ -502,7 +504,7 @@ class LocalDnsProvider:
             held = self._eviction_log.due()
             if held is not None:
                 log.warning(
-                    "%s: %d TCP connections open, closing the ones idle longest (%d more not logged)",
+                    "%s: %d TCP connections open, closing the ones idle longest (%d more since the last report)",
                     self.name,
                     self._max_connections,
                     held,
