@@ -1,12 +1,58 @@
-"""Test doubles for providers."""
+"""Test doubles for providers: a backend with scripted failures, and one that fails in a way nobody wrapped.
+
+Both render like the reference provider (MemoryProvider), so what they should hold is known exactly.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from controlplane.changes import ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import Capabilities, PermanentProviderError
-from controlplane.providers.memory import render_records
+from controlplane.providers.memory import MemoryProvider, render_records
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What one apply() does instead of succeeding."""
+
+    error: Exception
+    # Changes of the set the backend makes before it fails: a half-applied change set.
+    applied_first: int = 0
+    # When given, the apply waits for it first: a backend that hangs until the test lets it go.
+    release: asyncio.Event | None = None
+
+
+class FlakyProvider(MemoryProvider):
+    """The reference provider whose next applies follow a script of faults, then succeed; it remembers
+    every change set it was sent and how often its state was read."""
+
+    def __init__(self, policy: Policy, name: str = "flaky", faults: Iterable[Fault] = ()) -> None:
+        super().__init__(policy, name)
+        self.faults = deque(faults)
+        self.sent: list[ChangeSet] = []
+        self.reads = 0
+
+    async def current(self) -> list[Record]:
+        self.reads += 1
+        return await super().current()
+
+    async def apply(self, changes: ChangeSet) -> None:
+        self.sent.append(changes)
+        if not self.faults:
+            await super().apply(changes)
+            return
+        fault = self.faults.popleft()
+        if fault.release is not None:
+            await fault.release.wait()
+        if fault.applied_first:
+            await super().apply(ChangeSet(changes.provider, changes.changes[: fault.applied_first]))
+        raise fault.error
 
 
 class BrokenProvider:
