@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from controlplane.errors import ControlPlaneError
+from controlplane.logs import LOG_FORMAT, OneLineFormatter
 from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
 
 log = logging.getLogger("controlplane")
@@ -22,7 +24,7 @@ log = logging.getLogger("controlplane")
 
 def _setup_logging(level: str, path: Path | None = None) -> None:
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
@@ -114,14 +116,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
-    print(f"ready: {data['ready']}  last change: {data['last_change']}")
+    now = time.time()
+    print(
+        f"ready: {'yes' if data['ready'] else 'NO'}  started {_when(data.get('started_at'), now)}"
+        f"  last change {_when(data['last_change'], now)}"
+    )
+    for alert in data.get("alerts", ()):
+        details = ", ".join(f"{k}={v}" for k, v in alert.items() if k not in ("alert", "impact"))
+        print(
+            f"  ALERT {alert['alert']}: {details}" + (f" ({alert['impact']})" if alert.get("impact") else "")
+        )
     for name, r in data["regions"].items():
         print(f"  {name:<12} {r['state']:<10} score {r['score']:.2f}  {'; '.join(r['reasons'])}")
     for service, groups in data["services"].items():
         for group, g in groups.items():
             weights = ", ".join(f"{region}={w['weight']}" for region, w in g["weights"].items())
             print(f"  {service} [{group}] {g['mode']}: {weights}")
+    for o in data.get("overrides", ()):
+        scope = f" ({o['service']})" if o.get("service") else ""
+        print(
+            f"  override {o['action']} {o['region']}{scope} until {_when(o['until'], now)}: {o.get('reason', '')}"
+        )
     return 0
+
+
+def _when(ts: float | None, now: float) -> str:
+    """A wall-clock time as a person reads it: local time and how long ago (or from now)."""
+    if ts is None:
+        return "never"
+    delta = now - ts
+    ago = f"{_span(abs(delta))} {'ago' if delta >= 0 else 'from now'}"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} ({ago})"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

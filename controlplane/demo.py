@@ -25,6 +25,7 @@ from chaos.simregion import SimFleet
 from controlplane.api import serve
 from controlplane.daemon import Daemon, DaemonConfig
 from controlplane.haproxy_process import HaproxyProcess, haproxy_available, render_config
+from controlplane.logs import LOG_FORMAT, OneLineFormatter
 from controlplane.policy import Policy, load_policy
 from controlplane.providers.factory import build_providers
 from controlplane.telemetry import setup_tracing
@@ -166,7 +167,7 @@ def prepare_demo(policy_path: Path, state_dir: Path, haproxy: bool) -> tuple[Pol
     state_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     handler = logging.FileHandler(state_dir / "daemon.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     setup_tracing()
