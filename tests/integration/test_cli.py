@@ -215,7 +215,7 @@ async def test_status_shows_a_running_daemon(fleet: SimFleet, tmp_path: Path) ->
         )
     assert text.code == 0, text.err
     lines = text.out.splitlines()
-    assert re.fullmatch(r"ready: True  last change: \d+\.\d+", lines[0])
+    assert re.fullmatch(r"ready: yes  started \S+ \S+ \(\d+s ago\)  last change \S+ \S+ \(\d+s ago\)", lines[0])
     for name in ADDRESS:
         assert any(re.fullmatch(rf"  {name} +healthy +score 1\.00  ", line) for line in lines), lines
     assert "  chat [global] normal: us-east=40, us-west=30, eu-west=20, eu-central=10" in lines
