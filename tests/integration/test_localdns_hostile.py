@@ -152,6 +152,7 @@ async def test_connections_beyond_the_cap_close_the_one_idle_longest(
         assert address(response) in GLOBAL
         # 100 client sockets held here, and on the server's side no more than the cap.
         await until(lambda: open_descriptors() <= before + 100 + CAP, what="server sockets to stay capped")
+        assert server.connections <= CAP
         reply = await exchange_on(*held[-1], ask().to_wire())  # the newest is still served
         assert address(dns.message.from_wire(reply)) in GLOBAL
         async with asyncio.timeout(WAIT):
