@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -65,7 +67,10 @@ class Region(_Frozen):
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
         if value is not None:
-            ipaddress.ip_address(value)
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("must be an IPv4 or IPv6 address") from None
         return value
 
     @property
@@ -135,7 +140,7 @@ class ClientGroup(_Frozen):
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not a CIDR network (e.g. 10.0.0.0/8)") from exc
+                raise ValueError(f"{_value(cidr)} is not a CIDR network (e.g. 10.0.0.0/8)") from exc
         return value
 
 
@@ -226,6 +231,30 @@ class Policy(_Frozen):
 
 # ---------------------------------------------------------------- loading, with positions
 
+# Far above any real policy (the demo is 1.6 KB; 10,000 regions written like the demo are 1.4 MB and
+# 120,000 nodes) yet low enough that a hostile file costs at most a few seconds and ~150 MB to refuse.
+MAX_POLICY_BYTES = 4 << 20
+MAX_NODES = 250_000
+MAX_ALIAS_NODES = 100_000
+MAX_DEPTH = 32
+MAX_PROBLEMS = 100
+_SHOWN = 80  # characters of a value from the file that a message quotes
+_SAID = 200  # characters of a reason (a library's message, which may quote the value itself)
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+
+
+def _cut(text: str, limit: int = _SHOWN) -> str:
+    """Text from the file as it may appear in a message: a huge value never reaches a log line whole."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def _value(value: object) -> str:
+    return _cut(repr(value))
+
+
+def _field(loc: Iterable[str | int]) -> str:
+    return ".".join(_cut(str(p)) for p in loc) or "policy"
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -241,48 +270,144 @@ class Problem:
 
 
 class PolicyError(InvalidInput):
-    """A policy file that cannot be used; carries every problem found, not just the first."""
+    """A policy file that cannot be used; carries every problem found (up to MAX_PROBLEMS), not just the first."""
 
     def __init__(self, problems: list[Problem]) -> None:
+        if len(problems) > MAX_PROBLEMS:
+            first = problems[MAX_PROBLEMS]
+            more = f"... and {len(problems) - MAX_PROBLEMS:,} more problems"
+            problems = [*problems[:MAX_PROBLEMS], Problem(first.file, first.line, first.column, more)]
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
 
 Path_ = tuple[str | int, ...]
-_SCALARS = yaml.constructor.SafeConstructor()
 
 
-class _AliasLoop(Exception):
-    def __init__(self, mark: yaml.Mark) -> None:
+class _Alias(yaml.Node):
+    """Where an alias was written; the composer alone would hand back the anchored node and lose that."""
+
+    def __init__(self, target: yaml.Node, mark: yaml.Mark | None) -> None:
+        super().__init__(target.tag, target.value, mark, mark)
+        self.target = target
+
+
+class _Composer(yaml.SafeLoader):
+    """SafeLoader's composer with bounds: node count and depth, checked as events arrive."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        mark = cast(yaml.Mark, event.start_mark)  # the pure-Python parser always sets one
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_NODES:,} values; a policy needs far fewer", mark
+            )
+        if isinstance(event, yaml.AliasEvent):
+            target = super().compose_node(parent, index)
+            assert target is not None  # an alias to nothing is a ComposerError
+            return _Alias(target, mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, _TOO_DEEP, mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(Exception):
+    def __init__(self, mark: yaml.Mark, message: str) -> None:
         self.mark = mark
+        self.message = message
 
 
-def _construct(
-    node: yaml.Node,
-    path: Path_,
-    marks: dict[Path_, yaml.Mark],
-    dupes: list[Path_],
-    parents: frozenset[int] = frozenset(),
-) -> Any:
-    """Build plain data from a composed YAML node, remembering where every value started."""
-    marks[path] = node.start_mark
-    if id(node) in parents:
-        raise _AliasLoop(node.start_mark)
-    parents = parents | {id(node)}
-    if isinstance(node, yaml.MappingNode):
+_COLLECTION_TAGS = {
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
+}
+
+
+def _tag(tag: str) -> str:
+    return _cut(tag.replace("tag:yaml.org,2002:", "!!"))
+
+
+class _Builder:
+    """Builds plain data from composed nodes, remembering where every value started.
+
+    Aliases are expanded by reference, so a few lines can stand for billions of values: every node
+    built through an alias counts against MAX_ALIAS_NODES.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[Path_, yaml.Mark] = {}
+        self.dupes: list[Path_] = []
+        self._scalars = yaml.constructor.SafeConstructor()
+        self._expanded = 0
+
+    def build(
+        self,
+        node: yaml.Node,
+        path: Path_ = (),
+        parents: frozenset[int] = frozenset(),
+        alias: yaml.Mark | None = None,
+    ) -> Any:
+        here = node.start_mark
+        if isinstance(node, _Alias):
+            alias = alias or here  # the outermost alias is the one written in the text being expanded
+            node = node.target
+        self.marks[path] = here
+        if alias is not None:
+            self._expanded += 1
+            if self._expanded > MAX_ALIAS_NODES:
+                raise _Refused(
+                    alias, f"invalid YAML: too many alias expansions (more than {MAX_ALIAS_NODES:,} values)"
+                )
+        if id(node) in parents:
+            raise _Refused(here, "invalid YAML: an alias refers to itself")
+        if len(path) >= MAX_DEPTH:
+            raise _Refused(alias or here, f"invalid YAML: {_TOO_DEEP}")
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        if node.tag not in _COLLECTION_TAGS:
+            raise _Refused(here, f"invalid YAML: tag {_tag(node.tag)} has no use in a policy")
+        parents = parents | {id(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i), parents, alias) for i, item in enumerate(node.value)]
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(_SCALARS.construct_object(key_node, deep=True))
+            key = self._key(key_node)
             if key in out:
-                marks[(*path, key)] = key_node.start_mark
-                dupes.append((*path, key))
+                self.marks[(*path, key)] = key_node.start_mark
+                self.dupes.append((*path, key))
                 continue
-            out[key] = _construct(value_node, (*path, key), marks, dupes, parents)
-            marks[(*path, key, "__key__")] = key_node.start_mark
+            out[key] = self.build(value_node, (*path, key), parents, alias)
+            self.marks[(*path, key, "__key__")] = key_node.start_mark
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), marks, dupes, parents) for i, item in enumerate(node.value)]
-    return _SCALARS.construct_object(node, deep=True)
+
+    def _key(self, node: yaml.Node) -> str:
+        target = node.target if isinstance(node, _Alias) else node
+        if not isinstance(target, yaml.ScalarNode):
+            raise _Refused(
+                node.start_mark, "invalid YAML: a key must be a plain value, not a list or mapping"
+            )
+        return str(self._scalar(target))
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:  # e.g. !foo or !!python/...: no use in a policy
+            reason = exc.problem or str(exc)
+        except (ValueError, OverflowError) as exc:  # 2001-02-30, a 5,000-digit int, !!int abc
+            reason = f"{_value(node.value)} is not a valid {_tag(node.tag)}: {exc}"
+        except (TypeError, AttributeError, LookupError):  # !!timestamp foo, "!!int ''" trip PyYAML itself
+            reason = f"{_value(node.value)} is not a valid {_tag(node.tag)}"
+        raise _Refused(node.start_mark, f"invalid YAML: {_cut(reason, _SAID)}")
 
 
 def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark], at_key: bool = False) -> yaml.Mark | None:
@@ -295,7 +420,7 @@ def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark], at_key: bool = False) -
 
 
 def _describe(error: Any) -> str:
-    field = ".".join(str(p) for p in error["loc"]) or "policy"
+    field = _field(error["loc"])
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
@@ -303,12 +428,12 @@ def _describe(error: Any) -> str:
     if kind == "missing":
         return f"{field}: required field is missing"
     if kind == "enum" and "expected" in ctx:
-        return f"{field}: must be one of {ctx['expected']}, got {error.get('input')!r}"
+        return f"{field}: must be one of {ctx['expected']}, got {_value(error.get('input'))}"
     if kind == "literal_error" and "expected" in ctx:
-        return f"{field}: must be {ctx['expected']}, got {error.get('input')!r}"
-    msg = str(error["msg"]).removeprefix("Value error, ")
+        return f"{field}: must be {ctx['expected']}, got {_value(error.get('input'))}"
+    msg = _cut(str(error["msg"]).removeprefix("Value error, "), _SAID)
     return (
-        f"{field}: {msg}, got {error.get('input')!r}"
+        f"{field}: {msg}, got {_value(error.get('input'))}"
         if not isinstance(error.get("input"), dict | list)
         else f"{field}: {msg}"
     )
@@ -325,7 +450,7 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
         counts = Counter(names)
         for i, name in enumerate(names):
             if counts[name] > 1:
-                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {name!r}"
+                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {_value(name)}"
     dns_counts = Counter(s.dns_name.rstrip(".").lower() for s in policy.services)
     region_names = {r.name for r in policy.regions}
     jurisdictions = {r.jurisdiction for r in policy.regions}
@@ -333,13 +458,13 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
         if dns_counts[service.dns_name.rstrip(".").lower()] > 1:
             yield (
                 ("services", i, "dns_name"),
-                f"services.{i}.dns_name: {service.dns_name!r} is used by another service",
+                f"services.{i}.dns_name: {_value(service.dns_name)} is used by another service",
             )
         for j, name in enumerate(service.regions):
             if name not in region_names:
                 yield (
                     ("services", i, "regions", j),
-                    f"services.{i}.regions.{j}: unknown region {name!r}; defined: {sorted(region_names)}",
+                    f"services.{i}.regions.{j}: unknown region {_value(name)}; defined: {_value(sorted(region_names))}",
                 )
         if len(set(service.regions)) != len(service.regions):
             yield ("services", i, "regions"), f"services.{i}.regions: a region is listed twice"
@@ -347,14 +472,14 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
     if policy.default_client_group not in group_names:
         yield (
             ("default_client_group",),
-            f"default_client_group: unknown client group {policy.default_client_group!r}; defined: {sorted(group_names)}",
+            f"default_client_group: unknown client group {_value(policy.default_client_group)}; defined: {_value(sorted(group_names))}",
         )
     for i, group in enumerate(policy.client_groups):
         if not jurisdictions & set(group.allowed_jurisdictions):
             yield (
                 ("client_groups", i, "allowed_jurisdictions"),
-                f"client_groups.{i}.allowed_jurisdictions: no region is in {list(group.allowed_jurisdictions)}; "
-                f"regions are in {sorted(jurisdictions)}",
+                f"client_groups.{i}.allowed_jurisdictions: no region is in {_value(list(group.allowed_jurisdictions))}; "
+                f"regions are in {_value(sorted(jurisdictions))}",
             )
     probes = policy.probes
     periods = {"probes.interval": probes.interval}
@@ -380,7 +505,7 @@ def _check_providers(
             if name != zone and not name.endswith("." + zone):
                 yield (
                     ("services", i, "dns_name"),
-                    f"services.{i}.dns_name: {service.dns_name!r} is outside providers.localdns.zone {zone!r}",
+                    f"services.{i}.dns_name: {_value(service.dns_name)} is outside providers.localdns.zone {_value(zone)}",
                 )
     hap = policy.providers.haproxy
     if hap is None:
@@ -390,57 +515,54 @@ def _check_providers(
     if hap.service not in service_names:
         yield (
             (*base, "service"),
-            f"providers.haproxy.service: unknown service {hap.service!r}; defined: {sorted(service_names)}",
+            f"providers.haproxy.service: unknown service {_value(hap.service)}; defined: {_value(sorted(service_names))}",
         )
     if hap.client_group not in group_names:
         yield (
             (*base, "client_group"),
-            f"providers.haproxy.client_group: unknown client group {hap.client_group!r}; defined: {sorted(group_names)}",
+            f"providers.haproxy.client_group: unknown client group {_value(hap.client_group)}; defined: {_value(sorted(group_names))}",
         )
     for region in hap.servers:
         if region not in region_names:
             yield (
                 (*base, "servers", region),
-                f"providers.haproxy.servers.{region}: unknown region; defined: {sorted(region_names)}",
+                f"providers.haproxy.servers.{region}: unknown region; defined: {_value(sorted(region_names))}",
             )
+
+
+def _end_of(text: str) -> tuple[int, int]:
+    """Line and column (1-based) just past the end of `text`."""
+    return text.count("\n") + 1, len(text) - text.rfind("\n")
 
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     """Parse and validate policy YAML; raise PolicyError listing every problem with its position."""
-    marks: dict[Path_, yaml.Mark] = {}
-    dupes: list[Path_] = []
+    builder = _Builder()
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Composer)
         if root is None:
             raise PolicyError(
                 [Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")]
             )
-        data = _construct(root, (), marks, dupes)
-    except yaml.MarkedYAMLError as exc:  # syntax errors, and tags like !foo that a policy has no use for
+        data = builder.build(root)
+    except yaml.MarkedYAMLError as exc:  # syntax errors, and the composer's bounds
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise PolicyError([Problem(filename, line, col, f"invalid YAML: {exc.problem or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError([Problem(filename, 1, 1, f"invalid YAML: {exc}")]) from None
-    except _AliasLoop as exc:
+        problem = _cut(exc.problem or str(exc), _SAID)
+        raise PolicyError([Problem(filename, line, col, f"invalid YAML: {problem}")]) from None
+    except yaml.reader.ReaderError as exc:  # a control character, at an offset into the text
+        line, col = _end_of(text[: exc.position])
         raise PolicyError(
-            [
-                Problem(
-                    filename,
-                    exc.mark.line + 1,
-                    exc.mark.column + 1,
-                    "invalid YAML: an alias refers to itself",
-                )
-            ]
+            [Problem(filename, line, col, f"invalid YAML: character #x{exc.character:04x}: {exc.reason}")]
         ) from None
-    except RecursionError:
-        raise PolicyError([Problem(filename, 1, 1, "invalid YAML: nested too deeply")]) from None
+    except _Refused as exc:
+        raise PolicyError([Problem(filename, exc.mark.line + 1, exc.mark.column + 1, exc.message)]) from None
 
     def at(loc: Path_, message: str, at_key: bool = False) -> Problem:
-        mark = _mark_for(loc, marks, at_key)
+        mark = _mark_for(loc, builder.marks, at_key)
         return Problem(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, message)
 
-    problems = [at(p, f"{'.'.join(map(str, p))}: duplicate key") for p in dupes]
+    problems = [at(p, f"{_field(p)}: duplicate key") for p in builder.dupes]
     if not isinstance(data, dict):
         raise PolicyError([at((), "policy must be a mapping with regions and services")])
     try:
@@ -461,13 +583,64 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     return policy
 
 
+def _kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+        stat.S_IFDIR: "a directory",
+        stat.S_IFSOCK: "a socket",
+    }
+    return kinds.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _read(path: Path) -> str:
+    """The policy file's text: a regular file of at most MAX_POLICY_BYTES, else PolicyError.
+
+    A FIFO, /dev/zero behind a symlink or a growing file must neither block nor fill memory, so the
+    open never waits (O_NONBLOCK), the opened descriptor is what is checked, and the read is bounded.
+    """
+
+    def refuse(message: str, line: int = 1, column: int = 1) -> PolicyError:
+        return PolicyError([Problem(str(path), line, column, f"cannot read policy: {message}")])
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        # Opening a unix socket fails (ENXIO); name what is there rather than the errno.
+        try:
+            kind = _kind(os.stat(path).st_mode)
+        except OSError:
+            kind = None
+        raise refuse(f"it is {kind}, not a regular file" if kind else exc.strerror or str(exc)) from None
+    too_big = f"larger than the {MAX_POLICY_BYTES:,}-byte cap"
+    try:
+        info = os.fstat(fd)
+        if (kind := _kind(info.st_mode)) is not None:
+            raise refuse(f"it is {kind}, not a regular file")
+        if info.st_size > MAX_POLICY_BYTES:
+            raise refuse(f"{info.st_size:,} bytes is {too_big}")
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_POLICY_BYTES:  # it grew after the fstat
+        raise refuse(f"it is {too_big}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _end_of(data[: exc.start].decode("utf-8"))  # valid up to where decoding failed
+        raise refuse(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, column) from None
+
+
 def load_policy(path: str | Path) -> Policy:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([Problem(str(path), 1, 1, f"cannot read policy: {exc}")]) from None
-    return parse_policy(text, str(path))
+    return parse_policy(_read(path), str(path))
 
 
 def validate_files(paths: Iterable[str | Path]) -> list[Problem]:
