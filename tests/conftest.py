@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 from opentelemetry import trace
@@ -40,7 +40,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-async def until(predicate: Callable[[], T | Awaitable[T]], within: float = 5.0, what: str = "condition") -> T:
+@overload
+async def until(predicate: Callable[[], Awaitable[T]], within: float = ..., what: str = ...) -> T: ...
+@overload
+async def until(predicate: Callable[[], T], within: float = ..., what: str = ...) -> T: ...
+async def until(predicate: Callable[[], Any], within: float = 5.0, what: str = "condition") -> Any:
     """Poll a (sync or async) predicate every 20 ms until it returns something truthy; return that."""
     deadline = time.monotonic() + within
     while True:
@@ -48,7 +52,7 @@ async def until(predicate: Callable[[], T | Awaitable[T]], within: float = 5.0, 
         if asyncio.iscoroutine(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.simregion import SimFleet
 from controlplane.api import MAX_OVERRIDE_SECONDS
+from tests.conftest import until
 from tests.integration.daemon_helpers import (
     ADDRESS,
     FULL,
@@ -24,7 +25,6 @@ from tests.integration.daemon_helpers import (
     fault,
     policy_data,
     running_plane,
-    until,
     write_policy,
 )
 
@@ -306,11 +306,12 @@ async def test_an_override_expires_by_itself(plane: Plane) -> None:
 
 
 async def test_concurrent_override_requests_are_all_kept(plane: Plane) -> None:
-    bodies = [{"region": "eu-west", "duration": 600, "reason": f"ticket {i}"} for i in range(24)]
+    reasons = sorted(f"ticket {i}" for i in range(24))
+    bodies = [{"region": "eu-west", "duration": 600, "reason": reason} for reason in reasons]
     replies = await asyncio.gather(*(post_override(plane, b) for b in bodies))
     assert [status for status, _ in replies] == [201] * len(bodies), replies
-    assert sorted(o.reason for o in plane.daemon.overrides) == sorted(b["reason"] for b in bodies)
+    assert sorted(o.reason for o in plane.daemon.overrides) == reasons
     # Every request returned after its save: the file holds all of them.
-    assert sorted(o["reason"] for o in state_overrides(plane)) == sorted(b["reason"] for b in bodies)
+    assert sorted(o["reason"] for o in state_overrides(plane)) == reasons
     assert len(plane.events("override_added")) == len(bodies)
     await plane.settled({"eu": {"eu-west": 0, "eu-central": 100}})

@@ -16,19 +16,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from chaos.loopback import loopback_policy
+from chaos.loopback import free_port, loopback_policy
 from chaos.simregion import SimFleet
-from tests.conftest import require_binary
+from tests.conftest import require_binary, until
 from tests.integration.daemon_helpers import (
     ADDRESS,
     DNS_NAME,
     FULL,
-    free_port,
     policy_data,
     position,
     read_audit,
     running_plane,
-    until,
     write_policy,
 )
 
@@ -215,7 +213,9 @@ async def test_status_shows_a_running_daemon(fleet: SimFleet, tmp_path: Path) ->
         )
     assert text.code == 0, text.err
     lines = text.out.splitlines()
-    assert re.fullmatch(r"ready: yes  started \S+ \S+ \(\d+s ago\)  last change \S+ \S+ \(\d+s ago\)", lines[0])
+    assert re.fullmatch(
+        r"ready: yes  started \S+ \S+ \(\d+s ago\)  last change \S+ \S+ \(\d+s ago\)", lines[0]
+    )
     for name in ADDRESS:
         assert any(re.fullmatch(rf"  {name} +healthy +score 1\.00  ", line) for line in lines), lines
     assert "  chat [global] normal: us-east=40, us-west=30, eu-west=20, eu-central=10" in lines

@@ -17,6 +17,7 @@ import dns.rcode
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from chaos.loopback import free_port
 from chaos.simregion import SimFleet
 from controlplane.daemon import ManagedProvider
 from controlplane.overrides import Override, OverrideAction
@@ -25,18 +26,17 @@ from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider
 from controlplane.state import StateStore
 from probes.observation import ProbeKind
+from tests.conftest import until
 from tests.fakes.providers import BrokenProvider
 from tests.integration.daemon_helpers import (
     ADDRESS,
     DNS_NAME,
     EU_CLIENT,
     FULL,
-    free_port,
     policy_data,
     position,
     read_audit,
     running_plane,
-    until,
     write_policy,
 )
 from tests.integration.daemon_helpers import fault as set_fault
