@@ -219,6 +219,8 @@ async def test_a_reload_to_a_busy_port_is_refused_and_dns_keeps_answering(
         write_policy(policy, policy_data(fleet, dns_port=moved))
         await until(lambda: plane.events("policy_loaded"), what="the move to be loaded")
         assert set(await resolve(moved, count=20, name=DNS_NAME)) <= set(ADDRESS.values())
+        metrics = await plane.metrics()
+        assert metrics[("controlplane_dns_tcp_connections", frozenset())] == 0
 
 
 async def test_the_damping_base_is_what_the_provider_holds(fleet: SimFleet, tmp_path: Path) -> None:
