@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter, not_, sub
 
 from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
@@ -12,6 +14,7 @@ from controlplane.policy import AllDown, ClientGroup, Mode, Policy, Region, Serv
 from probes.health import HealthView, RegionHealth, State
 
 TOTAL = 100
+DRAIN_REFUSED = "; drain refused: last healthy region"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,34 @@ class _Candidate:
     drained: Override | None
     pinned: Override | None
     idle_reason: str  # why it gets nothing when it is not among the live regions
+    weight: float  # active-active: (pinned weight or capacity) x score, before slow start and normalising
+    weight_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidates:
+    """One (service, group)'s allowed regions and what follows from them alone. Everything per region in a
+    group is a list in this order, which is also the order of the group's weights."""
+
+    members: tuple[_Candidate, ...]
+    names: tuple[str, ...]
+    alphabetical: tuple[int, ...]  # positions by name: rounding's tie-break
+    healthy: tuple[bool, ...]
+    unhealthy: tuple[int, ...]  # positions
+    live: tuple[int, ...]  # positions of the regions that may get traffic
+    drain_refused: bool
+
+
+# Per region, in the order of _Candidates.members: exact (unrounded) target shares, and why.
+_Targets = tuple[list[float], list[str]]
+Weighing = tuple[GroupMode, tuple[RouteWeight, ...], float]
+_NAME, _HEALTHY, _IDLE_REASON = attrgetter("name"), attrgetter("healthy"), attrgetter("idle_reason")
+_REGION, _WEIGHT = attrgetter("region"), attrgetter("weight")
+
+
+def _newest(current: Override | None, candidate: Override) -> Override:
+    # The operator's last word counts: of two overrides alike, the later created wins, then the later listed.
+    return candidate if current is None or candidate.created_at >= current.created_at else current
 
 
 class _Facts:
@@ -34,75 +65,109 @@ class _Facts:
         self.overrides = overrides
         self.now = now
         self._scoped = any(o.service is not None for o in overrides)
-        self._candidates: dict[tuple[str, str], _Candidate] = {}
-        self._candidate_sets: dict[tuple[str, int], tuple[_Candidate, ...]] = {}
-        self._targets: dict[tuple[object, ...], tuple[dict[str, float], dict[str, str]]] = {}
+        self._drains = any(o.action is OverrideAction.DRAIN for o in overrides)
+        self._candidates: dict[str, dict[str, _Candidate]] = {}  # by scope (service or ""), then region
+        self._candidate_sets: dict[tuple[str, int], _Candidates] = {}
+        self._targets: dict[tuple[object, ...], _Targets] = {}
         self.weighings: dict[tuple[object, ...], Weighing] = {}
-        self._weights: dict[tuple[str, int, str], RouteWeight] = {}
+        # Interned: building a frozen dataclass costs more than finding the equal one made for another service.
+        self.interned: dict[tuple[str, int, str], RouteWeight] = {}
 
     def route_weight(self, region: str, weight: int, reason: str) -> RouteWeight:
-        # Interned: building a frozen dataclass costs more than finding the equal one made for another service.
-        key = (region, weight, reason)
-        found = self._weights.get(key)
-        if found is None:
-            found = self._weights[key] = RouteWeight(region, weight, reason)
-        return found
+        """A new RouteWeight, kept in `interned` for the groups after this one."""
+        made = self.interned[(region, weight, reason)] = RouteWeight(region, weight, reason)
+        return made
 
-    def candidate(self, service: str, region: Region) -> _Candidate:
-        key = (service if self._scoped else "", region.name)
-        found = self._candidates.get(key)
-        if found is None:
-            h = self.health.get(region.name)
-            drained = pinned = None
-            for o in self.overrides:
-                if o.applies(service, region.name, self.now):
-                    if o.action is OverrideAction.DRAIN:
-                        drained = drained or o
-                    else:
-                        pinned = pinned or o
-            healthy = h.state is State.HEALTHY
-            if not healthy:
-                idle = f"{h.state}: " + ("; ".join(h.reasons) or "not healthy")
-            elif drained is not None:
-                idle = f"drained by override until {drained.until:.0f}" + (
-                    f" ({drained.reason})" if drained.reason else ""
-                )
-            else:
-                idle = "standby"
-            found = _Candidate(region.name, region, h, healthy, drained, pinned, idle)
-            self._candidates[key] = found
-        return found
+    def _candidate(self, service: str, region: Region) -> _Candidate:
+        h = self.health.get(region.name)
+        drained = pinned = None
+        for o in self.overrides:
+            if o.applies(service, region.name, self.now):
+                if o.action is OverrideAction.DRAIN:
+                    drained = _newest(drained, o)
+                else:
+                    pinned = _newest(pinned, o)
+        healthy = h.state is State.HEALTHY
+        if not healthy:
+            idle = f"{h.state}: " + ("; ".join(h.reasons) or "not healthy")
+        elif drained is not None:
+            # A drain outranks a weight override on the same region whatever their ages: draining is the
+            # operator saying "no traffic here", and only ending the drain says otherwise.
+            idle = (
+                f"drained by override until {drained.until:.0f}"
+                + (f" ({drained.reason})" if drained.reason else "")
+                + (f"; weight override {pinned.weight} waits for the drain to end" if pinned else "")
+            )
+        else:
+            idle = "standby"
+        pin = pinned.weight if pinned is not None else None
+        base = float(pin if pin is not None else region.capacity)
+        what = f"pinned weight {base:g}" if pinned else f"capacity {base:g}"
+        return _Candidate(
+            region.name,
+            region,
+            h,
+            healthy,
+            drained,
+            pinned,
+            idle,
+            base * h.score,
+            f"healthy: {what} x score {h.score:.2f}",
+        )
 
-    def candidates(self, service: str, allowed: tuple[Region, ...]) -> tuple[_Candidate, ...]:
+    def candidates(self, service: str, allowed: tuple[Region, ...]) -> _Candidates:
         # Keyed by identity: the policy hands out one tuple per (service, group), alive for the whole call.
-        key = (service if self._scoped else "", id(allowed))
+        scope = service if self._scoped else ""
+        key = (scope, id(allowed))
         found = self._candidate_sets.get(key)
         if found is None:
-            found = self._candidate_sets[key] = tuple(self.candidate(service, r) for r in allowed)
+            known = self._candidates.setdefault(scope, {})
+            members = tuple(
+                [known.get(r.name) or known.setdefault(r.name, self._candidate(service, r)) for r in allowed]
+            )
+            names = tuple(map(_NAME, members))
+            flags = tuple(map(_HEALTHY, members))
+            positions = range(len(members))
+            healthy = list(compress(positions, flags))
+            live = [i for i in healthy if members[i].drained is None] if self._drains else healthy
+            found = self._candidate_sets[key] = _Candidates(
+                members,
+                names,
+                tuple(sorted(positions, key=names.__getitem__)),
+                flags,
+                tuple(compress(positions, map(not_, flags))),
+                # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
+                tuple(live or healthy),
+                bool(healthy) and not live,
+            )
         return found
 
-    def targets(
-        self, service: Service, live: Sequence[_Candidate]
-    ) -> tuple[dict[str, float], dict[str, str]]:
-        key = (service.mode, service.slow_start, service.trickle, *(id(c) for c in live))
+    def targets(self, service: Service, candidates: _Candidates) -> _Targets:
+        key = (service.mode, service.slow_start, service.trickle, id(candidates))
         found = self._targets.get(key)
         if found is None:
-            found = self._targets[key] = _targets(service, live, self.now)
+            found = self._targets[key] = _targets(service, candidates, self.now)
         return found
+
+
+def _round(values: Sequence[float], alphabetical: Sequence[int], total: int = TOTAL) -> list[int]:
+    # Shares are never negative, so int() is floor; the epsilon keeps 33.99999999 from becoming 33.
+    whole = [int(v + 1e-9) for v in values]
+    left = total - sum(whole)
+    if left > 0:
+        # Largest fraction first; a stable sort over positions in name order gives ties to the
+        # alphabetically first region, so a plan never flips between equal choices. Shares of zero never
+        # get a point: `left` is the sum of the fractions, each below 1, so more regions than `left` have one.
+        minus_fraction = list(map(sub, whole, values))
+        for i in sorted(alphabetical, key=minus_fraction.__getitem__)[:left]:
+            whole[i] += 1
+    return whole
 
 
 def largest_remainder(shares: Mapping[str, float], total: int = TOTAL) -> dict[str, int]:
     """Integers summing to `total`, each the floor or ceiling of its exact share."""
-    if not shares:
-        return {}
-    floor = math.floor
-    whole = {k: floor(v + 1e-9) if v > 0 else 0 for k, v in shares.items()}
-    left = total - sum(whole.values())
-    if left > 0:
-        remainders = sorted((whole[k] - v, k) for k, v in shares.items() if v > 0)
-        for _, key in remainders[:left]:
-            whole[key] += 1
-    return whole
+    names = sorted(shares)
+    return dict(zip(names, _round([shares[n] for n in names], range(len(names)), total), strict=True))
 
 
 def _normalise(raw: Mapping[str, float]) -> dict[str, float]:
@@ -119,118 +184,152 @@ def _slow_start(service: Service, health: RegionHealth, now: float) -> float:
     return min(1.0, max(0.1, (now - health.since) / service.slow_start))
 
 
-def _targets(
-    service: Service, live: Sequence[_Candidate], now: float
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Exact (unrounded) target shares over live regions, and why."""
-    reasons: dict[str, str] = {}
+def _targets(service: Service, candidates: _Candidates, now: float) -> _Targets:
+    members, live = candidates.members, candidates.live
+    shares = [0.0] * len(members)
+    reasons = list(map(_IDLE_REASON, members))
     if service.mode is Mode.ACTIVE_ACTIVE:
-        raw: dict[str, float] = {}
-        for c in live:
-            base = float(c.pinned.weight if c.pinned and c.pinned.weight is not None else c.region.capacity)
-            ramp = _slow_start(service, c.health, now)
-            raw[c.name] = base * c.health.score * ramp
-            what = f"pinned weight {base:g}" if c.pinned else f"capacity {base:g}"
-            reasons[c.name] = f"healthy: {what} x score {c.health.score:.2f}" + (
-                f" x slow start {ramp:.0%}" if ramp < 1 else ""
-            )
-        if sum(raw.values()) <= 0:
-            raw = {c.name: 1.0 for c in live}
-        return _normalise(raw), reasons
-    ordered = sorted(live, key=lambda c: (c.region.priority, c.name))
-    shares = {c.name: 0.0 for c in ordered}
-    primary, backups = ordered[0], ordered[1:]
-    primary_share = float(TOTAL - (service.trickle if backups else 0))
-    ramp = _slow_start(service, primary.health, now) if backups else 1.0
-    primary_share *= ramp
-    shares[primary.name] = primary_share
-    reasons[primary.name] = f"primary (priority {primary.region.priority})" + (
-        f", slow start {ramp:.0%}" if ramp < 1 else ""
-    )
-    if backups:
-        shares[backups[0].name] = TOTAL - primary_share
-        reasons[backups[0].name] = f"first backup (priority {backups[0].region.priority})" + (
-            f", trickle {service.trickle}%" if service.trickle else ""
+        ramps = service.slow_start > 0
+        for i in live:
+            c = members[i]
+            ramp = _slow_start(service, c.health, now) if ramps and c.health.since > 0 else 1.0
+            if ramp < 1:
+                shares[i] = c.weight * ramp
+                reasons[i] = f"{c.weight_reason} x slow start {ramp:.0%}"
+            else:
+                shares[i] = c.weight
+                reasons[i] = c.weight_reason
+        total = sum(shares)
+        for i in live:
+            shares[i] = TOTAL * shares[i] / total if total > 0 else TOTAL / len(live)
+    else:
+        ordered = sorted(live, key=lambda i: (members[i].region.priority, members[i].name))
+        primary, backups = members[ordered[0]], ordered[1:]
+        ramp = _slow_start(service, primary.health, now) if backups else 1.0
+        primary_share = float(TOTAL - (service.trickle if backups else 0)) * ramp
+        shares[ordered[0]] = primary_share
+        reasons[ordered[0]] = f"primary (priority {primary.region.priority})" + (
+            f", slow start {ramp:.0%}" if ramp < 1 else ""
         )
-        for b in backups[1:]:
-            reasons[b.name] = f"standby (priority {b.region.priority})"
+        if backups:
+            first = members[backups[0]]
+            shares[backups[0]] = TOTAL - primary_share
+            reasons[backups[0]] = f"first backup (priority {first.region.priority})" + (
+                f", trickle {service.trickle}%" if service.trickle else ""
+            )
+            for b in backups[1:]:
+                reasons[b] = f"standby (priority {members[b].region.priority})"
+    if candidates.drain_refused:
+        for i in live:
+            if members[i].drained is not None:
+                reasons[i] += DRAIN_REFUSED
     return shares, reasons
 
 
+def _allowance(max_shift: int, elapsed: float) -> int:
+    """Whole points a live region may move now: max_shift per second since the weights last changed, at most
+    max_shift (a token bucket that a second fills). Whole points, because rounding can then never add one,
+    and a step too soon to move a point leaves the weights, so their `since`, alone: the allowance grows."""
+    if not 0 <= elapsed < 1:
+        # A clock stepped back must not freeze routing until it catches up: one step may move max_shift.
+        return max_shift
+    return math.floor(max_shift * elapsed)
+
+
 def _damp(
-    previous: Mapping[str, int], target: dict[str, float], dead: set[str], max_shift: int
-) -> tuple[dict[str, float], set[str]]:
-    """Move from the previous weights toward the target by at most max_shift per region, except that dead
-    regions drop to zero at once and their weight goes straight to the live ones."""
-    gone = dead | {r for r in previous if r not in target}
-    freed = sum(previous[r] for r in gone if r in previous)
-    share = freed / TOTAL
-    start = {r: (0.0 if r in gone else previous.get(r, 0)) + share * t for r, t in target.items()}
-    delta = {r: t - start[r] for r, t in target.items()}
-    biggest = max(max(delta.values(), default=0.0), -min(delta.values(), default=0.0))
-    if biggest <= max_shift:
-        return target, set()
-    step = max_shift / biggest
-    moved = {r: start[r] + step * delta[r] for r in target}
-    return moved, {r for r in target if abs(moved[r] - target[r]) > 1e-9}
+    before: list[int], target: list[float], candidates: _Candidates, removed: int, allowance: int
+) -> list[float]:
+    """Move from the previous weights toward the target by at most `allowance` per region, except that the
+    weight of regions no longer healthy (or no longer allowed: `removed`) goes straight to the live ones."""
+    freed = removed + (sum([before[i] for i in candidates.unhealthy]) if candidates.unhealthy else 0)
+    start: Sequence[float] = before
+    if freed:
+        share = freed / TOTAL
+        start = [
+            (b if ok else 0) + share * t for b, ok, t in zip(before, candidates.healthy, target, strict=True)
+        ]
+    biggest = max(map(abs, map(sub, target, start)))
+    if biggest <= allowance:
+        return target
+    step = allowance / biggest
+    return [s + step * (t - s) for s, t in zip(start, target, strict=True)]
 
 
-Weighing = tuple[GroupMode, tuple[RouteWeight, ...]]
+def _before(previous: GroupPlan, names: tuple[str, ...]) -> tuple[list[int], int, bool]:
+    """The previous weights in `names` order, the weight on regions no longer among them, and whether the
+    previous weights were in exactly this order (then their RouteWeights can be reused by position)."""
+    old = previous.weights
+    if tuple(map(_REGION, old)) == names:
+        return list(map(_WEIGHT, old)), 0, True
+    held = previous.as_dict()
+    before = [held.pop(n, 0) for n in names]
+    return before, sum(held.values()), False
 
 
-def _all_down(service: Service, candidates: Sequence[_Candidate], previous: GroupPlan | None) -> Weighing:
-    down = "; ".join(f"{c.name}: {c.health.state}" for c in candidates)
+def _all_down(
+    service: Service, candidates: _Candidates, before: Sequence[int] | None
+) -> tuple[GroupMode, list[int], str]:
+    names = candidates.names
+    down = "; ".join(f"{c.name}: {c.health.state}" for c in candidates.members)
     choice = service.when_all_down
-    if choice is AllDown.FREEZE and previous is not None:
-        names = {c.name for c in candidates}
-        kept = {w.region: float(w.weight) for w in previous.weights if w.region in names and w.weight}
+    if choice is AllDown.FREEZE and before is not None:
+        kept = {n: float(b) for n, b in zip(names, before, strict=True) if b}
         if kept:
-            weights = largest_remainder(_normalise(kept))
-            why = f"frozen at last good plan; all down ({down})"
-            return GroupMode.FROZEN, tuple(
-                RouteWeight(c.name, weights.get(c.name, 0), why) for c in candidates
+            frozen = largest_remainder(_normalise(kept))
+            return (
+                GroupMode.FROZEN,
+                [frozen.get(n, 0) for n in names],
+                f"frozen at last good plan; all down ({down})",
             )
     if choice is AllDown.FAIL_OPEN:
-        weights = largest_remainder(_normalise({c.name: float(c.region.capacity) for c in candidates}))
-        why = f"fail-open: all down ({down})"
-        return GroupMode.FAIL_OPEN, tuple(RouteWeight(c.name, weights[c.name], why) for c in candidates)
+        shares = _normalise({c.name: float(c.region.capacity) for c in candidates.members})
+        return (
+            GroupMode.FAIL_OPEN,
+            _round([shares[n] for n in names], candidates.alphabetical),
+            f"fail-open: all down ({down})",
+        )
     why = "fail-closed" if choice is AllDown.FAIL_CLOSED else "freeze with no last good plan: fail-closed"
-    return GroupMode.FAIL_CLOSED, tuple(
-        RouteWeight(c.name, 0, f"{why}: all down ({down})") for c in candidates
-    )
+    return GroupMode.FAIL_CLOSED, [0] * len(names), f"{why}: all down ({down})"
 
 
-def _weigh(
-    service: Service, candidates: Sequence[_Candidate], previous: GroupPlan | None, facts: _Facts
-) -> Weighing:
-    healthy = [c for c in candidates if c.healthy]
-    if not healthy:
-        return _all_down(service, candidates, previous)
-    live = [c for c in healthy if c.drained is None]
-    drain_refused = not live
-    if drain_refused:
-        # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
-        live = healthy
-    shares, live_reasons = facts.targets(service, live)  # shared by every group with these regions: read only
-    target = {c.name: shares.get(c.name, 0.0) for c in candidates}
-    damped: set[str] = set()
-    if previous is not None and previous.mode is GroupMode.NORMAL:
-        before = previous.as_dict()
-        dead = {c.name for c in candidates if not c.healthy and before.get(c.name, 0) > 0}
-        moved, damped = _damp(before, target, dead, service.max_shift)
+def _weigh(service: Service, candidates: _Candidates, previous: GroupPlan | None, facts: _Facts) -> Weighing:
+    names = candidates.names
+    before: list[int] | None = None
+    removed, reusable = 0, False
+    if previous is not None:
+        before, removed, reusable = _before(previous, names)
+    if not candidates.live:
+        mode, weights, why = _all_down(service, candidates, before)
+        reasons = [why] * len(names)
     else:
-        moved = target
-    weights = largest_remainder(moved)
-
-    def reason(c: _Candidate) -> str:
-        why = live_reasons.get(c.name) or c.idle_reason
-        if drain_refused:
-            why += "; drain refused: last healthy region"
-        if c.name in damped:
-            why += f"; damped toward {target[c.name]:.0f} (max shift {service.max_shift})"
-        return why
-
-    return GroupMode.NORMAL, tuple(facts.route_weight(c.name, weights[c.name], reason(c)) for c in candidates)
+        mode = GroupMode.NORMAL
+        shares, reasons = facts.targets(service, candidates)  # shared by other groups: read only
+        moved = shares
+        if previous is not None and before is not None and previous.mode is GroupMode.NORMAL:
+            allowance = _allowance(service.max_shift, facts.now - previous.since)
+            moved = _damp(before, shares, candidates, removed, allowance)
+            if moved is not shares:
+                damped = f"; damped toward {{:.0f}} (max shift {service.max_shift} points/s)"
+                reasons = [
+                    r + damped.format(t) if abs(m - t) > 1e-9 else r
+                    for r, m, t in zip(reasons, moved, shares, strict=True)
+                ]
+        weights = _round(moved, candidates.alphabetical)
+    route, interned = facts.route_weight, facts.interned.get
+    if previous is not None and reusable:
+        # Most weights equal last call's: reusing its RouteWeight skips building and interning one.
+        out = tuple(
+            [
+                o if o.weight == w and o.reason == r else interned((n, w, r)) or route(n, w, r)
+                for n, w, r, o in zip(names, weights, reasons, previous.weights, strict=True)
+            ]
+        )
+    else:
+        out = tuple(
+            [interned((n, w, r)) or route(n, w, r) for n, w, r in zip(names, weights, reasons, strict=True)]
+        )
+    since = previous.since if previous is not None and before == weights else facts.now
+    return mode, out, since
 
 
 def _decide_group(
@@ -238,7 +337,9 @@ def _decide_group(
 ) -> GroupPlan:
     allowed = policy.allowed_regions(service, group)
     if not allowed:
-        return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, ())
+        return GroupPlan(
+            service.name, group.name, GroupMode.FAIL_CLOSED, (), previous.since if previous else facts.now
+        )
     candidates = facts.candidates(service.name, allowed)
     # Services with the same settings, regions and last weights get the same answer: weigh once per call.
     key = (
@@ -248,10 +349,10 @@ def _decide_group(
         service.trickle,
         service.when_all_down,
         id(candidates),
-        previous.mode if previous else None,
-        # Identity is enough: RouteWeights are interned per call, and `previous` outlives this call, so
-        # equal last weights share objects; a miss only costs a recomputation.
-        *(id(w) for w in (previous.weights if previous else ())),
+        # Identity is enough for the weights: a weighing's tuple is shared by every group it answered, and
+        # `previous` outlives this call, so equal last weights mostly share one; a miss only costs a
+        # recomputation.
+        *((previous.mode, id(previous.weights), previous.since) if previous else ()),
     )
     weighing = facts.weighings.get(key)
     if weighing is None:

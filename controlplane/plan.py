@@ -28,6 +28,9 @@ class GroupPlan:
     group: str
     mode: GroupMode
     weights: tuple[RouteWeight, ...]
+    # When these weights last changed (carried over while a decision leaves them equal): damping allows a
+    # live region to move max_shift points per second since then. 0.0: long ago, no damping owed.
+    since: float = 0.0
 
     def weight(self, region: str) -> int:
         return next((w.weight for w in self.weights if w.region == region), 0)
@@ -55,6 +58,7 @@ class RoutingPlan:
                     "service": g.service,
                     "group": g.group,
                     "mode": g.mode.value,
+                    "since": g.since,
                     "weights": [
                         {"region": w.region, "weight": w.weight, "reason": w.reason} for w in g.weights
                     ],
@@ -65,8 +69,9 @@ class RoutingPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoutingPlan:
+        generated_at = float(data["generated_at"])
         return cls(
-            generated_at=float(data["generated_at"]),
+            generated_at=generated_at,
             groups=tuple(
                 GroupPlan(
                     service=g["service"],
@@ -75,6 +80,8 @@ class RoutingPlan:
                     weights=tuple(
                         RouteWeight(w["region"], int(w["weight"]), w["reason"]) for w in g["weights"]
                     ),
+                    # A file written before `since` existed: its plan was decided, at the latest, then.
+                    since=float(g.get("since", generated_at)),
                 )
                 for g in data["groups"]
             ),
