@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
+from controlplane.providers.localdns import LocalDnsProvider
 from probes.health import RegionHealth
 
 if TYPE_CHECKING:
@@ -207,6 +208,16 @@ class PlaneCollector(Collector):
         for name, task in d.tasks.items():
             restarts.add_metric([name], task.crashes)
         yield from (failures, failing, restarts)
+        dropped = CounterMetricFamily(
+            "controlplane_dns_dropped", "DNS queries refused before parsing", labels=["reason"]
+        )
+        connections = GaugeMetricFamily("controlplane_dns_tcp_connections", "Open TCP DNS connections")
+        for provider in d.providers:
+            if isinstance(provider, LocalDnsProvider):
+                for reason, n in sorted(provider.dropped.items()):
+                    dropped.add_metric([reason], n)
+                connections.add_metric([], provider.connections)
+        yield from (dropped, connections)
         monitor = d.loop_monitor
         yield GaugeMetricFamily(
             "controlplane_loop_lag_seconds", "How late the event loop ran", value=monitor.lag
