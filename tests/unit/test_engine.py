@@ -4,7 +4,7 @@ import pytest
 
 from controlplane.engine import decide, largest_remainder
 from controlplane.overrides import Override, OverrideAction
-from controlplane.plan import GroupMode
+from controlplane.plan import GroupMode, RoutingPlan
 from controlplane.policy import Policy
 from probes.health import State
 from tests.unit.builders import REGIONS, all_healthy, policy, view
@@ -204,3 +204,84 @@ def test_services_sharing_regions_are_weighed_alike_but_never_conflated():
             first,
             NOW + 1,
         ).group(s, "global") == step.group(s, "global"), "same as deciding alone"
+
+
+def _pin(weight, created_at, service=None):
+    return Override(
+        "us-east",
+        OverrideAction.WEIGHT,
+        until=NOW + 60,
+        weight=weight,
+        created_at=created_at,
+        service=service,
+    )
+
+
+def _drain(created_at, reason):
+    return Override("us-east", OverrideAction.DRAIN, until=NOW + 60, created_at=created_at, reason=reason)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "us_east", "reason_has"),
+    [
+        ([_pin(300, 1.0), _pin(100, 2.0)], 25, "pinned weight 100"),  # newer listed last
+        ([_pin(100, 2.0), _pin(300, 1.0)], 25, "pinned weight 100"),  # newer listed first
+        ([_pin(300, 1.0), _pin(100, 1.0)], 25, "pinned weight 100"),  # same age: the later listed
+        ([_pin(100, 1.0, service="chat"), _pin(300, 2.0)], 50, "pinned weight 300"),  # age, not scope
+        ([_drain(1.0, "old"), _drain(2.0, "new")], 0, "(new)"),
+        # A drain outranks a weight override whatever their ages; the reason says the weight waits.
+        ([_drain(1.0, "maintenance"), _pin(300, 2.0)], 0, "weight override 300 waits for the drain"),
+        ([_pin(300, 2.0), _drain(1.0, "maintenance")], 0, "maintenance"),
+    ],
+)
+def test_the_newest_override_wins(overrides, us_east, reason_has):
+    plan = decide(policy(), all_healthy(), None, NOW, overrides)
+    assert weights(plan)["us-east"] == us_east
+    assert reason_has in next(w.reason for w in plan.group("chat", "global").weights if w.region == "us-east")
+
+
+def _pinned(plan, weight, t, max_shift=25):
+    pin = Override("us-east", OverrideAction.WEIGHT, until=t + 60, weight=weight)
+    return decide(policy(max_shift=max_shift), all_healthy(), plan, t, [pin])
+
+
+def test_damping_counts_seconds_not_steps():
+    # Issue 5: two override POSTs 13 ms apart moved a region 31 -> 56 -> 81 % with max_shift 25.
+    start = decide(policy(max_shift=25), all_healthy(), None, NOW)
+    assert weights(start)["us-east"] == 25 and start.group("chat", "global").since == NOW
+    first = _pinned(start, 1_000_000, NOW + 1)
+    assert weights(first)["us-east"] == 50, "a step after a calm second moves max_shift"
+    assert first.group("chat", "global").since == NOW + 1
+    burst = _pinned(first, 1_000_000, NOW + 1.013)
+    assert weights(burst)["us-east"] == 50, "13 ms later: 0.3 points allowed, nothing moves"
+    assert burst.group("chat", "global").since == NOW + 1, "unchanged weights keep their since"
+    half = _pinned(burst, 1_000_000, NOW + 1.5)
+    assert weights(half)["us-east"] == 62, "half a second since the last change: half of max_shift"
+    assert "max shift 25 points/s" in half.group("chat", "global").weights[0].reason
+    down = view({"us-east": U, "us-west": H, "eu-west": H, "eu-central": H})
+    dead = decide(policy(max_shift=25), down, half, NOW + 1.501)
+    assert weights(dead)["us-east"] == 0, "a dead region leaves at once, however recent the last change"
+
+
+def test_a_burst_of_steps_moves_no_faster_than_max_shift_per_second():
+    plan = decide(policy(max_shift=25), all_healthy(), None, NOW)
+    for i in range(1, 77):  # one second of steps 13 ms apart
+        plan = _pinned(plan, 1_000_000, NOW + i * 0.013)
+    assert 25 + 10 <= weights(plan)["us-east"] <= 25 + 25, "keeps moving, never faster than max_shift/s"
+
+
+def test_a_clock_stepped_back_does_not_freeze_routing():
+    start = decide(policy(max_shift=25), all_healthy(), None, NOW + 3600)
+    back = _pinned(start, 1_000_000, NOW)
+    assert weights(back)["us-east"] == 50, "one step of max_shift, not an hour without movement"
+    assert back.group("chat", "global").since == NOW
+
+
+def test_since_survives_json_and_an_old_file_without_it_counts_from_generated_at():
+    plan = _pinned(decide(policy(), all_healthy(), None, NOW), 300, NOW + 1)
+    assert RoutingPlan.from_json(plan.to_json()) == plan
+    old_file = plan.to_json()
+    for g in old_file["groups"]:
+        del g["since"]
+    old_file["generated_at"] = NOW + 5
+    assert {g.since for g in RoutingPlan.from_json(old_file)} == {NOW + 5}
