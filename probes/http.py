@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
 import time
@@ -18,6 +19,15 @@ Clock = Callable[[], float]
 # What a probe turns into a failed Observation. Anything else is a bug and is left to propagate.
 PROBE_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
 _MAX_ERROR = 160
+# The plane's own limits, not the region's fault: a probe that fails with one of these saw nothing.
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# /health is empty or a short status document, and body_match may point liveness at /v1/models, a few KiB
+# even with many models. 64 KiB keeps both with room, and bounds what an endless body costs per probe.
+LIVENESS_BODY_CAP = 64 * 1024
+
+
+class RefusedBody(ValueError):
+    """A response body the probe would not read (over its cap, or compressed): the message says which."""
 
 
 def connection_limit() -> int:
@@ -35,6 +45,8 @@ def make_session(limit: int | None = None) -> aiohttp.ClientSession:
     TLS verification stays on in the connector; a probe turns it off per request only when the policy's
     `probes.tls_verify` says so, which keeps a hot reload of that setting effective without a new session.
     Timeouts are the probes' own `asyncio.timeout`, so aiohttp's timers are switched off.
+    Bodies are never decompressed: a few KiB of gzip can inflate to GiBs on the event loop. Asking for
+    `identity` keeps honest servers from compressing; the probes refuse (or cap raw) what still is.
     """
     connector = aiohttp.TCPConnector(limit=connection_limit() if limit is None else limit, ssl=True)
     return aiohttp.ClientSession(
@@ -43,7 +55,42 @@ def make_session(limit: int | None = None) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         raise_for_status=False,
+        auto_decompress=False,
+        headers={"Accept-Encoding": "identity"},
     )
+
+
+def refuse_encoded(resp: aiohttp.ClientResponse) -> None:
+    """RefusedBody unless the body comes as sent (no Content-Encoding, or identity)."""
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RefusedBody(f"Content-Encoding {encoding[:24]!r} refused, identity was asked for")
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, read chunk by chunk and never more than cap + 1 bytes of it; RefusedBody past `cap`."""
+    body = bytearray()
+    while chunk := await resp.content.read(cap + 1 - len(body)):
+        body += chunk
+        if len(body) > cap:
+            # The rest is unread, so this connection must not go back to the pool.
+            resp.close()
+            raise RefusedBody(f"body over {cap} bytes")
+    return bytes(body)
+
+
+def out_of_resources(exc: BaseException) -> bool:
+    """Whether the plane itself ran out (descriptors, buffers, memory), also when aiohttp wraps the OSError."""
+    seen: BaseException | None = exc
+    # aiohttp's ClientConnectorError and ClientOSError are OSErrors carrying the errno; a chain is followed
+    # only a few links, so a cyclic one cannot loop.
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _OUT_OF_RESOURCES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def describe_error(exc: BaseException, timeout: float) -> str:
@@ -64,6 +111,8 @@ def describe_error(exc: BaseException, timeout: float) -> str:
         text = "server closed the connection"
     elif isinstance(exc, aiohttp.ClientPayloadError):
         text = "response body cut short"
+    elif isinstance(exc, RefusedBody):
+        text = str(exc)
     elif isinstance(exc, aiohttp.ClientResponseError):
         text = f"bad HTTP response: {exc.message}"
     elif isinstance(exc, OSError) and exc.errno:
@@ -73,10 +122,25 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     return text[:_MAX_ERROR]
 
 
-def failed(region: Region, kind: ProbeKind, started: float, now: Clock, error: str) -> Observation:
+def failed(
+    region: Region, kind: ProbeKind, started: float, now: Clock, error: str, inconclusive: bool = False
+) -> Observation:
     return Observation(
-        region.name, kind, False, now(), time.perf_counter() - started, error=error[:_MAX_ERROR]
+        region.name,
+        kind,
+        False,
+        now(),
+        time.perf_counter() - started,
+        error=error[:_MAX_ERROR],
+        inconclusive=inconclusive,
     )
+
+
+def errored(
+    region: Region, kind: ProbeKind, started: float, now: Clock, exc: BaseException, timeout: float
+) -> Observation:
+    """The failed Observation for a probe that raised one of PROBE_ERRORS."""
+    return failed(region, kind, started, now, describe_error(exc, timeout), out_of_resources(exc))
 
 
 async def probe_liveness(
@@ -93,10 +157,13 @@ async def probe_liveness(
                 region.endpoint + liveness.path, ssl=settings.tls_verify, allow_redirects=False
             ) as resp,
         ):
-            # Read the body even when unused, so the connection goes back to the pool for reuse.
-            body = await resp.read()
+            if liveness.body_match is not None:
+                refuse_encoded(resp)  # matching text against compressed bytes would mislead
+            # Read the body even when unused, so the connection goes back to the pool for reuse. Without
+            # body_match a compressed body is read raw: the status is what counts, and the cap bounds it.
+            body = await read_capped(resp, LIVENESS_BODY_CAP)
     except PROBE_ERRORS as exc:
-        return failed(region, ProbeKind.LIVENESS, started, now, describe_error(exc, settings.timeout))
+        return errored(region, ProbeKind.LIVENESS, started, now, exc, settings.timeout)
     if resp.status != liveness.expect_status:
         return failed(
             region, ProbeKind.LIVENESS, started, now, f"HTTP {resp.status}, expected {liveness.expect_status}"

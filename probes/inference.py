@@ -10,8 +10,16 @@ from typing import Any
 import aiohttp
 
 from controlplane.policy import ProbeSettings, Region
-from probes.http import PROBE_ERRORS, Clock, describe_error
+from probes.http import PROBE_ERRORS, Clock, RefusedBody, describe_error, out_of_resources, refuse_encoded
 from probes.observation import Observation, ProbeKind
+
+# The policy allows max_tokens up to 4096 and a vLLM chunk without logprobs is 250-400 bytes, so the
+# longest honest stream stays under 2 MB. Lines are parsed as they come and dropped, so this cap bounds how
+# long an endless stream of valid chunks keeps a probe parsing, not memory.
+INFERENCE_STREAM_CAP = 4 * 1024 * 1024
+# One SSE line is one chunk of JSON, a few hundred bytes; 64 KiB fits a chunk batching many tokens. This is
+# what a line without a newline may buffer before the probe gives up on it.
+INFERENCE_LINE_CAP = 64 * 1024
 
 
 class _Stream:
@@ -34,7 +42,10 @@ class _Stream:
         if data == b"[DONE]":
             self.done = True
             return
-        chunk = json.loads(data)
+        try:
+            chunk = json.loads(data)
+        except RecursionError:
+            raise ValueError("stream chunk nested too deeply") from None
         if not isinstance(chunk, dict):
             raise ValueError("stream chunk is not a JSON object")
         if "error" in chunk:
@@ -67,6 +78,33 @@ class _Stream:
         return None
 
 
+async def _read_stream(content: aiohttp.StreamReader, stream: _Stream) -> None:
+    """Feed `stream` line by line until it is done or the body ends; RefusedBody past either cap.
+
+    Lines are split here rather than by aiohttp's readline, whose own limit varies across versions and
+    raises an exception that is not a ClientError.
+    """
+    pending = b""
+    total = 0
+    while chunk := await content.readany():
+        total += len(chunk)
+        if total > INFERENCE_STREAM_CAP:
+            raise RefusedBody(f"stream over {INFERENCE_STREAM_CAP} bytes")
+        if b"\n" not in chunk:
+            # Only a chunk with a newline is split, so a line arriving byte by byte costs linear time.
+            pending += chunk
+        else:
+            at = time.perf_counter()
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                stream.feed(line, at)
+                if stream.done:
+                    return
+        if len(pending) > INFERENCE_LINE_CAP:
+            raise RefusedBody(f"stream line over {INFERENCE_LINE_CAP} bytes")
+    stream.feed(pending, time.perf_counter())
+
+
 def _error_message(error: Any) -> str:
     message = error.get("message") if isinstance(error, dict) else error
     return str(message)[:80]
@@ -88,23 +126,29 @@ async def probe_inference(
         payload["model"] = expected
     stream = _Stream()
     error: str | None = None
+    inconclusive = False
     started = time.perf_counter()
     try:
         async with (
             asyncio.timeout(inference.timeout),
+            # Redirects are not followed: a region must not pass on another's health.
             session.post(
-                region.endpoint + "/v1/chat/completions", json=payload, ssl=settings.tls_verify
+                region.endpoint + "/v1/chat/completions",
+                json=payload,
+                ssl=settings.tls_verify,
+                allow_redirects=False,
             ) as resp,
         ):
-            if resp.status != 200:
+            if 300 <= resp.status < 400:
+                error = f"redirected (HTTP {resp.status}), not followed"
+            elif resp.status != 200:
                 error = f"HTTP {resp.status}"
             else:
-                async for line in resp.content:
-                    stream.feed(line, time.perf_counter())
-                    if stream.done:
-                        break
+                refuse_encoded(resp)
+                await _read_stream(resp.content, stream)
     except PROBE_ERRORS as exc:
         error = describe_error(exc, inference.timeout)
+        inconclusive = out_of_resources(exc)
     error = error or stream.verdict(expected)
     ttft = None if stream.first_at is None else stream.first_at - started
     rate = None
@@ -117,6 +161,7 @@ async def probe_inference(
         now(),
         time.perf_counter() - started,
         error=error,
+        inconclusive=inconclusive,
         ttft_s=ttft,
         tokens_per_s=rate,
         model=stream.model,

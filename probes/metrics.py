@@ -11,7 +11,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.policy import ProbeSettings, Region
-from probes.http import PROBE_ERRORS, Clock, describe_error, failed
+from probes.http import PROBE_ERRORS, Clock, errored, failed, read_capped, refuse_encoded
 from probes.observation import Observation, ProbeKind
 
 # Per quantity, the names that carry it, in order of preference: the first present wins, so a server
@@ -20,6 +20,17 @@ QUEUE = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size")
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
 _WANTED = frozenset((*QUEUE, *RUNNING, *KV_CACHE))
+_WANTED_BYTES = tuple(name.encode() for name in sorted(_WANTED))
+# A real vLLM page, histograms of every engine and model included, is 50-500 KB; 4 MiB leaves room for
+# many models behind one endpoint and bounds what a hostile page costs in memory and in scanning.
+METRICS_BODY_CAP = 4 * 1024 * 1024
+# Lines kept for the parser: a real server has a few per engine and model. Parsing costs ~50 us a line, so
+# this bounds the parse at tens of milliseconds even on a page that repeats a wanted gauge to the cap.
+MAX_LOAD_LINES = 1000
+# Bytes between a line's start and a wanted name that can still be "# TYPE " or "# HELP " and a little
+# indentation; looking back further would make a page of one long line quadratic to scan.
+_LOOKBACK = 16
+_LINE_PREFIXES: tuple[list[bytes], ...] = ([], [b"#", b"TYPE"], [b"#", b"HELP"])
 
 Load = tuple[float | None, float | None, float | None]
 
@@ -42,6 +53,40 @@ def read_load(text: str) -> Load:
     return pick(QUEUE, sum), pick(RUNNING, sum), pick(KV_CACHE, max)
 
 
+def read_page(page: bytes) -> Load:
+    """read_load over only the page's lines for the wanted names (samples and their TYPE/HELP lines).
+
+    Finding them is a few C-speed scans, so a cap-sized page of other metrics parses in milliseconds; a
+    malformed line of another metric is not read at all. Raises ValueError past MAX_LOAD_LINES lines.
+    """
+    return read_load(b"".join(line + b"\n" for line in _wanted_lines(page)).decode("utf-8", "replace"))
+
+
+def _wanted_lines(page: bytes) -> list[bytes]:
+    lines: dict[int, bytes] = {}  # by start offset: page order, and one line mentioning two names once
+    for name in _WANTED_BYTES:
+        at = page.find(name)
+        while at != -1:
+            end = at + len(name)
+            window = page[max(0, at - _LOOKBACK) : at]
+            newline = window.rfind(b"\n")
+            at_line_start = newline != -1 or at <= _LOOKBACK
+            prefix = window[newline + 1 :]
+            if (
+                at_line_start
+                and page[end : end + 1] in (b" ", b"\t", b"{")
+                and prefix.split() in _LINE_PREFIXES
+            ):
+                line_end = page.find(b"\n", end)
+                line_end = len(page) if line_end == -1 else line_end
+                lines[at - len(prefix)] = page[at - len(prefix) : line_end]
+                if len(lines) > MAX_LOAD_LINES:
+                    raise ValueError(f"more than {MAX_LOAD_LINES} lines of load metrics")
+                end = line_end
+            at = page.find(name, end)
+    return [lines[start] for start in sorted(lines)]
+
+
 async def probe_metrics(
     session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Clock = time.time
 ) -> Observation:
@@ -53,13 +98,15 @@ async def probe_metrics(
             asyncio.timeout(settings.timeout),
             session.get(url, ssl=settings.tls_verify, allow_redirects=False) as resp,
         ):
-            text = await resp.text(errors="replace")
+            refuse_encoded(resp)
+            page = await read_capped(resp, METRICS_BODY_CAP)
     except PROBE_ERRORS as exc:
-        return failed(region, ProbeKind.METRICS, started, now, describe_error(exc, settings.timeout))
+        return errored(region, ProbeKind.METRICS, started, now, exc, settings.timeout)
     if resp.status != 200:
         return failed(region, ProbeKind.METRICS, started, now, f"HTTP {resp.status}")
     try:
-        queue, running, kv = read_load(text)
+        # Off the loop: even filtered, a page is the region's input, and the probes share this loop.
+        queue, running, kv = await asyncio.to_thread(read_page, page)
     except ValueError as exc:
         return failed(region, ProbeKind.METRICS, started, now, f"unparseable metrics: {exc}")
     if queue is None and running is None and kv is None:

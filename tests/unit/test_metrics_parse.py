@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from probes.metrics import read_load
+from probes.metrics import MAX_LOAD_LINES, read_load, read_page
 
 VLLM = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -85,6 +85,31 @@ tgi_request_duration_count 4
 )
 def test_reads_queue_running_and_kv_cache(text: str, expected: tuple[float | None, ...]) -> None:
     assert read_load(text) == expected
+    # The probe's path: only the wanted lines of the raw page reach the parser, with the same result.
+    assert read_page(text.encode()) == expected
+
+
+def test_page_reader_skips_lines_of_other_metrics_unparsed() -> None:
+    other = 'junk_metric{label="unterminated 3\n# TYPE broken histogram\nbroken_bucket{le="x"} y\n'
+    with pytest.raises(ValueError):
+        read_load(other + VLLM)
+    assert read_page((other + VLLM).encode()) == (5.0, 5.0, 0.61)
+
+
+def test_page_reader_takes_only_whole_names_at_line_start() -> None:
+    page = (
+        "vllm:num_requests_waiting_by_priority 9\n"  # a longer name that starts with a wanted one
+        'other{name="vllm:num_requests_waiting"} 8\n'  # a wanted name inside a label value
+        "# HELP other mirrors vllm:num_requests_running 7\n"  # and inside another metric's help
+        "  sglang:num_queue_reqs 4\n"  # indented, still a sample line
+    )
+    assert read_page(page.encode()) == (4.0, None, None)
+
+
+def test_page_reader_refuses_more_load_lines_than_a_server_has() -> None:
+    page = "".join(f'vllm:num_requests_waiting{{engine="{i}"}} 1\n' for i in range(MAX_LOAD_LINES + 1))
+    with pytest.raises(ValueError, match=f"more than {MAX_LOAD_LINES} lines"):
+        read_page(page.encode())
 
 
 def test_page_without_known_names_reads_as_nothing() -> None:

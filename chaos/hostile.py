@@ -1,0 +1,169 @@
+"""HostileRegion: an HTTP server that answers probes the way an attacker or a broken proxy would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import zlib
+from enum import StrEnum
+from typing import Self
+
+from aiohttp import web
+
+MiB = 1024 * 1024
+_BLOCK = 64 * 1024  # bytes per write of an endless body: the size aiohttp's writer drains at
+_SSE_CHUNK = (
+    b'data: {"id":"chatcmpl-hostile","object":"chat.completion.chunk","model":"demo-llm",'
+    b'"choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":null}]}\n\n'
+)
+_METRICS_LINE = b'vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="demo-llm"} 7.0\n'
+_METRICS_HEAD = b"# TYPE vllm:time_to_first_token_seconds histogram\n"
+# What a page of HUGE_METRICS reads as, after all the filler: (queue, running, KV-cache usage).
+HUGE_METRICS_LOAD = (3.0, 2.0, 0.5)
+_METRICS_TAIL = (
+    b"# TYPE vllm:num_requests_waiting gauge\n"
+    b'vllm:num_requests_waiting{model_name="demo-llm"} 3\n'
+    b"# TYPE vllm:num_requests_running gauge\n"
+    b'vllm:num_requests_running{model_name="demo-llm"} 2\n'
+    b"# TYPE vllm:kv_cache_usage_perc gauge\n"
+    b'vllm:kv_cache_usage_perc{model_name="demo-llm"} 0.5\n'
+)
+
+
+class Hostility(StrEnum):
+    """What the server does under the endpoint `/{hostility}`; every path below it answers so."""
+
+    ENDLESS_BODY = "endless-body"  # 200 and bytes with no end and no newline, on every path
+    ENDLESS_STREAM = "endless-stream"  # endless bodies; a chat completion streams valid chunks forever
+    HUGE_METRICS = "huge-metrics"  # /metrics: a valid page of `metrics_size` bytes, load gauges last
+    GZIP_BOMB = "gzip-bomb"  # Content-Encoding: gzip, `bomb_size` bytes of zeros in about a thousandth
+    REDIRECT = "redirect"  # 307 to the same path under `redirect_to`
+    DRIP = "drip"  # 200, then one byte every `drip_interval`
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A valid gzip member inflating to `size` (rounded down to MiB) zero bytes, built without compressing them.
+
+    After a full flush deflate forgets its history, so each further MiB of zeros compresses to the same
+    ~1 KiB: the bomb is the header, that block repeated, and the trailer.
+    """
+    zeros = bytes(MiB)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    first = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    count = max(1, size // MiB)
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(zeros, crc)
+    final_block = b"\x03\x00"  # an empty last deflate block
+    return first + block * (count - 1) + final_block + struct.pack("<II", crc, (count * MiB) & 0xFFFFFFFF)
+
+
+class HostileRegion:
+    """Serves every Hostility at once, each under its own endpoint prefix, on host:port (0: any free port).
+
+    Bounded: an endless response stops after `lifetime` seconds or when the client leaves, and stop() (or
+    leaving the context) drops every connection.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        metrics_size: int = 50 * MiB,
+        bomb_size: int = 256 * MiB,
+        redirect_to: str = "http://127.0.0.1:9",
+        drip_interval: float = 0.05,
+        lifetime: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.metrics_size = metrics_size
+        self.redirect_to = redirect_to.rstrip("/")
+        self.drip_interval = drip_interval
+        self.lifetime = lifetime
+        self._bomb = gzip_bomb(bomb_size)
+        self._runner: web.AppRunner | None = None
+
+    def endpoint(self, hostility: Hostility) -> str:
+        return f"http://{self.host}:{self.port}/{hostility.value}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{hostility}/{path:.*}", self._answer)
+        # handler_cancellation: a client that gives up ends its endless response at once.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        server = self._runner.server
+        for handler in server.connections if server is not None else ():
+            handler.force_close()
+        await self._runner.cleanup()
+        self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        try:
+            hostility = Hostility(request.match_info["hostility"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        path = "/" + request.match_info["path"]
+        sse = path == "/v1/chat/completions"
+        kind = "text/event-stream" if sse else "text/plain"
+        if hostility is Hostility.ENDLESS_BODY:
+            return await self._endless(request, kind, b"x" * _BLOCK, head=b"data: " if sse else b"")
+        if hostility is Hostility.ENDLESS_STREAM:
+            block = _SSE_CHUNK * (_BLOCK // len(_SSE_CHUNK)) if sse else b"x" * _BLOCK
+            return await self._endless(request, kind, block)
+        if hostility is Hostility.HUGE_METRICS:
+            if path != "/metrics":
+                return web.Response(text="ok")
+            return await self._huge_metrics(request)
+        if hostility is Hostility.GZIP_BOMB:
+            return web.Response(body=self._bomb, headers={"Content-Type": kind, "Content-Encoding": "gzip"})
+        if hostility is Hostility.REDIRECT:
+            raise web.HTTPTemporaryRedirect(self.redirect_to + path)
+        return await self._endless(request, kind, b"x", every=self.drip_interval)
+
+    async def _endless(
+        self, request: web.Request, kind: str, block: bytes, *, head: bytes = b"", every: float = 0.0
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": kind})
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lifetime
+        # A client that closes the connection is what a capped probe does: the answer just ends.
+        with contextlib.suppress(ConnectionError):
+            await response.write(head)
+            while loop.time() < deadline:
+                await response.write(block)  # waits for the socket to drain: the server's memory stays flat
+                if every:
+                    await asyncio.sleep(every)
+        return response
+
+    async def _huge_metrics(self, request: web.Request) -> web.StreamResponse:
+        lines = max(0, (self.metrics_size - len(_METRICS_HEAD) - len(_METRICS_TAIL)) // len(_METRICS_LINE))
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; version=0.0.4"})
+        response.content_length = len(_METRICS_HEAD) + lines * len(_METRICS_LINE) + len(_METRICS_TAIL)
+        await response.prepare(request)
+        per_write = _BLOCK // len(_METRICS_LINE)
+        block = _METRICS_LINE * per_write
+        with contextlib.suppress(ConnectionError):
+            await response.write(_METRICS_HEAD)
+            for _ in range(lines // per_write):
+                await response.write(block)
+            await response.write(_METRICS_LINE * (lines % per_write) + _METRICS_TAIL)
+        return response

@@ -1,0 +1,208 @@
+"""Probes against a hostile region (chaos.hostile): each ends within its timeout as a failed observation,
+holds memory to its cap, and leaves the event loop free for the other probes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from chaos.hostile import HUGE_METRICS_LOAD, HostileRegion, Hostility, MiB
+from chaos.simregion import SimRegion
+from controlplane.policy import InferenceProbe, ProbeSettings, Region
+from probes.http import LIVENESS_BODY_CAP, make_session, probe_liveness
+from probes.inference import INFERENCE_LINE_CAP, INFERENCE_STREAM_CAP, probe_inference
+from probes.metrics import METRICS_BODY_CAP, probe_metrics
+from probes.observation import Observation
+
+TIMEOUT = 1.0
+SETTINGS = ProbeSettings(timeout=TIMEOUT, inference=InferenceProbe(timeout=TIMEOUT, max_tokens=8))
+# Generous: a capped probe holds a few MiB at most; the uncapped one read hundreds of MiB per second.
+MEMORY_BOUND = 64 * MiB
+# Generous: the loop's own ticks are 5 ms apart; parsing a 4 MiB page on the loop took seconds.
+STALL_BOUND = 0.25
+
+Probe = Callable[[aiohttp.ClientSession, Region, ProbeSettings], Awaitable[Observation]]
+
+
+@dataclass
+class Cost:
+    seconds: float
+    peak_bytes: int  # Python allocations at their peak while the probe ran (the hostile server's included)
+    max_gap: float  # longest the event loop went without running a 5 ms ticker
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    session = make_session()
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+@pytest.fixture
+async def hostile(sim: SimRegion) -> AsyncIterator[HostileRegion]:
+    async with HostileRegion(
+        "127.0.0.61", metrics_size=METRICS_BODY_CAP - 1024, redirect_to=sim.endpoint, lifetime=10
+    ) as server:
+        yield server
+
+
+def region_at(endpoint: str) -> Region:
+    return Region(name="hostile", endpoint=endpoint, jurisdiction="US")
+
+
+async def measured(probe: Awaitable[Observation]) -> tuple[Observation, Cost]:
+    gaps = [0.0]
+
+    async def tick() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            gaps.append(time.perf_counter() - before - 0.005)
+
+    ticker = asyncio.create_task(tick())
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        observation = await probe
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        ticker.cancel()
+    return observation, Cost(seconds, peak, max(gaps))
+
+
+def assert_cheap(cost: Cost, timeout: float = TIMEOUT) -> None:
+    assert cost.seconds < timeout + 0.5
+    assert cost.peak_bytes < MEMORY_BOUND, f"{cost.peak_bytes / MiB:.0f} MiB"
+    assert cost.max_gap < STALL_BOUND, f"loop stalled {cost.max_gap:.2f}s"
+
+
+async def test_endless_health_body_is_cut_at_the_cap(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.ENDLESS_BODY))
+    live, cost = await measured(probe_liveness(session, region, SETTINGS))
+    assert (live.ok, live.inconclusive, live.error) == (False, False, f"body over {LIVENESS_BODY_CAP} bytes")
+    assert cost.seconds < TIMEOUT / 2  # the cap, not the timeout, ended it
+    assert_cheap(cost)
+
+
+async def test_metrics_page_near_the_cap_is_parsed_off_the_loop(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.HUGE_METRICS))
+    metrics, cost = await measured(probe_metrics(session, region, SETTINGS))
+    assert metrics.ok, metrics.error
+    assert (metrics.queue_depth, metrics.running, metrics.kv_cache_usage) == HUGE_METRICS_LOAD
+    assert_cheap(cost)
+
+
+async def test_metrics_page_over_the_cap_is_refused(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    hostile.metrics_size = 16 * MiB
+    region = region_at(hostile.endpoint(Hostility.HUGE_METRICS))
+    metrics, cost = await measured(probe_metrics(session, region, SETTINGS))
+    assert (metrics.ok, metrics.error) == (False, f"body over {METRICS_BODY_CAP} bytes")
+    assert_cheap(cost)
+
+
+@pytest.mark.parametrize(
+    ("probe", "error"),
+    [
+        # Liveness reads the raw bytes (the status is what counts): the compressed bomb is over the cap.
+        (probe_liveness, f"body over {LIVENESS_BODY_CAP} bytes"),
+        (probe_metrics, "Content-Encoding 'gzip' refused, identity was asked for"),
+        (probe_inference, "Content-Encoding 'gzip' refused, identity was asked for"),
+    ],
+    ids=["liveness", "metrics", "inference"],
+)
+async def test_gzip_bomb_is_never_inflated(
+    hostile: HostileRegion, session: aiohttp.ClientSession, probe: Probe, error: str
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.GZIP_BOMB))
+    observation, cost = await measured(probe(session, region, SETTINGS))
+    assert (observation.ok, observation.error) == (False, error)
+    assert_cheap(cost)
+
+
+async def test_endless_sse_line_is_cut_at_the_line_cap(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.ENDLESS_BODY))
+    inference, cost = await measured(probe_inference(session, region, SETTINGS))
+    assert (inference.ok, inference.error) == (False, f"stream line over {INFERENCE_LINE_CAP} bytes")
+    assert_cheap(cost)
+
+
+async def test_endless_stream_of_valid_chunks_is_cut_at_the_stream_cap(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.ENDLESS_STREAM))
+    inference, cost = await measured(probe_inference(session, region, SETTINGS))
+    assert (inference.ok, inference.error) == (False, f"stream over {INFERENCE_STREAM_CAP} bytes")
+    assert inference.ttft_s is not None  # what it saw before the cap is still reported
+    assert_cheap(cost)
+
+
+async def test_inference_does_not_borrow_health_through_a_redirect(
+    hostile: HostileRegion, session: aiohttp.ClientSession, sim: SimRegion
+) -> None:
+    # The redirect target is a healthy region: following the 307 would pass the probe.
+    assert (await probe_inference(session, region_at(sim.endpoint), SETTINGS)).ok
+    region = region_at(hostile.endpoint(Hostility.REDIRECT))
+    inference = await probe_inference(session, region, SETTINGS)
+    assert (inference.ok, inference.error) == (False, "redirected (HTTP 307), not followed")
+
+
+async def test_a_drip_ends_at_the_timeout_with_the_loop_free(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.DRIP))
+    live, cost = await measured(probe_liveness(session, region, SETTINGS))
+    assert (live.ok, live.error) == (False, f"timed out after {TIMEOUT:g}s")
+    assert_cheap(cost)
+
+
+@contextmanager
+def descriptors_exhausted() -> Iterator[None]:
+    """Every file descriptor of the process in use, under a lowered soft limit restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("probe", [probe_liveness, probe_metrics, probe_inference])
+async def test_plane_out_of_descriptors_is_inconclusive(sim: SimRegion, probe: Probe) -> None:
+    session = make_session()  # no pooled connection: the probe must open a socket
+    try:
+        with descriptors_exhausted():
+            observation = await probe(session, region_at(sim.endpoint), SETTINGS)
+    finally:
+        await session.close()
+    assert (observation.ok, observation.inconclusive) == (False, True)
+    assert observation.error == "connect failed: Too many open files"
