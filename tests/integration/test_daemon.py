@@ -173,6 +173,20 @@ async def test_reload_refuses_yaml_the_loader_cannot_construct(fleet: SimFleet, 
         assert plane.weights() == FULL["global"]
 
 
+def moved_toward(
+    before: dict[str, int], after: dict[str, int], target: dict[str, int], limit: int = 10
+) -> bool:
+    """`after` is one damped step from `before` toward `target`: something moved, nothing by more than
+    `limit` points, nothing away from the target."""
+    moves = {r: after[r] - before[r] for r in before}
+    return any(moves.values()) and all(
+        abs(m) <= limit and (m == 0 or (m > 0) == (target[r] > before[r])) for r, m in moves.items()
+    )
+
+
+TARGET = {"us-east": 25, "us-west": 0, "eu-west": 50, "eu-central": 25}
+
+
 async def test_restart_restores_overrides_and_resumes_from_the_last_plan(
     fleet: SimFleet, tmp_path: Path
 ) -> None:
@@ -190,17 +204,20 @@ async def test_restart_restores_overrides_and_resumes_from_the_last_plan(
     assert [o["region"] for o in saved["overrides"]] == ["us-west"]
     assert {w["region"]: w["weight"] for w in saved["plan"]["groups"][1]["weights"]} == drained
 
-    # Restart with us-east's capacity cut to 10 and damping at 10 points a step. A daemon that forgot
-    # its plan would jump straight to the new target (25/0/50/25); one that resumes moves 10 points.
+    # Restart with us-east's capacity cut to 10 and damping at 10 points a second. A daemon that forgot
+    # its plan would jump straight to the new target (25/0/50/25); one that resumes moves from `drained`,
+    # at most 10 points at first (how many depends on how soon after the start the first step runs).
     write_policy(policy, policy_data(fleet, capacities={"us-east": 10}, max_shift=10))
     async with running_plane(policy, state) as plane:
         assert plane.daemon.plan is not None and plane.weights() == drained
         assert [(o.region, o.reason) for o in plane.daemon.overrides] == [("us-west", "upgrade")]
         await plane.ready()
-        await until(lambda: plane.weights() != drained, what="the first plan after the restart")
-        assert plane.weights() == {"us-east": 47, "us-west": 0, "eu-west": 36, "eu-central": 17}
+        first = await until(
+            lambda: plane.weights() != drained and plane.weights(), what="the first plan after the restart"
+        )
+        assert moved_toward(drained, first, TARGET)
         await until(
-            lambda: plane.weights() == {"us-east": 25, "us-west": 0, "eu-west": 50, "eu-central": 25},
+            lambda: plane.weights() == TARGET,
             what="the damped walk to the new target",
         )
         _, body = await plane.get("/status")
@@ -214,12 +231,7 @@ async def test_restart_restores_overrides_and_resumes_from_the_last_plan(
     second = events.index("start", 1)
     resumed = next(e for e in audit[second:] if e["event"] == "plan_changed")
     assert resumed["before"]["chat"]["global"] == drained
-    assert resumed["after"]["chat"]["global"] == {
-        "us-east": 47,
-        "us-west": 0,
-        "eu-west": 36,
-        "eu-central": 17,
-    }
+    assert resumed["after"]["chat"]["global"] == first
     assert resumed["health"]["us-east"]["state"] == "healthy"
     assert set(resumed["health"]) == set(ADDRESS)
     assert [o["region"] for o in resumed["overrides"]] == ["us-west"]
