@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import signal
 import struct
 import zlib
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Self
 
@@ -167,3 +170,36 @@ class HostileRegion:
                 await response.write(block)
             await response.write(_METRICS_LINE * (lines % per_write) + _METRICS_TAIL)
         return response
+
+
+async def _serve(server: HostileRegion) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        for hostility in Hostility:
+            print(f"{hostility.value}: {server.endpoint(hostility)}", flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m chaos.hostile", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--metrics-size", type=int, default=50 * MiB, help="bytes of the huge /metrics page")
+    parser.add_argument("--redirect-to", default="http://127.0.0.1:9", help="base URL redirects point at")
+    parser.add_argument("--lifetime", type=float, default=30.0, help="seconds an endless answer lasts")
+    args = parser.parse_args(argv)
+    server = HostileRegion(
+        args.host,
+        args.port,
+        metrics_size=args.metrics_size,
+        redirect_to=args.redirect_to,
+        lifetime=args.lifetime,
+    )
+    asyncio.run(_serve(server))
+
+
+if __name__ == "__main__":
+    main()
