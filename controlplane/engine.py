@@ -33,7 +33,8 @@ class _Candidate:
 @dataclass(frozen=True, slots=True)
 class _Candidates:
     """One (service, group)'s allowed regions and what follows from them alone. Everything per region in a
-    group is a list in this order, which is also the order of the group's weights."""
+    group is a list in this order, which is also the order of the group's weights; all are as long as
+    `members` by construction, so the hot loops zip them without strict's check."""
 
     members: tuple[_Candidate, ...]
     names: tuple[str, ...]
@@ -49,6 +50,7 @@ _Targets = tuple[list[float], list[str]]
 Weighing = tuple[GroupMode, tuple[RouteWeight, ...], float]
 _NAME, _HEALTHY, _IDLE_REASON = attrgetter("name"), attrgetter("healthy"), attrgetter("idle_reason")
 _REGION, _WEIGHT = attrgetter("region"), attrgetter("weight")
+_EPSILON_MORE = (1e-9).__add__
 
 
 def _newest(current: Override | None, candidate: Override) -> Override:
@@ -69,7 +71,8 @@ class _Facts:
         self._candidates: dict[str, dict[str, _Candidate]] = {}  # by scope (service or ""), then region
         self._candidate_sets: dict[tuple[str, int], _Candidates] = {}
         self._targets: dict[tuple[object, ...], _Targets] = {}
-        self.weighings: dict[tuple[object, ...], Weighing] = {}
+        self.weighings: dict[tuple[object, ...], _Weighing] = {}
+        self.damped: dict[tuple[object, ...], Weighing] = {}
         # Interned: building a frozen dataclass costs more than finding the equal one made for another service.
         self.interned: dict[tuple[str, int, str], RouteWeight] = {}
 
@@ -152,7 +155,7 @@ class _Facts:
 
 def _round(values: Sequence[float], alphabetical: Sequence[int], total: int = TOTAL) -> list[int]:
     # Shares are never negative, so int() is floor; the epsilon keeps 33.99999999 from becoming 33.
-    whole = [int(v + 1e-9) for v in values]
+    whole = list(map(int, map(_EPSILON_MORE, values)))
     left = total - sum(whole)
     if left > 0:
         # Largest fraction first; a stable sort over positions in name order gives ties to the
@@ -236,23 +239,16 @@ def _allowance(max_shift: int, elapsed: float) -> int:
     return math.floor(max_shift * elapsed)
 
 
-def _damp(
-    before: list[int], target: list[float], candidates: _Candidates, removed: int, allowance: int
-) -> list[float]:
-    """Move from the previous weights toward the target by at most `allowance` per region, except that the
-    weight of regions no longer healthy (or no longer allowed: `removed`) goes straight to the live ones."""
+def _start(before: list[int], target: list[float], candidates: _Candidates, removed: int) -> Sequence[float]:
+    """Where damping starts from: the previous weights, except that the weight of regions no longer healthy
+    (or no longer allowed: `removed`) goes straight to the live ones, in proportion to their targets."""
     freed = removed + (sum([before[i] for i in candidates.unhealthy]) if candidates.unhealthy else 0)
-    start: Sequence[float] = before
-    if freed:
-        share = freed / TOTAL
-        start = [
-            (b if ok else 0) + share * t for b, ok, t in zip(before, candidates.healthy, target, strict=True)
-        ]
-    biggest = max(map(abs, map(sub, target, start)))
-    if biggest <= allowance:
-        return target
-    step = allowance / biggest
-    return [s + step * (t - s) for s, t in zip(start, target, strict=True)]
+    if not freed:
+        return before
+    share = freed / TOTAL
+    return [
+        (b if ok else 0) + share * t for b, ok, t in zip(before, candidates.healthy, target, strict=False)
+    ]
 
 
 def _before(previous: GroupPlan, names: tuple[str, ...]) -> tuple[list[int], int, bool]:
@@ -292,44 +288,87 @@ def _all_down(
     return GroupMode.FAIL_CLOSED, [0] * len(names), f"{why}: all down ({down})"
 
 
-def _weigh(service: Service, candidates: _Candidates, previous: GroupPlan | None, facts: _Facts) -> Weighing:
-    names = candidates.names
-    before: list[int] | None = None
-    removed, reusable = 0, False
-    if previous is not None:
-        before, removed, reusable = _before(previous, names)
-    if not candidates.live:
-        mode, weights, why = _all_down(service, candidates, before)
-        reasons = [why] * len(names)
-    else:
-        mode = GroupMode.NORMAL
-        shares, reasons = facts.targets(service, candidates)  # shared by other groups: read only
-        moved = shares
-        if previous is not None and before is not None and previous.mode is GroupMode.NORMAL:
-            allowance = _allowance(service.max_shift, facts.now - previous.since)
-            moved = _damp(before, shares, candidates, removed, allowance)
-            if moved is not shares:
-                damped = f"; damped toward {{:.0f}} (max shift {service.max_shift} points/s)"
-                reasons = [
-                    r + damped.format(t) if abs(m - t) > 1e-9 else r
-                    for r, m, t in zip(reasons, moved, shares, strict=True)
+class _Weighing:
+    """One group's decision up to damping, shared by every service that differs from it only in max_shift
+    (max_shift matters only when damping bites): the undamped answer is built once, on first use."""
+
+    __slots__ = (
+        "_undamped",
+        "before",
+        "biggest",
+        "candidates",
+        "facts",
+        "mode",
+        "previous",
+        "reasons",
+        "reusable",
+        "start",
+        "target",
+        "weights",
+    )
+
+    def __init__(self, service: Service, candidates: _Candidates, previous: GroupPlan | None, facts: _Facts):
+        self.candidates, self.previous, self.facts = candidates, previous, facts
+        self.before: list[int] | None = None
+        removed, self.reusable = 0, False
+        if previous is not None:
+            self.before, removed, self.reusable = _before(previous, candidates.names)
+        self.biggest = 0.0  # the largest move toward the target; damping bites when it exceeds the allowance
+        self._undamped: Weighing | None = None
+        self.weights: list[int] | None = None  # rounded on first use, unless all regions are down
+        if not candidates.live:
+            self.mode, self.weights, why = _all_down(service, candidates, self.before)
+            self.reasons = [why] * len(candidates.names)
+            self.target: list[float] = []
+            self.start: Sequence[float] = []
+            return
+        self.mode = GroupMode.NORMAL
+        self.target, self.reasons = facts.targets(service, candidates)  # shared by other groups: read only
+        self.start = self.target
+        if previous is not None and self.before is not None and previous.mode is GroupMode.NORMAL:
+            self.start = _start(self.before, self.target, candidates, removed)
+            self.biggest = max(map(abs, map(sub, self.target, self.start)))
+
+    def undamped(self) -> Weighing:
+        if self._undamped is None:
+            weights = self.weights
+            if weights is None:
+                weights = _round(self.target, self.candidates.alphabetical)
+            self._undamped = self._finish(weights, self.reasons)
+        return self._undamped
+
+    def damped(self, allowance: int, max_shift: int) -> Weighing:
+        """Every region moved from the start toward its target by the same fraction, so that none moves
+        more than `allowance`."""
+        step = allowance / self.biggest
+        moved = [s + step * (t - s) for s, t in zip(self.start, self.target, strict=False)]
+        why = f"; damped toward {{:.0f}} (max shift {max_shift} points/s)"
+        reasons = [
+            r + why.format(t) if abs(m - t) > 1e-9 else r
+            for r, m, t in zip(self.reasons, moved, self.target, strict=False)
+        ]
+        return self._finish(_round(moved, self.candidates.alphabetical), reasons)
+
+    def _finish(self, weights: list[int], reasons: list[str]) -> Weighing:
+        names, previous = self.candidates.names, self.previous
+        route, interned = self.facts.route_weight, self.facts.interned.get
+        if previous is not None and self.reusable:
+            # Most weights equal last call's: reusing its RouteWeight skips building and interning one.
+            out = tuple(
+                [
+                    o if o.weight == w and o.reason == r else interned((n, w, r)) or route(n, w, r)
+                    for n, w, r, o in zip(names, weights, reasons, previous.weights, strict=False)
                 ]
-        weights = _round(moved, candidates.alphabetical)
-    route, interned = facts.route_weight, facts.interned.get
-    if previous is not None and reusable:
-        # Most weights equal last call's: reusing its RouteWeight skips building and interning one.
-        out = tuple(
-            [
-                o if o.weight == w and o.reason == r else interned((n, w, r)) or route(n, w, r)
-                for n, w, r, o in zip(names, weights, reasons, previous.weights, strict=True)
-            ]
-        )
-    else:
-        out = tuple(
-            [interned((n, w, r)) or route(n, w, r) for n, w, r in zip(names, weights, reasons, strict=True)]
-        )
-    since = previous.since if previous is not None and before == weights else facts.now
-    return mode, out, since
+            )
+        else:
+            out = tuple(
+                [
+                    interned((n, w, r)) or route(n, w, r)
+                    for n, w, r in zip(names, weights, reasons, strict=False)
+                ]
+            )
+        since = previous.since if previous is not None and self.before == weights else self.facts.now
+        return self.mode, out, since
 
 
 def _decide_group(
@@ -344,7 +383,6 @@ def _decide_group(
     # Services with the same settings, regions and last weights get the same answer: weigh once per call.
     key = (
         service.mode,
-        service.max_shift,
         service.slow_start,
         service.trickle,
         service.when_all_down,
@@ -356,8 +394,17 @@ def _decide_group(
     )
     weighing = facts.weighings.get(key)
     if weighing is None:
-        weighing = facts.weighings[key] = _weigh(service, candidates, previous, facts)
-    return GroupPlan(service.name, group.name, *weighing)
+        weighing = facts.weighings[key] = _Weighing(service, candidates, previous, facts)
+    if previous is None or weighing.biggest == 0:
+        return GroupPlan(service.name, group.name, *weighing.undamped())
+    allowance = _allowance(service.max_shift, facts.now - previous.since)
+    if weighing.biggest <= allowance:
+        return GroupPlan(service.name, group.name, *weighing.undamped())
+    damped_key = (*key, service.max_shift)
+    damped = facts.damped.get(damped_key)
+    if damped is None:
+        damped = facts.damped[damped_key] = weighing.damped(allowance, service.max_shift)
+    return GroupPlan(service.name, group.name, *damped)
 
 
 def decide(
