@@ -43,6 +43,7 @@ class Hostility(StrEnum):
     GZIP_BOMB = "gzip-bomb"  # Content-Encoding: gzip, `bomb_size` bytes of zeros in about a thousandth
     REDIRECT = "redirect"  # 307 to the same path under `redirect_to`
     DRIP = "drip"  # 200, then one byte every `drip_interval`
+    DEEP_JSON = "deep-json"  # a chat completion whose one chunk nests arrays 10,000 deep
 
 
 def gzip_bomb(size: int) -> bytes:
@@ -139,6 +140,9 @@ class HostileRegion:
             return web.Response(body=self._bomb, headers={"Content-Type": kind, "Content-Encoding": "gzip"})
         if hostility is Hostility.REDIRECT:
             raise web.HTTPTemporaryRedirect(self.redirect_to + path)
+        if hostility is Hostility.DEEP_JSON:
+            depth = 10_000  # past the interpreter's recursion limit, inside any sane line cap
+            return web.Response(body=b"data: " + b"[" * depth + b"]" * depth + b"\n\n", content_type=kind)
         return await self._endless(request, kind, b"x", every=self.drip_interval)
 
     async def _endless(

@@ -35,7 +35,7 @@ class _Stream:
         self.error: str | None = None
         self.done = False
 
-    def feed(self, line: bytes, at: float) -> None:
+    def feed(self, line: bytes | bytearray, at: float) -> None:
         if not line.startswith(b"data:"):
             return  # blank separators, comments, event:/id: fields
         data = line[5:].strip()
@@ -84,24 +84,24 @@ async def _read_stream(content: aiohttp.StreamReader, stream: _Stream) -> None:
     Lines are split here rather than by aiohttp's readline, whose own limit varies across versions and
     raises an exception that is not a ClientError.
     """
-    pending = b""
+    pending = bytearray()
     total = 0
     while chunk := await content.readany():
         total += len(chunk)
         if total > INFERENCE_STREAM_CAP:
             raise RefusedBody(f"stream over {INFERENCE_STREAM_CAP} bytes")
-        if b"\n" not in chunk:
-            # Only a chunk with a newline is split, so a line arriving byte by byte costs linear time.
-            pending += chunk
-        else:
-            at = time.perf_counter()
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                stream.feed(line, at)
-                if stream.done:
-                    return
-        if len(pending) > INFERENCE_LINE_CAP:
+        pending += chunk
+        lines: list[bytearray] = []
+        # Only new bytes are searched for a newline, so a line arriving byte by byte costs linear time.
+        if b"\n" in chunk:
+            *lines, pending = pending.split(b"\n")
+        if len(pending) > INFERENCE_LINE_CAP or any(len(line) > INFERENCE_LINE_CAP for line in lines):
             raise RefusedBody(f"stream line over {INFERENCE_LINE_CAP} bytes")
+        at = time.perf_counter()
+        for line in lines:
+            stream.feed(line, at)
+            if stream.done:
+                return
     stream.feed(pending, time.perf_counter())
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from chaos.hostile import HUGE_METRICS_LOAD, HostileRegion, Hostility, MiB
 from chaos.simregion import SimRegion
-from controlplane.policy import InferenceProbe, ProbeSettings, Region
+from controlplane.policy import InferenceProbe, LivenessProbe, ProbeSettings, Region
 from probes.http import LIVENESS_BODY_CAP, make_session, probe_liveness
 from probes.inference import INFERENCE_LINE_CAP, INFERENCE_STREAM_CAP, probe_inference
 from probes.metrics import METRICS_BODY_CAP, probe_metrics
@@ -119,21 +119,30 @@ async def test_metrics_page_over_the_cap_is_refused(
     assert_cheap(cost)
 
 
+REFUSED_GZIP = "Content-Encoding 'gzip' refused, identity was asked for"
+
+
 @pytest.mark.parametrize(
-    ("probe", "error"),
+    ("probe", "settings", "error"),
     [
         # Liveness reads the raw bytes (the status is what counts): the compressed bomb is over the cap.
-        (probe_liveness, f"body over {LIVENESS_BODY_CAP} bytes"),
-        (probe_metrics, "Content-Encoding 'gzip' refused, identity was asked for"),
-        (probe_inference, "Content-Encoding 'gzip' refused, identity was asked for"),
+        (probe_liveness, SETTINGS, f"body over {LIVENESS_BODY_CAP} bytes"),
+        # Unless it must match the body: text is never matched against compressed bytes.
+        (
+            probe_liveness,
+            SETTINGS.model_copy(update={"liveness": LivenessProbe(body_match="ok")}),
+            REFUSED_GZIP,
+        ),
+        (probe_metrics, SETTINGS, REFUSED_GZIP),
+        (probe_inference, SETTINGS, REFUSED_GZIP),
     ],
-    ids=["liveness", "metrics", "inference"],
+    ids=["liveness", "liveness-body-match", "metrics", "inference"],
 )
 async def test_gzip_bomb_is_never_inflated(
-    hostile: HostileRegion, session: aiohttp.ClientSession, probe: Probe, error: str
+    hostile: HostileRegion, session: aiohttp.ClientSession, probe: Probe, settings: ProbeSettings, error: str
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.GZIP_BOMB))
-    observation, cost = await measured(probe(session, region, SETTINGS))
+    observation, cost = await measured(probe(session, region, settings))
     assert (observation.ok, observation.error) == (False, error)
     assert_cheap(cost)
 
@@ -155,6 +164,14 @@ async def test_endless_stream_of_valid_chunks_is_cut_at_the_stream_cap(
     assert (inference.ok, inference.error) == (False, f"stream over {INFERENCE_STREAM_CAP} bytes")
     assert inference.ttft_s is not None  # what it saw before the cap is still reported
     assert_cheap(cost)
+
+
+async def test_deeply_nested_chunk_fails_the_probe_instead_of_raising(
+    hostile: HostileRegion, session: aiohttp.ClientSession
+) -> None:
+    region = region_at(hostile.endpoint(Hostility.DEEP_JSON))
+    inference = await probe_inference(session, region, SETTINGS)
+    assert (inference.ok, inference.error) == (False, "ValueError: stream chunk nested too deeply")
 
 
 async def test_inference_does_not_borrow_health_through_a_redirect(
