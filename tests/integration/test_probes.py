@@ -172,6 +172,30 @@ async def test_liveness_checks_status_and_body(sim: SimRegion, session: aiohttp.
     assert (await probe_liveness(session, region, models)).ok
 
 
+async def test_probes_ask_for_bodies_as_they_are(session: aiohttp.ClientSession) -> None:
+    """Accept-Encoding: identity, so an honest server never compresses what the probes will not inflate."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=f"accept-encoding: {request.headers.get('Accept-Encoding')}")
+
+    app = web.Application()
+    app.router.add_get("/health", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.33", 0).start()
+    try:
+        region = Region(
+            name="echo", endpoint=f"http://127.0.0.33:{runner.addresses[0][1]}", jurisdiction="US"
+        )
+        wants = SETTINGS.model_copy(
+            update={"liveness": LivenessProbe(body_match="accept-encoding: identity")}
+        )
+        live = await probe_liveness(session, region, wants)
+    finally:
+        await runner.cleanup()
+    assert live.ok, live.error
+
+
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate and key for 127.0.0.32."""
