@@ -1,4 +1,5 @@
-"""The one place tests build policies, plans and health views from: a variant is a parameter, not a copy."""
+"""The one place tests build policies, plans and health views from (and bring a provider to a plan):
+a variant is a parameter, not a copy."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import yaml
+
+from controlplane.changes import ChangeSet, diff
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
+from controlplane.providers.base import Provider
 from probes.health import HealthView, RegionHealth, State
 
 DEMO = Path(__file__).resolve().parents[1] / "policies" / "demo.yaml"
@@ -57,6 +62,27 @@ def policy_data(
     }
 
 
+def demo_data() -> dict[str, Any]:
+    """policies/demo.yaml as a fresh document, for an edit demo_policy has no parameter for."""
+    data: dict[str, Any] = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+    return data
+
+
+def demo_policy(*, localdns: Mapping[str, Any] | None = None, **sections: Any) -> Policy:
+    """policies/demo.yaml with `localdns` merged into its localdns provider's settings (a free "port",
+    say) and each of `sections` replacing the top-level section of that name."""
+    data = demo_data()
+    data["providers"]["localdns"].update(localdns or {})
+    data.update(sections)
+    return Policy.model_validate(data)
+
+
+def us_policy(endpoints: Mapping[str, str], **sections: Any) -> Policy:
+    """One US region per entry of `endpoints` (name: URL) under US_ONLY; `sections` as in policy_data."""
+    regions = [{"name": r, "endpoint": url, "jurisdiction": "US"} for r, url in endpoints.items()]
+    return Policy.model_validate(policy_data(regions, client_groups=US_ONLY, **sections))
+
+
 def policy(**service: Any) -> Policy:
     """REGIONS (two US, two EU; capacity 100, priority in that order) under EU_AND_GLOBAL;
     keyword arguments are fields of the service."""
@@ -87,20 +113,17 @@ def haproxy_policy(
     if servers is None:
         servers = list(endpoints)
     server_map = dict(servers) if isinstance(servers, Mapping) else {r: r for r in servers}
-    return Policy.model_validate(
-        policy_data(
-            [{"name": r, "endpoint": url, "jurisdiction": "US"} for r, url in endpoints.items()],
-            client_groups=US_ONLY,
-            providers={
-                "haproxy": {
-                    "socket": socket,
-                    "service": "chat",
-                    "client_group": "global",
-                    "backend": backend,
-                    "servers": server_map,
-                }
-            },
-        )
+    return us_policy(
+        endpoints,
+        providers={
+            "haproxy": {
+                "socket": socket,
+                "service": "chat",
+                "client_group": "global",
+                "backend": backend,
+                "servers": server_map,
+            }
+        },
     )
 
 
@@ -115,6 +138,13 @@ def plan(groups: Mapping[str, Mapping[str, int]], service: str = "chat", at: flo
             for group, weights in groups.items()
         ),
     )
+
+
+async def converge(provider: Provider, target: RoutingPlan) -> ChangeSet:
+    """Apply to `provider` what it lacks of `target`; the change set it applied."""
+    changes = diff(provider.name, provider.render(target), await provider.current())
+    await provider.apply(changes)
+    return changes
 
 
 def view(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import struct
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,21 +15,19 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-import yaml
 
-from controlplane.changes import diff
-from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy, Providers
+from chaos.loopback import free_port
+from controlplane.policy import Providers
 from controlplane.providers.base import PermanentProviderError
 from controlplane.providers.localdns import LocalDnsProvider
+from tests.builders import DEMO_ADDRESS, EU_AND_GLOBAL, converge, demo_policy, plan
 from tests.conftest import require_binary, until
-from tests.unit.test_memory_provider import ADDRESS, DEMO, make_plan
 
 HOST = "127.0.0.1"
 EU_CLIENT = "127.0.1.5"  # inside the demo's eu group (127.0.1.0/24); binds fine on Linux loopback
-EU = {ADDRESS["eu-west"], ADDRESS["eu-central"]}
+EU = {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}
 WAIT = 5.0
-PLAN = make_plan(
+PLAN = plan(
     {
         "global": {"us-east": 50, "us-west": 30, "eu-west": 20, "eu-central": 0},
         "eu": {"eu-west": 60, "eu-central": 40},
@@ -38,37 +35,13 @@ PLAN = make_plan(
 )
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on HOST (the server binds both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-
-
-def make_policy(port: int, eu_sources: tuple[str, ...] = ("127.0.1.0/24",)) -> Policy:
-    data = yaml.safe_load(DEMO.read_text())
-    data["providers"]["localdns"]["port"] = port
-    data["client_groups"][0]["sources"] = list(eu_sources)
-    return Policy.model_validate(data)
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[LocalDnsProvider]:
-    provider = LocalDnsProvider(make_policy(free_port()), idle_timeout=1.0, rng=random.Random(1))
+    policy = demo_policy(localdns={"port": free_port()})
+    provider = LocalDnsProvider(policy, idle_timeout=1.0, rng=random.Random(1))
     async with provider:
         await converge(provider, PLAN)
         yield provider
-
-
-async def converge(provider: LocalDnsProvider, plan: RoutingPlan) -> None:
-    await provider.apply(diff(provider.name, provider.render(plan), await provider.current()))
 
 
 async def udp(
@@ -128,9 +101,9 @@ async def test_answers_follow_the_weights(server: LocalDnsProvider) -> None:
         responses = await asyncio.gather(*(udp(port(server)) for _ in range(50)))
         counts.update(address(r) for r in responses)
     assert sum(counts.values()) == 2000
-    assert ADDRESS["eu-central"] not in counts  # weight 0
+    assert DEMO_ADDRESS["eu-central"] not in counts  # weight 0
     for region, weight in (("us-east", 50), ("us-west", 30), ("eu-west", 20)):
-        assert abs(counts[ADDRESS[region]] / 2000 - weight / 100) < 0.06, counts
+        assert abs(counts[DEMO_ADDRESS[region]] / 2000 - weight / 100) < 0.06, counts
     assert server.stats[("chat.llm.internal", "global", "NOERROR")] == 2000
 
 
@@ -191,26 +164,27 @@ async def test_zone_apex_soa(server: LocalDnsProvider) -> None:
 
 
 async def test_apply_changes_answers_at_once(server: LocalDnsProvider) -> None:
-    await converge(server, make_plan({"global": {"us-west": 100}, "eu": {"eu-central": 100}}))
-    assert {address(await udp(port(server))) for _ in range(20)} == {ADDRESS["us-west"]}
-    await converge(server, make_plan({"global": {"us-west": 0}, "eu": {"eu-central": 100}}))
+    await converge(server, plan({"global": {"us-west": 100}, "eu": {"eu-central": 100}}))
+    assert {address(await udp(port(server))) for _ in range(20)} == {DEMO_ADDRESS["us-west"]}
+    await converge(server, plan({"global": {"us-west": 0}, "eu": {"eu-central": 100}}))
     fail_closed = await udp(port(server))
     assert fail_closed.rcode() == dns.rcode.NOERROR and not fail_closed.answer
-    assert address(await udp(port(server), source=EU_CLIENT)) == ADDRESS["eu-central"]
+    assert address(await udp(port(server), source=EU_CLIENT)) == DEMO_ADDRESS["eu-central"]
     assert server.stats[("chat.llm.internal", "global", "NODATA")] == 1
 
 
 async def test_hot_reload_remaps_client_groups(server: LocalDnsProvider) -> None:
-    server.update_policy(make_policy(port(server), eu_sources=("127.0.2.0/24",)))
+    eu_elsewhere = ({**EU_AND_GLOBAL[0], "sources": ["127.0.2.0/24"]}, *EU_AND_GLOBAL[1:])
+    server.update_policy(demo_policy(localdns={"port": port(server)}, client_groups=eu_elsewhere))
     seen = {address(await udp(port(server), source=EU_CLIENT)) for _ in range(50)}
-    assert ADDRESS["us-east"] in seen
+    assert DEMO_ADDRESS["us-east"] in seen
     with pytest.raises(PermanentProviderError, match="restart"):
-        server.update_policy(make_policy(free_port()))
-    without = make_policy(port(server)).model_copy(update={"providers": Providers()})
+        server.update_policy(demo_policy(localdns={"port": free_port()}))
+    without = demo_policy(localdns={"port": port(server)}).model_copy(update={"providers": Providers()})
     with pytest.raises(PermanentProviderError, match=r"no providers\.localdns section"):
         server.update_policy(without)
     # Both refused: the reloaded mapping still holds.
-    assert ADDRESS["us-east"] in {address(await udp(port(server), source=EU_CLIENT)) for _ in range(50)}
+    assert DEMO_ADDRESS["us-east"] in {address(await udp(port(server), source=EU_CLIENT)) for _ in range(50)}
 
 
 async def test_malformed_packets_get_formerr_or_nothing(server: LocalDnsProvider) -> None:
@@ -233,7 +207,7 @@ async def test_malformed_packets_get_formerr_or_nothing(server: LocalDnsProvider
         transport.close()
     (framed,) = await tcp_exchange(port(server), [b"\xab\xcd\x01\x00" + b"\xff" * 20])
     assert framed[:2] == b"\xab\xcd" and framed[3] & 0xF == dns.rcode.FORMERR
-    assert address(await udp(port(server))) in ADDRESS.values()
+    assert address(await udp(port(server))) in DEMO_ADDRESS.values()
     assert server.stats[("-", "-", "FORMERR")] == 2
 
 
@@ -248,7 +222,7 @@ async def test_idle_tcp_connections_are_closed(server: LocalDnsProvider) -> None
 
 
 async def test_close_ends_open_connections_and_frees_the_port(caplog: pytest.LogCaptureFixture) -> None:
-    provider = LocalDnsProvider(make_policy(free_port()))
+    provider = LocalDnsProvider(demo_policy(localdns={"port": free_port()}))
     await provider.start()
     async with asyncio.timeout(WAIT):
         reader, writer = await asyncio.open_connection(*provider.address)
@@ -264,7 +238,7 @@ async def test_close_ends_open_connections_and_frees_the_port(caplog: pytest.Log
 
 async def test_a_taken_port_is_a_permanent_error(server: LocalDnsProvider) -> None:
     with pytest.raises(PermanentProviderError, match="cannot listen on udp"):
-        await LocalDnsProvider(make_policy(port(server))).start()
+        await LocalDnsProvider(demo_policy(localdns={"port": port(server)})).start()
 
 
 async def dig(*args: str) -> list[str]:
@@ -286,7 +260,7 @@ async def dig(*args: str) -> list[str]:
 async def test_dig_sees_groups_by_source_and_by_subnet(server: LocalDnsProvider) -> None:
     at = (f"@{HOST}", "-p", str(port(server)), "chat.llm.internal", "+short")
     (anyone,) = await dig(*at)
-    assert anyone in ADDRESS.values() and anyone != ADDRESS["eu-central"]
+    assert anyone in DEMO_ADDRESS.values() and anyone != DEMO_ADDRESS["eu-central"]
     assert {(await dig(*at, "-b", EU_CLIENT))[0] for _ in range(5)} <= EU
     (by_subnet,) = await dig(*at, "+subnet=127.0.1.0/24")
     assert by_subnet in EU

@@ -20,6 +20,7 @@ import pytest
 from bench.dns_server import LoopLag, heavy_queries
 from chaos.loopback import free_port
 from controlplane.providers.localdns import MAX_QUERY_SIZE, LocalDnsProvider
+from tests.builders import DEMO_ADDRESS, converge, demo_policy
 from tests.conftest import until
 from tests.integration.test_localdns import (
     HOST,
@@ -27,20 +28,17 @@ from tests.integration.test_localdns import (
     WAIT,
     RawUdp,
     address,
-    converge,
-    make_policy,
     tcp_exchange,
 )
-from tests.unit.test_memory_provider import ADDRESS
 
 CAP = 16
-GLOBAL = {ADDRESS["us-east"], ADDRESS["us-west"], ADDRESS["eu-west"]}  # PLAN's global regions, weight > 0
+GLOBAL = {DEMO_ADDRESS[r] for r in ("us-east", "us-west", "eu-west")}  # PLAN's global regions, weight > 0
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[LocalDnsProvider]:
     provider = LocalDnsProvider(
-        make_policy(free_port()), idle_timeout=30.0, query_timeout=0.5, max_connections=CAP
+        demo_policy(localdns={"port": free_port()}), idle_timeout=30.0, query_timeout=0.5, max_connections=CAP
     )
     async with provider:
         await converge(provider, PLAN)
@@ -182,7 +180,8 @@ class FailingRandom(random.Random):
 async def test_a_failure_in_every_answer_is_logged_once_not_per_packet(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with LocalDnsProvider(make_policy(free_port()), rng=FailingRandom()) as provider:
+    policy = demo_policy(localdns={"port": free_port()})
+    async with LocalDnsProvider(policy, rng=FailingRandom()) as provider:
         await converge(provider, PLAN)
         loop = asyncio.get_running_loop()
         transport, client = await loop.create_datagram_endpoint(RawUdp, remote_addr=provider.address)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import dns.edns
 import dns.flags
@@ -14,16 +13,15 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
-import yaml
 
 from controlplane.changes import Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.localdns import AnswerTable, answer
 from controlplane.providers.memory import render_records
-from tests.unit.test_memory_provider import ADDRESS, DEMO, make_plan
+from tests.builders import DEMO_ADDRESS, demo_data, demo_policy, plan
 
-PLAN = make_plan(
+PLAN = plan(
     {
         "global": {"us-east": 50, "us-west": 30, "eu-west": 20, "eu-central": 0},
         "eu": {"eu-west": 75, "eu-central": 25},
@@ -31,16 +29,9 @@ PLAN = make_plan(
 )
 
 
-def demo_policy(edit: dict[str, Any] | None = None) -> Policy:
-    data = yaml.safe_load(DEMO.read_text())
-    for key, value in (edit or {}).items():
-        data[key] = value
-    return Policy.model_validate(data)
-
-
-def table_for(plan: RoutingPlan = PLAN, policy: Policy | None = None) -> AnswerTable:
+def table_for(routing: RoutingPlan = PLAN, policy: Policy | None = None) -> AnswerTable:
     policy = policy or demo_policy()
-    return AnswerTable.build(policy, render_records(policy, plan))
+    return AnswerTable.build(policy, render_records(policy, routing))
 
 
 def ask(
@@ -68,7 +59,7 @@ def test_group_is_the_most_specific_matching_prefix() -> None:
         {"name": "lab", "sources": ["127.0.0.0/8", "::1/128"], "allowed_jurisdictions": ["US", "EU"]},
         {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
     ]
-    table = AnswerTable.build(demo_policy({"client_groups": groups}), [])
+    table = AnswerTable.build(demo_policy(client_groups=groups), [])
     assert table.group_for("127.0.1.5") == "eu"
     assert table.group_for("127.0.1.200") == "eu-west-only"
     assert table.group_for("127.9.9.9") == "lab"
@@ -85,7 +76,7 @@ def test_an_ipv4_mapped_source_matches_ipv4_clients() -> None:
         {"name": "v6", "sources": ["::/0"], "allowed_jurisdictions": ["EU"]},
         {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
     ]
-    table = AnswerTable.build(demo_policy({"client_groups": groups}), [])
+    table = AnswerTable.build(demo_policy(client_groups=groups), [])
     assert table.group_for("10.20.1.1") == "lab"  # the longer mapped prefix still wins
     assert table.group_for("::ffff:10.20.9.9") == "eu"
     assert table.group_for("10.21.0.1") == "global"  # ::/0 is IPv6 clients only, as before
@@ -103,15 +94,15 @@ def test_picks_follow_the_weights_and_never_a_weight_zero_region() -> None:
     table, rng = table_for(), random.Random(7)
     query = dns.message.make_query("chat.llm.internal", "A")
     counts = Counter(addresses(answer(query, "127.0.0.1", table, rng))[0] for _ in range(10_000))
-    assert ADDRESS["eu-central"] not in counts
+    assert DEMO_ADDRESS["eu-central"] not in counts
     for region, weight in (("us-east", 50), ("us-west", 30), ("eu-west", 20)):
-        assert abs(counts[ADDRESS[region]] / 10_000 - weight / 100) < 0.03
+        assert abs(counts[DEMO_ADDRESS[region]] / 10_000 - weight / 100) < 0.03
 
 
 def test_a_client_group_only_ever_gets_its_allowed_regions() -> None:
     table = table_for()
     seen = {addresses(ask(table, client="127.0.1.5", seed=seed))[0] for seed in range(200)}
-    assert seen == {ADDRESS["eu-west"], ADDRESS["eu-central"]}
+    assert seen == {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}
 
 
 def test_name_matching_ignores_case() -> None:
@@ -119,11 +110,11 @@ def test_name_matching_ignores_case() -> None:
 
 
 def test_fail_closed_is_nodata_with_the_soa() -> None:
-    table = table_for(make_plan({"global": {"us-east": 0, "us-west": 0}, "eu": {"eu-west": 100}}))
+    table = table_for(plan({"global": {"us-east": 0, "us-west": 0}, "eu": {"eu-west": 100}}))
     response = ask(table)
     assert response.rcode() == dns.rcode.NOERROR and not response.answer
     assert response.authority[0].rdtype == dns.rdatatype.SOA
-    assert addresses(ask(table, client="127.0.1.5")) == [ADDRESS["eu-west"]]
+    assert addresses(ask(table, client="127.0.1.5")) == [DEMO_ADDRESS["eu-west"]]
 
 
 def test_before_any_apply_a_served_name_exists_but_holds_nothing() -> None:
@@ -139,10 +130,10 @@ def test_other_types_of_a_served_name_are_nodata() -> None:
 
 
 def test_ipv6_regions_answer_aaaa() -> None:
-    data = yaml.safe_load(DEMO.read_text())
+    data = demo_data()
     data["regions"][0]["address"] = "fd00::11"
     policy = Policy.model_validate(data)
-    table = table_for(make_plan({"global": {"us-east": 100}}), policy)
+    table = table_for(plan({"global": {"us-east": 100}}), policy)
     assert addresses(ask(table, rdtype="AAAA")) == ["fd00::11"]
     assert ask(table, rdtype="A").answer == []
 
@@ -171,8 +162,8 @@ def test_unserved_names_in_the_zone_are_nxdomain_with_the_soa() -> None:
 
 def test_names_between_the_zone_and_a_served_name_exist() -> None:
     services = [{"name": "chat", "dns_name": "chat.eu.llm.internal", "regions": ["eu-west"]}]
-    policy = demo_policy({"services": services})
-    response = ask(table_for(make_plan({"eu": {"eu-west": 100}}), policy), name="eu.llm.internal")
+    policy = demo_policy(services=services)
+    response = ask(table_for(plan({"eu": {"eu-west": 100}}), policy), name="eu.llm.internal")
     assert response.rcode() == dns.rcode.NOERROR and not response.answer
 
 
@@ -184,7 +175,7 @@ def test_outside_the_zone_and_zone_transfers_are_refused() -> None:
 
 def test_client_subnet_picks_the_group_and_is_echoed_with_its_scope() -> None:
     response = ask(table_for(), client="127.0.0.1", subnet=dns.edns.ECSOption("127.0.1.0", 24))
-    assert addresses(response)[0] in {ADDRESS["eu-west"], ADDRESS["eu-central"]}
+    assert addresses(response)[0] in {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}
     (echo,) = response.options
     assert isinstance(echo, dns.edns.ECSOption)
     assert (echo.address, echo.srclen, echo.scopelen) == ("127.0.1.0", 24, 24)
@@ -196,7 +187,7 @@ def test_client_subnet_outranks_the_source_address() -> None:
         addresses(ask(table, client="127.0.1.5", subnet=dns.edns.ECSOption("10.1.0.0", 16), seed=s))[0]
         for s in range(100)
     }
-    assert ADDRESS["us-east"] in seen
+    assert DEMO_ADDRESS["us-east"] in seen
 
 
 def test_an_untailored_answer_has_scope_zero() -> None:
@@ -207,27 +198,25 @@ def test_an_untailored_answer_has_scope_zero() -> None:
 
 def test_a_zero_length_subnet_falls_back_to_the_source_address() -> None:
     response = ask(table_for(), client="127.0.1.5", subnet=dns.edns.ECSOption("0.0.0.0", 0))
-    assert addresses(response)[0] in {ADDRESS["eu-west"], ADDRESS["eu-central"]}
+    assert addresses(response)[0] in {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}
     (echo,) = response.options
     assert isinstance(echo, dns.edns.ECSOption) and echo.scopelen == 0
 
 
 def test_client_subnet_is_ignored_when_disabled() -> None:
-    data = yaml.safe_load(DEMO.read_text())
-    data["providers"]["localdns"]["ecs"] = False
-    table = table_for(policy=Policy.model_validate(data))
+    table = table_for(policy=demo_policy(localdns={"ecs": False}))
     response = ask(table, client="127.0.0.1", subnet=dns.edns.ECSOption("127.0.1.0", 24), seed=3)
     assert response.options == ()
     seen = {
         addresses(ask(table, client="127.0.0.1", subnet=dns.edns.ECSOption("127.0.1.0", 24), seed=s))[0]
         for s in range(100)
     }
-    assert ADDRESS["us-east"] in seen
+    assert DEMO_ADDRESS["us-east"] in seen
 
 
 def test_residency_holds_even_for_records_the_policy_no_longer_allows() -> None:
     # Records rendered while "eu" could reach the US, answered under a policy where it cannot.
-    records = [Record("chat.llm.internal", "eu", "us-east", ADDRESS["us-east"], 100, 5)]
+    records = [Record("chat.llm.internal", "eu", "us-east", DEMO_ADDRESS["us-east"], 100, 5)]
     table = AnswerTable.build(demo_policy(), records)
     assert ask(table, client="127.0.1.5").answer == []
 

@@ -15,13 +15,9 @@ from controlplane.providers.base import (
     TransientProviderError,
 )
 from controlplane.providers.memory import MemoryProvider, render_records
+from tests.builders import DEMO, DEMO_ADDRESS, converge, plan
 
-# Named as before: test_localdns.py and test_localdns_answer.py import these three from here.
-from tests.builders import DEMO
-from tests.builders import DEMO_ADDRESS as ADDRESS
-from tests.builders import plan as make_plan
-
-PLAN = make_plan(
+PLAN = plan(
     {"global": {"us-east": 50, "us-west": 30, "eu-west": 20}, "eu": {"eu-west": 100, "eu-central": 0}}
 )
 
@@ -34,12 +30,6 @@ def policy() -> Policy:
 @pytest.fixture
 def provider(policy: Policy) -> MemoryProvider:
     return MemoryProvider(policy)
-
-
-async def converge(provider: MemoryProvider, plan: RoutingPlan) -> ChangeSet:
-    changes = diff(provider.name, provider.render(plan), await provider.current())
-    await provider.apply(changes)
-    return changes
 
 
 def test_is_a_provider(provider: MemoryProvider) -> None:
@@ -58,7 +48,7 @@ def test_render_holds_every_allowed_region_and_only_those(policy: Policy) -> Non
         ("eu", "eu-central"): 0,
     }
     assert all(
-        r.name == "chat.llm.internal" and r.ttl == 5 and r.target == ADDRESS[r.region] for r in records
+        r.name == "chat.llm.internal" and r.ttl == 5 and r.target == DEMO_ADDRESS[r.region] for r in records
     )
 
 
@@ -71,14 +61,14 @@ def test_render_normalises_the_dns_name(policy: Policy) -> None:
 
 def test_render_refuses_weight_on_a_region_residency_forbids(policy: Policy) -> None:
     with pytest.raises(PermanentProviderError, match=r"eu traffic to \['us-east'\]"):
-        render_records(policy, make_plan({"eu": {"eu-west": 90, "us-east": 10}}))
+        render_records(policy, plan({"eu": {"eu-west": 90, "us-east": 10}}))
 
 
 def test_render_refuses_unknown_service_or_group(policy: Policy) -> None:
     with pytest.raises(PermanentProviderError, match="'search'"):
-        render_records(policy, make_plan({"global": {"us-east": 100}}, service="search"))
+        render_records(policy, plan({"global": {"us-east": 100}}, service="search"))
     with pytest.raises(PermanentProviderError, match="'apac'"):
-        render_records(policy, make_plan({"apac": {"us-east": 100}}))
+        render_records(policy, plan({"apac": {"us-east": 100}}))
 
 
 def test_render_refuses_a_group_listed_twice(policy: Policy) -> None:
@@ -92,7 +82,7 @@ async def test_apply_converges_and_then_has_nothing_to_do(provider: MemoryProvid
     assert {c.action for c in first.changes} == {Action.CREATE}
     assert await provider.current() == provider.render(PLAN)
     assert not await converge(provider, PLAN)
-    moved = make_plan({"global": {"us-east": 0, "us-west": 100}, "eu": {"eu-central": 100}})
+    moved = plan({"global": {"us-east": 0, "us-west": 100}, "eu": {"eu-central": 100}})
     second = await converge(provider, moved)
     assert {c.action for c in second.changes} == {Action.UPDATE}
     assert await provider.current() == provider.render(moved)
@@ -100,7 +90,7 @@ async def test_apply_converges_and_then_has_nothing_to_do(provider: MemoryProvid
 
 async def test_apply_deletes_records_of_a_group_no_longer_planned(provider: MemoryProvider) -> None:
     await converge(provider, PLAN)
-    await converge(provider, make_plan({"eu": {"eu-west": 100}}))
+    await converge(provider, plan({"eu": {"eu-west": 100}}))
     assert {r.group for r in await provider.current()} == {"eu"}
 
 
