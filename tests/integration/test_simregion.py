@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.simregion import FaultMode, FaultSpec, SimFleet, SimRegion
-from controlplane.policy import Policy
+from tests.builders import us_policy
 
 CHAT = {"messages": [{"role": "user", "content": "say ok"}], "max_tokens": 5}
 
@@ -235,17 +235,8 @@ async def test_wrong_model_is_served_everywhere(sim: SimRegion, client: aiohttp.
 
 
 async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -> None:
-    policy = Policy.model_validate(
-        {
-            "regions": [
-                {"name": n, "endpoint": f"http://127.0.0.{22 + i}:0", "jurisdiction": "US"}
-                for i, n in enumerate(("a", "b"))
-            ],
-            "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
-            "default_client_group": "all",
-            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": ["a", "b"]}],
-            "probes": {"inference": {"model": "m1"}},
-        }
+    policy = us_policy(
+        {"a": "http://127.0.0.22:0", "b": "http://127.0.0.23:0"}, probes={"inference": {"model": "m1"}}
     )
     fleet = SimFleet.for_policy(policy)
     assert [(r.host, r.model) for r in fleet.regions.values()] == [("127.0.0.22", "m1"), ("127.0.0.23", "m1")]

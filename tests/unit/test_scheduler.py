@@ -21,43 +21,25 @@ from controlplane.policy import Policy, ProbeSettings, Region
 from probes.loop import LoopMonitor
 from probes.observation import Observation, ProbeKind
 from probes.scheduler import FIRST_ROUND_TRIES, ProbeFunction, ProbeScheduler
+from tests.builders import us_policy
 from tests.fakes.clock import EPOCH, virtual_loop, virtual_time
 
 L, INF, M = ProbeKind.LIVENESS, ProbeKind.INFERENCE, ProbeKind.METRICS
 
 
 def make_policy(regions: tuple[str, ...] = ("a", "b"), **probes: Any) -> Policy:
-    settings = {
+    """Probes every 50 ms (10 ms while transitioning), no jitter; `probes` overrides."""
+    fast = {
         "interval": 0.05,
         "fast_interval": 0.01,
         "jitter": 0.0,
         "inference": {"interval": 0.05},
         "metrics": {"interval": 0.05},
-        **probes,
     }
-    return Policy.model_validate(
-        {
-            "regions": [
-                {"name": n, "endpoint": f"http://{n}.test:8000", "jurisdiction": "US"} for n in regions
-            ],
-            "client_groups": [{"name": "all", "allowed_jurisdictions": ["US"]}],
-            "default_client_group": "all",
-            "services": [{"name": "chat", "dns_name": "chat.llm.internal", "regions": list(regions)}],
-            "probes": settings,
-        }
-    )
+    return us_policy({n: f"http://{n}.test:8000" for n in regions}, probes=fast | probes)
 
 
-def instant(ok: bool = True) -> ProbeFunction:
-    async def probe(
-        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
-    ) -> Observation:
-        return Observation(region.name, ProbeKind.LIVENESS, ok, now(), 0.0)
-
-    return probe
-
-
-def kinded(kind: ProbeKind) -> ProbeFunction:
+def instant(kind: ProbeKind = L) -> ProbeFunction:
     async def probe(
         session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
     ) -> Observation:
@@ -66,7 +48,23 @@ def kinded(kind: ProbeKind) -> ProbeFunction:
     return probe
 
 
-ALL_KINDS = {kind: kinded(kind) for kind in ProbeKind}
+ALL_KINDS = {kind: instant(kind) for kind in ProbeKind}
+
+
+def takes(seconds: float, cancelled: list[str]) -> ProbeFunction:
+    """A passing liveness probe that lasts `seconds`; the region of each one cancelled goes to `cancelled`."""
+
+    async def probe(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            cancelled.append(region.name)
+            raise
+        return Observation(region.name, L, True, now(), seconds)
+
+    return probe
 
 
 class Harness:
@@ -243,18 +241,7 @@ async def test_a_result_that_starts_a_transition_pulls_the_next_probe_in_once() 
 @virtual_time
 async def test_update_policy_adds_and_removes_targets_without_resetting_the_others() -> None:
     cancelled: list[str] = []
-
-    async def slow(
-        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
-    ) -> Observation:
-        try:
-            await asyncio.sleep(0.03)
-        except asyncio.CancelledError:
-            cancelled.append(region.name)
-            raise
-        return Observation(region.name, L, True, now(), 0.03)
-
-    async with running(make_policy(("a", "b"), interval=0.4), {L: slow}) as h:
+    async with running(make_policy(("a", "b"), interval=0.4), {L: takes(0.03, cancelled)}) as h:
         await h.until(lambda: h.count("a") >= 1 and h.count("b") >= 1)
         await asyncio.sleep(0.01)  # "a" and "b" each have a probe in flight or due soon
         h.scheduler.update_policy(make_policy(("b", "c"), interval=0.4))
@@ -269,18 +256,7 @@ async def test_update_policy_adds_and_removes_targets_without_resetting_the_othe
 @virtual_time
 async def test_removing_a_region_cancels_its_probes_in_flight() -> None:
     cancelled: list[str] = []
-
-    async def slow(
-        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
-    ) -> Observation:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.append(region.name)
-            raise
-        raise AssertionError("unreachable")
-
-    async with running(make_policy(("a", "b")), {L: slow}) as h:
+    async with running(make_policy(("a", "b")), {L: takes(10, cancelled)}) as h:
         await asyncio.sleep(0.1)
         h.scheduler.update_policy(make_policy(("b",)))
         await asyncio.sleep(0)
