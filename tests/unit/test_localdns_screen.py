@@ -32,6 +32,21 @@ def with_header(flags: int = 0x0100, counts: tuple[int, int, int, int] = (1, 0, 
         (with_header(counts=(1, 0, 1, 1)), "sections"),
         (with_header(counts=(1, 0, 0, 2)), "sections"),
     ],
+    # Named, since a packet as its id would change with the random query id on every run.
+    ids=[
+        "query",
+        "no-opt",
+        "padded-to-the-limit",
+        "short",
+        "response",
+        "oversize-response",
+        "oversize",
+        "no-question",
+        "two-questions",
+        "an-answer",
+        "an-authority",
+        "two-additional",
+    ],
 )
 def test_packets_are_screened_by_size_and_header(packet: bytes, reason: str | None) -> None:
     assert _screen(packet) == reason
