@@ -395,9 +395,7 @@ def _decide_group(
     weighing = facts.weighings.get(key)
     if weighing is None:
         weighing = facts.weighings[key] = _Weighing(service, candidates, previous, facts)
-    if previous is None or weighing.biggest == 0:
-        return GroupPlan(service.name, group.name, *weighing.undamped())
-    allowance = _allowance(service.max_shift, facts.now - previous.since)
+    allowance = _allowance(service.max_shift, facts.now - previous.since) if previous else 0
     if weighing.biggest <= allowance:
         return GroupPlan(service.name, group.name, *weighing.undamped())
     damped_key = (*key, service.max_shift)
