@@ -153,7 +153,7 @@ class Service(_Frozen):
     mode: Mode = Mode.ACTIVE_ACTIVE
     regions: tuple[Name, ...] = Field(min_length=1)
     max_shift: Annotated[int, Field(ge=1, le=100)] = Field(
-        default=25, description="Most percentage points a live region's weight may move in one step"
+        default=25, description="Most percentage points a live region's weight may move per second"
     )
     slow_start: Annotated[float, Field(ge=0, le=3600)] = Field(
         default=30.0, description="Seconds over which a recovered region ramps to its full weight"

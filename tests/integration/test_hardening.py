@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -326,3 +327,42 @@ async def test_a_stalled_plane_holds_its_plan_instead_of_failing_regions_over(pl
     assert plane.events("plan_changed")[-1]["after"]["chat"]["global"] == FULL["global"]
     metrics = await plane.metrics()
     assert metrics[("controlplane_loop_stalls_total", frozenset())] >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("regions: [{name: a, when: !!timestamp foo}]\n", ":1:"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(7)
+            ),
+            ":",
+        ),
+    ],
+    ids=["bad-timestamp", "billion-laughs"],
+)
+async def test_a_hostile_policy_edit_is_refused_audited_and_counted(
+    plane: Plane, text: str, where: str
+) -> None:
+    await plane.settled(FULL)
+    write_policy(plane.policy_path, text)
+    [refused] = await until(lambda: plane.events("policy_rejected"), what="the edit to be refused")
+    assert str(plane.policy_path) + where in refused["problems"][0]
+    assert plane.daemon.counters.reloads_rejected == 1
+    await plane.settled(FULL)
+
+
+async def test_a_policy_replaced_by_a_fifo_neither_hangs_reloads_nor_shutdown(plane: Plane) -> None:
+    await plane.settled(FULL)
+    await asyncio.to_thread(_replace_with_fifo, plane.policy_path)
+    [refused] = await until(lambda: plane.events("policy_rejected"), what="the FIFO to be refused")
+    assert "FIFO" in refused["problems"][0]
+    async with asyncio.timeout(10):
+        await plane.stop()  # nobody ever writes to the FIFO: a blocked reload would hang this
+
+
+def _replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
