@@ -95,6 +95,18 @@ async def tcp_exchange(port: int, queries: list[bytes]) -> list[bytes]:
             await writer.wait_closed()
 
 
+async def until_hung_up(port: int, sent: bytes = b"") -> bytes:
+    """All the server sends on a new TCP connection carrying `sent`, up to when it hangs up."""
+    async with asyncio.timeout(WAIT):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(sent)
+            return await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
 async def test_answers_follow_the_weights(server: LocalDnsProvider) -> None:
     counts: Counter[str] = Counter()
     for _ in range(40):
@@ -212,13 +224,7 @@ async def test_malformed_packets_get_formerr_or_nothing(server: LocalDnsProvider
 
 
 async def test_idle_tcp_connections_are_closed(server: LocalDnsProvider) -> None:
-    async with asyncio.timeout(WAIT):
-        reader, writer = await asyncio.open_connection(HOST, port(server))
-        try:
-            assert await reader.read() == b""  # the server hung up after its 1 s idle timeout
-        finally:
-            writer.close()
-            await writer.wait_closed()
+    assert await until_hung_up(port(server)) == b""  # after the server's 1 s idle timeout
 
 
 async def test_close_ends_open_connections_and_frees_the_port(caplog: pytest.LogCaptureFixture) -> None:

@@ -51,6 +51,18 @@ def instant(kind: ProbeKind = L) -> ProbeFunction:
 ALL_KINDS = {kind: instant(kind) for kind in ProbeKind}
 
 
+def answers_when(event: asyncio.Event, kind: ProbeKind = L) -> ProbeFunction:
+    """A passing probe that answers only once `event` is set."""
+
+    async def probe(
+        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
+    ) -> Observation:
+        await event.wait()
+        return Observation(region.name, kind, True, now(), 0.0)
+
+    return probe
+
+
 def takes(seconds: float, cancelled: list[str]) -> ProbeFunction:
     """A passing liveness probe that lasts `seconds`; the region of each one cancelled goes to `cancelled`."""
 
@@ -126,14 +138,7 @@ async def running(
 @virtual_time
 async def test_first_round_waits_for_every_region_and_enabled_kind() -> None:
     slow_metrics = asyncio.Event()
-
-    async def metrics(
-        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
-    ) -> Observation:
-        await slow_metrics.wait()
-        return Observation(region.name, M, True, now(), 0.0)
-
-    async with running(make_policy(), {**ALL_KINDS, M: metrics}) as h:
+    async with running(make_policy(), {**ALL_KINDS, M: answers_when(slow_metrics, M)}) as h:
         await asyncio.sleep(0.12)
         assert h.count("a", L) and h.count("b", INF)
         assert not h.scheduler.first_round.is_set()  # metrics have not answered yet
@@ -174,14 +179,7 @@ async def test_a_hung_probe_does_not_hold_back_the_next_one() -> None:
 @virtual_time
 async def test_in_flight_probes_are_bounded_per_target() -> None:
     never = asyncio.Event()
-
-    async def hangs(
-        session: aiohttp.ClientSession, region: Region, settings: ProbeSettings, now: Callable[[], float]
-    ) -> Observation:
-        await never.wait()
-        raise AssertionError("unreachable")
-
-    async with running(make_policy(("a",)), {L: hangs}, max_in_flight=3) as h:
+    async with running(make_policy(("a",)), {L: answers_when(never)}, max_in_flight=3) as h:
         await asyncio.sleep(0.4)
         stats = h.scheduler.stats
         assert h.scheduler.in_flight == 3
