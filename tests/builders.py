@@ -4,19 +4,19 @@ a variant is a parameter, not a copy."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
 
+from chaos.loopback import DEMO_POLICY
 from controlplane.changes import ChangeSet, diff
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import Provider
 from probes.health import HealthView, RegionHealth, State
 
-DEMO = Path(__file__).resolve().parents[1] / "policies" / "demo.yaml"
+DEMO = DEMO_POLICY  # policies/demo.yaml, found where the demo stack finds it
 DEMO_ADDRESS = {  # where policies/demo.yaml puts its regions
     "us-east": "127.0.0.11",
     "us-west": "127.0.0.12",
