@@ -53,6 +53,14 @@ _REGION, _WEIGHT = attrgetter("region"), attrgetter("weight")
 _EPSILON_MORE = (1e-9).__add__
 
 
+def _intern(
+    interned: dict[tuple[str, int, str], RouteWeight], region: str, weight: int, reason: str
+) -> RouteWeight:
+    """A new RouteWeight, kept for the groups after this one."""
+    made = interned[(region, weight, reason)] = RouteWeight(region, weight, reason)
+    return made
+
+
 def _newest(current: Override | None, candidate: Override) -> Override:
     # The operator's last word counts: of two overrides alike, the later created wins, then the later listed.
     return candidate if current is None or candidate.created_at >= current.created_at else current
@@ -75,11 +83,6 @@ class _Facts:
         self.damped: dict[tuple[object, ...], Weighing] = {}
         # Interned: building a frozen dataclass costs more than finding the equal one made for another service.
         self.interned: dict[tuple[str, int, str], RouteWeight] = {}
-
-    def route_weight(self, region: str, weight: int, reason: str) -> RouteWeight:
-        """A new RouteWeight, kept in `interned` for the groups after this one."""
-        made = self.interned[(region, weight, reason)] = RouteWeight(region, weight, reason)
-        return made
 
     def _candidate(self, service: str, region: Region) -> _Candidate:
         h = self.health.get(region.name)
@@ -297,8 +300,8 @@ class _Weighing:
         "before",
         "biggest",
         "candidates",
-        "facts",
         "mode",
+        "now",
         "previous",
         "reasons",
         "reusable",
@@ -308,7 +311,9 @@ class _Weighing:
     )
 
     def __init__(self, service: Service, candidates: _Candidates, previous: GroupPlan | None, facts: _Facts):
-        self.candidates, self.previous, self.facts = candidates, previous, facts
+        # No reference to `facts`: it holds this weighing, and a cycle would leave every call's memo to the
+        # garbage collector's slow passes.
+        self.candidates, self.previous, self.now = candidates, previous, facts.now
         self.before: list[int] | None = None
         removed, self.reusable = 0, False
         if previous is not None:
@@ -329,45 +334,47 @@ class _Weighing:
             self.start = _start(self.before, self.target, candidates, removed)
             self.biggest = max(map(abs, map(sub, self.target, self.start)))
 
-    def undamped(self) -> Weighing:
+    def undamped(self, interned: dict[tuple[str, int, str], RouteWeight]) -> Weighing:
         if self._undamped is None:
             weights = self.weights
             if weights is None:
                 weights = _round(self.target, self.candidates.alphabetical)
-            self._undamped = self._finish(weights, self.reasons)
+            self._undamped = self._finish(weights, self.reasons, interned)
         return self._undamped
 
-    def damped(self, allowance: int, max_shift: int) -> Weighing:
+    def damped(
+        self, allowance: int, max_shift: int, interned: dict[tuple[str, int, str], RouteWeight]
+    ) -> Weighing:
         """Every region moved from the start toward its target by the same fraction, so that none moves
         more than `allowance`."""
         step = allowance / self.biggest
         moved = [s + step * (t - s) for s, t in zip(self.start, self.target, strict=False)]
-        why = f"; damped toward {{:.0f}} (max shift {max_shift} points/s)"
         reasons = [
-            r + why.format(t) if abs(m - t) > 1e-9 else r
+            f"{r}; damped toward {t:.0f} (max shift {max_shift} points/s)" if abs(m - t) > 1e-9 else r
             for r, m, t in zip(self.reasons, moved, self.target, strict=False)
         ]
-        return self._finish(_round(moved, self.candidates.alphabetical), reasons)
+        return self._finish(_round(moved, self.candidates.alphabetical), reasons, interned)
 
-    def _finish(self, weights: list[int], reasons: list[str]) -> Weighing:
-        names, previous = self.candidates.names, self.previous
-        route, interned = self.facts.route_weight, self.facts.interned.get
+    def _finish(
+        self, weights: list[int], reasons: list[str], interned: dict[tuple[str, int, str], RouteWeight]
+    ) -> Weighing:
+        names, previous, known = self.candidates.names, self.previous, interned.get
         if previous is not None and self.reusable:
             # Most weights equal last call's: reusing its RouteWeight skips building and interning one.
             out = tuple(
                 [
-                    o if o.weight == w and o.reason == r else interned((n, w, r)) or route(n, w, r)
+                    o if o.weight == w and o.reason == r else known((n, w, r)) or _intern(interned, n, w, r)
                     for n, w, r, o in zip(names, weights, reasons, previous.weights, strict=False)
                 ]
             )
         else:
             out = tuple(
                 [
-                    interned((n, w, r)) or route(n, w, r)
+                    known((n, w, r)) or _intern(interned, n, w, r)
                     for n, w, r in zip(names, weights, reasons, strict=False)
                 ]
             )
-        since = previous.since if previous is not None and self.before == weights else self.facts.now
+        since = previous.since if previous is not None and self.before == weights else self.now
         return self.mode, out, since
 
 
@@ -397,11 +404,11 @@ def _decide_group(
         weighing = facts.weighings[key] = _Weighing(service, candidates, previous, facts)
     allowance = _allowance(service.max_shift, facts.now - previous.since) if previous else 0
     if weighing.biggest <= allowance:
-        return GroupPlan(service.name, group.name, *weighing.undamped())
+        return GroupPlan(service.name, group.name, *weighing.undamped(facts.interned))
     damped_key = (*key, service.max_shift)
     damped = facts.damped.get(damped_key)
     if damped is None:
-        damped = facts.damped[damped_key] = weighing.damped(allowance, service.max_shift)
+        damped = facts.damped[damped_key] = weighing.damped(allowance, service.max_shift, facts.interned)
     return GroupPlan(service.name, group.name, *damped)
 
 
