@@ -1,12 +1,15 @@
-"""Fixtures shared by the integration tests: simulated regions on loopback (ports the OS picks)."""
+"""Fixtures shared by the integration tests: simulated regions on loopback (ports the OS picks) and HTTP
+client sessions."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from chaos.simregion import SimFleet, SimRegion
+from probes.http import make_session
 from tests.integration.daemon_helpers import sim_fleet
 
 SIM_HOST = "127.0.0.21"
@@ -23,3 +26,22 @@ async def fleet() -> AsyncIterator[SimFleet]:
     """The four regions of daemon_helpers.REGIONS (US and EU), healthy until a test breaks one."""
     async with sim_fleet() as fleet:
         yield fleet
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client, as a user or an operator's tool would be; a request that hangs fails the test after
+    5 s instead of aiohttp's default 5 minutes."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+@pytest.fixture
+async def probe_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The probes' own session (probes.http.make_session): no decompression, identity asked for, no
+    timers of aiohttp's, as the scheduler hands the probes."""
+    session = make_session()
+    try:
+        yield session
+    finally:
+        await session.close()

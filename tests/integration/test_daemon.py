@@ -7,14 +7,12 @@ import json
 import re
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import dns.asyncquery
 import dns.message
 import dns.rcode
-import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chaos.loopback import free_port
@@ -40,12 +38,6 @@ from tests.integration.daemon_helpers import (
     write_policy,
 )
 from tests.integration.daemon_helpers import fault as set_fault
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_warm_up_changes_nothing_before_the_first_full_probe_round(

@@ -17,7 +17,7 @@ from controlplane.changes import Action, Change, ChangeSet, Record, diff
 from controlplane.haproxy_process import HaproxyProcess, HaproxyProcessError, render_config
 from controlplane.providers.base import PermanentProviderError, TransientProviderError
 from controlplane.providers.haproxy import HaproxyProvider, RuntimeApi, ServerState, parse_servers_state
-from tests.builders import haproxy_policy, plan
+from tests.builders import converge, haproxy_policy, plan
 from tests.conftest import require_binary
 
 OWNED = ("us-east", "us-west", "eu-west", "eu-central")
@@ -89,19 +89,6 @@ async def stack(endpoints: dict[str, str]) -> AsyncIterator[Stack]:
         )
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as client:
-        yield client
-
-
-async def converge(provider: HaproxyProvider, weights: dict[str, int]) -> ChangeSet:
-    """One reconcile step, as the reconciler does it: render, read, diff, apply."""
-    changes = diff("haproxy", provider.render(plan({"global": weights})), await provider.current())
-    await provider.apply(changes)
-    return changes
-
-
 async def spread(session: aiohttp.ClientSession, url: str, requests: int = 400) -> Counter[str]:
     counts: Counter[str] = Counter()
     for _ in range(requests):
@@ -116,7 +103,7 @@ async def spread(session: aiohttp.ClientSession, url: str, requests: int = 400) 
 
 async def test_weights_split_real_traffic(stack: Stack, session: aiohttp.ClientSession) -> None:
     await stack.api.send(f"set server chat/{FOREIGN} weight 0")  # so the owned servers share all traffic
-    await converge(stack.provider, {"us-east": 75, "us-west": 25})
+    await converge(stack.provider, plan({"global": {"us-east": 75, "us-west": 25}}))
     counts = await spread(session, stack.frontend)
     assert 270 <= counts["us-east"] <= 330
     assert 70 <= counts["us-west"] <= 130
@@ -127,23 +114,23 @@ async def test_drain_takes_a_server_out_and_ready_brings_it_back(
     stack: Stack, session: aiohttp.ClientSession
 ) -> None:
     await stack.api.send(f"set server chat/{FOREIGN} state maint")
-    await converge(stack.provider, {"us-east": 50, "us-west": 50})
+    await converge(stack.provider, plan({"global": {"us-east": 50, "us-west": 50}}))
     assert set(await spread(session, stack.frontend, 40)) == {"us-east", "us-west"}
 
-    changes = await converge(stack.provider, {"us-east": 100})
+    changes = await converge(stack.provider, plan({"global": {"us-east": 100}}))
     assert [(c.record.region, c.record.weight) for c in changes.changes] == [("us-east", 100), ("us-west", 0)]
     assert set(await spread(session, stack.frontend, 40)) == {"us-east"}
     us_west = (await stack.servers())["us-west"]
     assert us_west.admin_state & 0x08  # forced drain, not a weight of 0
     assert us_west.weight == 50
 
-    await converge(stack.provider, {"us-east": 50, "us-west": 50})
+    await converge(stack.provider, plan({"global": {"us-east": 50, "us-west": 50}}))
     assert set(await spread(session, stack.frontend, 40)) == {"us-east", "us-west"}
 
 
 async def test_current_reads_back_what_apply_set(stack: Stack) -> None:
     weights = {"us-east": 60, "us-west": 30, "eu-west": 10}
-    await converge(stack.provider, weights)
+    await converge(stack.provider, plan({"global": weights}))
     assert await stack.provider.current() == stack.provider.render(plan({"global": weights}))
     assert not diff(
         "haproxy", stack.provider.render(plan({"global": weights})), await stack.provider.current()
@@ -154,8 +141,8 @@ async def test_current_reads_back_what_apply_set(stack: Stack) -> None:
 
 
 async def test_fail_closed_plan_drains_every_owned_server(stack: Stack) -> None:
-    await converge(stack.provider, {"us-east": 100})
-    await converge(stack.provider, {})
+    await converge(stack.provider, plan({"global": {"us-east": 100}}))
+    await converge(stack.provider, plan({"global": {}}))
     assert all(r.weight == 0 for r in await stack.provider.current())
 
 
@@ -165,8 +152,8 @@ async def test_fail_closed_plan_drains_every_owned_server(stack: Stack) -> None:
 async def test_a_server_the_policy_does_not_name_is_never_touched(stack: Stack) -> None:
     await stack.api.send(f"set server chat/{FOREIGN} weight 7")
     before = (await stack.servers())[FOREIGN]
-    await converge(stack.provider, {"us-east": 100})
-    await converge(stack.provider, {})
+    await converge(stack.provider, plan({"global": {"us-east": 100}}))
+    await converge(stack.provider, plan({"global": {}}))
     assert {r.region for r in await stack.provider.current()} == set(OWNED)
     foreign_change = Change(Action.UPDATE, None, Record("chat", "*", "us-east", FOREIGN, 0))
     with pytest.raises(PermanentProviderError, match="not a server this policy owns"):
@@ -246,7 +233,7 @@ async def test_unix_socket_runtime_api(tmp_path: Path, endpoints: dict[str, str]
     policy = haproxy_policy(stats, OWNED, endpoints=endpoints)
     async with HaproxyProcess(render_config(policy, frontend=f"127.0.0.1:{free_port()}", stats=stats)):
         provider = HaproxyProvider(policy)
-        await converge(provider, {"eu-west": 100})
+        await converge(provider, plan({"global": {"eu-west": 100}}))
         assert {r.region: r.weight for r in await provider.current()} == {
             "us-east": 0,
             "us-west": 0,

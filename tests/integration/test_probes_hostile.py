@@ -18,7 +18,7 @@ import pytest
 from chaos.hostile import HUGE_METRICS_LOAD, HostileRegion, Hostility, MiB
 from chaos.simregion import SimRegion
 from controlplane.policy import InferenceProbe, LivenessProbe, ProbeSettings, Region
-from probes.http import LIVENESS_BODY_CAP, make_session, probe_liveness
+from probes.http import LIVENESS_BODY_CAP, probe_liveness
 from probes.inference import INFERENCE_LINE_CAP, INFERENCE_STREAM_CAP, probe_inference
 from probes.metrics import METRICS_BODY_CAP, probe_metrics
 from probes.observation import Observation
@@ -38,15 +38,6 @@ class Cost:
     seconds: float
     peak_bytes: int  # Python allocations at their peak while the probe ran (the hostile server's included)
     max_gap: float  # longest the event loop went without running a 5 ms ticker
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    session = make_session()
-    try:
-        yield session
-    finally:
-        await session.close()
 
 
 @pytest.fixture
@@ -90,31 +81,31 @@ def assert_cheap(cost: Cost, timeout: float = TIMEOUT) -> None:
 
 
 async def test_endless_health_body_is_cut_at_the_cap(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.ENDLESS_BODY))
-    live, cost = await measured(probe_liveness(session, region, SETTINGS))
+    live, cost = await measured(probe_liveness(probe_session, region, SETTINGS))
     assert (live.ok, live.inconclusive, live.error) == (False, False, f"body over {LIVENESS_BODY_CAP} bytes")
     assert cost.seconds < TIMEOUT / 2  # the cap, not the timeout, ended it
     assert_cheap(cost)
 
 
 async def test_metrics_page_near_the_cap_is_parsed_off_the_loop(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.HUGE_METRICS))
-    metrics, cost = await measured(probe_metrics(session, region, SETTINGS))
+    metrics, cost = await measured(probe_metrics(probe_session, region, SETTINGS))
     assert metrics.ok, metrics.error
     assert (metrics.queue_depth, metrics.running, metrics.kv_cache_usage) == HUGE_METRICS_LOAD
     assert_cheap(cost)
 
 
 async def test_metrics_page_over_the_cap_is_refused(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     hostile.metrics_size = 16 * MiB
     region = region_at(hostile.endpoint(Hostility.HUGE_METRICS))
-    metrics, cost = await measured(probe_metrics(session, region, SETTINGS))
+    metrics, cost = await measured(probe_metrics(probe_session, region, SETTINGS))
     assert (metrics.ok, metrics.error) == (False, f"body over {METRICS_BODY_CAP} bytes")
     assert_cheap(cost)
 
@@ -139,56 +130,60 @@ REFUSED_GZIP = "Content-Encoding 'gzip' refused, identity was asked for"
     ids=["liveness", "liveness-body-match", "metrics", "inference"],
 )
 async def test_gzip_bomb_is_never_inflated(
-    hostile: HostileRegion, session: aiohttp.ClientSession, probe: Probe, settings: ProbeSettings, error: str
+    hostile: HostileRegion,
+    probe_session: aiohttp.ClientSession,
+    probe: Probe,
+    settings: ProbeSettings,
+    error: str,
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.GZIP_BOMB))
-    observation, cost = await measured(probe(session, region, settings))
+    observation, cost = await measured(probe(probe_session, region, settings))
     assert (observation.ok, observation.error) == (False, error)
     assert_cheap(cost)
 
 
 async def test_endless_sse_line_is_cut_at_the_line_cap(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.ENDLESS_BODY))
-    inference, cost = await measured(probe_inference(session, region, SETTINGS))
+    inference, cost = await measured(probe_inference(probe_session, region, SETTINGS))
     assert (inference.ok, inference.error) == (False, f"stream line over {INFERENCE_LINE_CAP} bytes")
     assert_cheap(cost)
 
 
 async def test_endless_stream_of_valid_chunks_is_cut_at_the_stream_cap(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.ENDLESS_STREAM))
-    inference, cost = await measured(probe_inference(session, region, SETTINGS))
+    inference, cost = await measured(probe_inference(probe_session, region, SETTINGS))
     assert (inference.ok, inference.error) == (False, f"stream over {INFERENCE_STREAM_CAP} bytes")
     assert inference.ttft_s is not None  # what it saw before the cap is still reported
     assert_cheap(cost)
 
 
 async def test_deeply_nested_chunk_fails_the_probe_instead_of_raising(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.DEEP_JSON))
-    inference = await probe_inference(session, region, SETTINGS)
+    inference = await probe_inference(probe_session, region, SETTINGS)
     assert (inference.ok, inference.error) == (False, "ValueError: stream chunk nested too deeply")
 
 
 async def test_inference_does_not_borrow_health_through_a_redirect(
-    hostile: HostileRegion, session: aiohttp.ClientSession, sim: SimRegion
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession, sim: SimRegion
 ) -> None:
     # The redirect target is a healthy region: following the 307 would pass the probe.
-    assert (await probe_inference(session, region_at(sim.endpoint), SETTINGS)).ok
+    assert (await probe_inference(probe_session, region_at(sim.endpoint), SETTINGS)).ok
     region = region_at(hostile.endpoint(Hostility.REDIRECT))
-    inference = await probe_inference(session, region, SETTINGS)
+    inference = await probe_inference(probe_session, region, SETTINGS)
     assert (inference.ok, inference.error) == (False, "redirected (HTTP 307), not followed")
 
 
 async def test_a_drip_ends_at_the_timeout_with_the_loop_free(
-    hostile: HostileRegion, session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession
 ) -> None:
     region = region_at(hostile.endpoint(Hostility.DRIP))
-    live, cost = await measured(probe_liveness(session, region, SETTINGS))
+    live, cost = await measured(probe_liveness(probe_session, region, SETTINGS))
     assert (live.ok, live.error) == (False, f"timed out after {TIMEOUT:g}s")
     assert_cheap(cost)
 
@@ -214,12 +209,11 @@ def descriptors_exhausted() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("probe", [probe_liveness, probe_metrics, probe_inference])
-async def test_plane_out_of_descriptors_is_inconclusive(sim: SimRegion, probe: Probe) -> None:
-    session = make_session()  # no pooled connection: the probe must open a socket
-    try:
-        with descriptors_exhausted():
-            observation = await probe(session, region_at(sim.endpoint), SETTINGS)
-    finally:
-        await session.close()
+async def test_plane_out_of_descriptors_is_inconclusive(
+    sim: SimRegion, probe_session: aiohttp.ClientSession, probe: Probe
+) -> None:
+    # The fixture's session is fresh, with no pooled connection: the probe must open a socket.
+    with descriptors_exhausted():
+        observation = await probe(probe_session, region_at(sim.endpoint), SETTINGS)
     assert (observation.ok, observation.inconclusive) == (False, True)
     assert observation.error == "connect failed: Too many open files"

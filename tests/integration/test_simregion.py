@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,12 +20,6 @@ from tests.builders import us_policy
 CHAT = {"messages": [{"role": "user", "content": "say ok"}], "max_tokens": 5}
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def sse_chunks(resp: aiohttp.ClientResponse) -> list[Any]:
     """Every `data:` payload of a stream, JSON-decoded except the final [DONE] marker."""
     events = [line.removeprefix("data: ") for line in (await resp.text()).split("\n\n") if line]
@@ -34,8 +27,8 @@ async def sse_chunks(resp: aiohttp.ClientResponse) -> list[Any]:
     return [json.loads(e) for e in events[:-1]]
 
 
-async def metric_values(client: aiohttp.ClientSession, sim: SimRegion) -> dict[str, float]:
-    async with client.get(f"{sim.endpoint}/metrics") as resp:
+async def metric_values(session: aiohttp.ClientSession, sim: SimRegion) -> dict[str, float]:
+    async with session.get(f"{sim.endpoint}/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
     return {
@@ -47,9 +40,9 @@ async def metric_values(client: aiohttp.ClientSession, sim: SimRegion) -> dict[s
 
 
 async def test_streamed_chat_is_openai_format_with_max_tokens(
-    sim: SimRegion, client: aiohttp.ClientSession
+    sim: SimRegion, session: aiohttp.ClientSession
 ) -> None:
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+    async with session.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         chunks = await sse_chunks(resp)
@@ -62,8 +55,8 @@ async def test_streamed_chat_is_openai_format_with_max_tokens(
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
-async def test_non_streamed_chat_completion(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 3}) as resp:
+async def test_non_streamed_chat_completion(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    async with session.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 3}) as resp:
         body = await resp.json()
     assert body["object"] == "chat.completion"
     assert body["model"] == "demo-llm"
@@ -71,22 +64,22 @@ async def test_non_streamed_chat_completion(sim: SimRegion, client: aiohttp.Clie
     assert body["usage"]["completion_tokens"] == 3
 
 
-async def test_bad_chat_request_is_400(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={"messages": []}) as resp:
+async def test_bad_chat_request_is_400(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    async with session.post(f"{sim.endpoint}/v1/chat/completions", json={"messages": []}) as resp:
         assert resp.status == 400
         assert "messages" in (await resp.json())["error"]["message"]
 
 
-async def test_models_health_and_metrics(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    async with client.get(f"{sim.endpoint}/v1/models") as resp:
+async def test_models_health_and_metrics(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    async with session.get(f"{sim.endpoint}/v1/models") as resp:
         models = await resp.json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["demo-llm"]
-    async with client.get(f"{sim.endpoint}/health") as resp:
+    async with session.get(f"{sim.endpoint}/health") as resp:
         assert (resp.status, await resp.read()) == (200, b"")
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+    async with session.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
         await resp.read()
-    values = await metric_values(client, sim)
+    values = await metric_values(session, sim)
     assert values["vllm:num_requests_waiting"] == 0
     assert values["vllm:generation_tokens_total"] == 5
     assert values["vllm:time_to_first_token_seconds_count"] == 1
@@ -94,39 +87,39 @@ async def test_models_health_and_metrics(sim: SimRegion, client: aiohttp.ClientS
 
 
 async def test_metrics_follow_in_flight_requests_and_load_knobs(
-    sim: SimRegion, client: aiohttp.ClientSession
+    sim: SimRegion, session: aiohttp.ClientSession
 ) -> None:
     await sim.set_fault(FaultSpec(queue_depth=9, kv_cache=0.5))
-    async with client.post(
+    async with session.post(
         f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 200, "stream": True}
     ) as resp:
         await resp.content.readline()  # the stream has started: the request is running
-        values = await metric_values(client, sim)
+        values = await metric_values(session, sim)
         assert values["vllm:num_requests_running"] == 1
         assert values["vllm:num_requests_waiting"] == 9
         assert 0.5 < values["vllm:kv_cache_usage_perc"] < 0.6
     # The client went away mid-stream: the request is aborted, as vLLM does.
     for _ in range(50):
-        if (await metric_values(client, sim))["vllm:num_requests_running"] == 0:
+        if (await metric_values(session, sim))["vllm:num_requests_running"] == 0:
             break
         await asyncio.sleep(0.01)
-    assert (await metric_values(client, sim))["vllm:num_requests_running"] == 0
+    assert (await metric_values(session, sim))["vllm:num_requests_running"] == 0
 
 
-async def post_fault(client: aiohttp.ClientSession, sim: SimRegion, body: Any) -> tuple[int, Any]:
-    async with client.post(
+async def post_fault(session: aiohttp.ClientSession, sim: SimRegion, body: Any) -> tuple[int, Any]:
+    async with session.post(
         f"{sim.control_url}/fault", data=json.dumps(body) if not isinstance(body, str) else body
     ) as resp:
         return resp.status, await resp.json()
 
 
-async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    async with client.get(f"{sim.control_url}/fault") as resp:
+async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    async with session.get(f"{sim.control_url}/fault") as resp:
         assert (await resp.json())["mode"] == "ok"
-    status, body = await post_fault(client, sim, {"mode": "slow", "factor": 5, "queue_depth": 3})
+    status, body = await post_fault(session, sim, {"mode": "slow", "factor": 5, "queue_depth": 3})
     assert status == 200
     assert sim.fault == FaultSpec(FaultMode.SLOW, factor=5, queue_depth=3)
-    async with client.get(f"{sim.control_url}/fault") as resp:
+    async with session.get(f"{sim.control_url}/fault") as resp:
         assert (
             await resp.json()
             == body
@@ -154,47 +147,47 @@ async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, client: ai
     ],
 )
 async def test_control_api_rejects_bad_input_clearly(
-    sim: SimRegion, client: aiohttp.ClientSession, body: Any, message: str
+    sim: SimRegion, session: aiohttp.ClientSession, body: Any, message: str
 ) -> None:
-    status, answer = await post_fault(client, sim, body)
+    status, answer = await post_fault(session, sim, body)
     assert status == 400
     assert message in answer["error"]["message"]
     assert sim.fault == FaultSpec()
 
 
 async def test_down_refuses_connections_and_drops_open_ones(
-    sim: SimRegion, client: aiohttp.ClientSession
+    sim: SimRegion, session: aiohttp.ClientSession
 ) -> None:
-    async with client.get(f"{sim.endpoint}/health") as resp:  # leaves a pooled keep-alive connection
+    async with session.get(f"{sim.endpoint}/health") as resp:  # leaves a pooled keep-alive connection
         assert resp.status == 200
     await sim.set_fault(FaultSpec(FaultMode.DOWN))
     for _ in range(2):  # the pooled connection was closed too, and a new one is refused
         with pytest.raises(aiohttp.ClientConnectionError):
-            async with client.get(f"{sim.endpoint}/health"):
+            async with session.get(f"{sim.endpoint}/health"):
                 pass
-    async with client.get(f"{sim.control_url}/fault") as resp:  # the control API stays up
+    async with session.get(f"{sim.control_url}/fault") as resp:  # the control API stays up
         assert (await resp.json())["mode"] == "down"
     await sim.set_fault(FaultSpec())
-    async with client.get(f"{sim.endpoint}/health") as resp:
+    async with session.get(f"{sim.endpoint}/health") as resp:
         assert resp.status == 200
 
 
-async def test_hang_never_answers_until_released(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+async def test_hang_never_answers_until_released(sim: SimRegion, session: aiohttp.ClientSession) -> None:
     await sim.set_fault(FaultSpec(FaultMode.HANG))
     # POST: aiohttp silently retries an idempotent GET whose connection the server closed.
-    hung = asyncio.create_task(client.post(f"{sim.endpoint}/v1/chat/completions", json=CHAT))
+    hung = asyncio.create_task(session.post(f"{sim.endpoint}/v1/chat/completions", json=CHAT))
     done, _ = await asyncio.wait([hung], timeout=0.2)
     assert not done
     await sim.set_fault(FaultSpec())
     with pytest.raises(aiohttp.ServerDisconnectedError):
         async with asyncio.timeout(1):
             await hung
-    async with client.get(f"{sim.endpoint}/health") as resp:
+    async with session.get(f"{sim.endpoint}/health") as resp:
         assert resp.status == 200
 
 
-async def test_hang_stalls_a_stream_in_progress(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    async with client.post(
+async def test_hang_stalls_a_stream_in_progress(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    async with session.post(
         f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "max_tokens": 500, "stream": True}
     ) as resp:
         await resp.content.readline()
@@ -206,44 +199,46 @@ async def test_hang_stalls_a_stream_in_progress(sim: SimRegion, client: aiohttp.
 
 
 async def test_errors_fail_api_and_metrics_but_not_health(
-    sim: SimRegion, client: aiohttp.ClientSession
+    sim: SimRegion, session: aiohttp.ClientSession
 ) -> None:
     await sim.set_fault(FaultSpec(FaultMode.ERRORS))
     for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/metrics")):
-        async with client.request(method, f"{sim.endpoint}{path}", json=CHAT) as resp:
+        async with session.request(method, f"{sim.endpoint}{path}", json=CHAT) as resp:
             assert resp.status in (500, 503), path
-    async with client.get(f"{sim.endpoint}/health") as resp:
+    async with session.get(f"{sim.endpoint}/health") as resp:
         assert resp.status == 200
 
 
-async def test_errors_hit_about_the_given_fraction(sim: SimRegion, client: aiohttp.ClientSession) -> None:
+async def test_errors_hit_about_the_given_fraction(sim: SimRegion, session: aiohttp.ClientSession) -> None:
     await sim.set_fault(FaultSpec(FaultMode.ERRORS, fraction=0.5))
     statuses = []
     for _ in range(60):
-        async with client.get(f"{sim.endpoint}/v1/models") as resp:
+        async with session.get(f"{sim.endpoint}/v1/models") as resp:
             statuses.append(resp.status)
     failures = sum(s >= 500 for s in statuses)
     assert 10 < failures < 50  # binomial(60, 0.5): outside this band about once in 10^6 runs
 
 
-async def test_wrong_model_is_served_everywhere(sim: SimRegion, client: aiohttp.ClientSession) -> None:
-    await post_fault(client, sim, {"mode": "wrong_model", "model": "other-model"})
-    async with client.get(f"{sim.endpoint}/v1/models") as resp:
+async def test_wrong_model_is_served_everywhere(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    await post_fault(session, sim, {"mode": "wrong_model", "model": "other-model"})
+    async with session.get(f"{sim.endpoint}/v1/models") as resp:
         assert [m["id"] for m in (await resp.json())["data"]] == ["other-model"]
-    async with client.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+    async with session.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
         assert {c["model"] for c in await sse_chunks(resp)} == {"other-model"}
 
 
-async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -> None:
+async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure(
+    session: aiohttp.ClientSession,
+) -> None:
     policy = us_policy(
         {"a": "http://127.0.0.22:0", "b": "http://127.0.0.23:0"}, probes={"inference": {"model": "m1"}}
     )
     fleet = SimFleet.for_policy(policy)
     assert [(r.host, r.model) for r in fleet.regions.values()] == [("127.0.0.22", "m1"), ("127.0.0.23", "m1")]
     # Port 0 means "pick one" for both servers of a region; the control port is port + 1 otherwise.
-    async with fleet, aiohttp.ClientSession() as client:
+    async with fleet:
         for region in fleet.regions.values():
-            async with client.get(f"{region.endpoint}/health") as resp:
+            async with session.get(f"{region.endpoint}/health") as resp:
                 assert resp.status == 200
         clash = SimFleet(
             [SimRegion("c", "127.0.0.24", 0, 0), SimRegion("d", "127.0.0.22", fleet["a"].port, 0)]
@@ -251,7 +246,7 @@ async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure() -
         with pytest.raises(OSError):
             await clash.start()
         with pytest.raises(aiohttp.ClientConnectionError):  # "c" did not stay up after "d" failed
-            async with client.get(f"{clash['c'].endpoint}/health"):
+            async with session.get(f"{clash['c'].endpoint}/health"):
                 pass
 
 
