@@ -9,14 +9,12 @@ import asyncio
 import multiprocessing
 import random
 import socket
-import struct
 import time
 import timeit
 from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import suppress
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import dns.asyncbackend
@@ -27,19 +25,18 @@ import dns.message
 import dns.rcode
 import yaml
 
+from chaos.hostile import heavy_queries, watched_loop
+from chaos.loopback import DEMO_POLICY, SERVICE_NAME, free_port
 from controlplane.changes import diff
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
-from controlplane.providers.base import PermanentProviderError
 from controlplane.providers.localdns import LocalDnsProvider, answer
 
 HOST = "127.0.0.1"
-NAME = "chat.llm.internal"
 SECONDS_PER_RUN = 4.0  # two plain runs and two flood runs: the whole benchmark stays near half a minute
 FLOOD_RATES = (5.0, 200.0)  # heavy packets a second: a trickle from one sender, and much more
 FLOOD_CLIENTS = 4
 QUERY_TIMEOUT = 1.0  # a legitimate query not answered within this counts as lost
-MAX_UDP = 65_507  # the largest UDP payload over IPv4
 PLAN = RoutingPlan(
     0.0,
     (
@@ -56,63 +53,13 @@ PLAN = RoutingPlan(
 )
 
 
-def heavy_queries() -> tuple[bytes, bytes]:
-    """Two 64 KB queries that are costly to parse: thousands of answer records, and one OPT record with
-    thousands of options (whose section counts are a real query's: only its size gives it away)."""
-    question = dns.message.make_query(NAME, "A").to_wire()[12:]
-    # An empty record named by a pointer to the question, of a distinct type each: every record is an
-    # RRset of its own, the parser's most expensive case.
-    record = struct.Struct("!HHHIH")
-    count = (MAX_UDP - 12 - len(question)) // record.size
-    records = b"".join(record.pack(0xC00C, 1000 + i, 1, 60, 0) for i in range(count))
-    many_records = struct.pack("!6H", 0xBEEF, 0x0100, 1, count, 0, 0) + question + records
-    options = (MAX_UDP - 12 - len(question) - 11) // 4
-    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, options * 4) + struct.pack("!HH", 65001, 0) * options
-    many_options = struct.pack("!6H", 0xBEEF, 0x0100, 1, 0, 0, 1) + question + opt
-    return many_records, many_options
-
-
-class LoopLag:
-    """While entered, the longest the running loop was late for a 10 ms tick: how long it stalled."""
-
-    TICK = 0.01
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + self.TICK
-            await asyncio.sleep(self.TICK)
-            self.longest = max(self.longest, loop.time() - due)
-
-    async def __aenter__(self) -> LoopLag:
-        self._task = asyncio.create_task(self._tick())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
-
-
 async def start_server(data: dict[str, Any]) -> LocalDnsProvider:
     """The server of policy `data` on a free loopback port (the demo itself may hold 5353)."""
-    for _ in range(10):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((HOST, 0))
-            data["providers"]["localdns"].update(listen=HOST, port=probe.getsockname()[1])
-        provider = LocalDnsProvider(Policy.model_validate(data))
-        try:
-            await provider.start()
-        except PermanentProviderError:
-            continue  # the port was free for UDP but not TCP, or taken in between: try another
-        await provider.apply(diff(provider.name, provider.render(PLAN), await provider.current()))
-        return provider
-    raise RuntimeError("no free loopback port for the DNS server")
+    data["providers"]["localdns"].update(listen=HOST, port=free_port())
+    provider = LocalDnsProvider(Policy.model_validate(data))
+    await provider.start()
+    await provider.apply(diff(provider.name, provider.render(PLAN), await provider.current()))
+    return provider
 
 
 async def client(port: int, deadline: float, expected: Collection[str]) -> tuple[int, int]:
@@ -127,7 +74,7 @@ async def client(port: int, deadline: float, expected: Collection[str]) -> tuple
     sent = correct = 0
     try:
         while loop.time() < deadline:
-            query = dns.message.make_query(NAME, "A")
+            query = dns.message.make_query(SERVICE_NAME, "A")
             sent += 1
             try:
                 response = await dns.asyncquery.udp(query, HOST, port=port, sock=sock, timeout=QUERY_TIMEOUT)
@@ -198,7 +145,7 @@ async def main(policy_data: dict[str, Any]) -> None:
                 qps, _ = await loop.run_in_executor(pool, run_clients, port, clients, expected)
                 print(f"udp loopback, {clients:2d} client(s): {qps:9,.0f} queries/s")
             for rate in FLOOD_RATES:
-                async with LoopLag() as lag:
+                async with watched_loop() as monitor:
                     sent, (qps, share) = await asyncio.gather(
                         loop.run_in_executor(pool, flood, port, rate),
                         loop.run_in_executor(pool, run_clients, port, FLOOD_CLIENTS, expected),
@@ -206,7 +153,7 @@ async def main(policy_data: dict[str, Any]) -> None:
                 print(
                     f"flood of {sent / SECONDS_PER_RUN:3.0f} heavy packets/s ({sent} of 64 KB), "
                     f"{FLOOD_CLIENTS} clients: {qps:7,.0f} queries/s, {share:7.2%} answered correctly, "
-                    f"loop late by {lag.longest * 1e3:5.1f} ms at most"
+                    f"loop late by {monitor.max_lag * 1e3:5.1f} ms at most"
                 )
     finally:
         await server.close()
@@ -218,8 +165,10 @@ async def main(policy_data: dict[str, Any]) -> None:
             f"dns.message.from_wire alone takes {parsed / 1e3:6.1f} ms"
         )
     table, rng = server.table, random.Random(0)
-    plain = dns.message.make_query(NAME, "A")
-    subnet = dns.message.make_query(NAME, "A", use_edns=0, options=[dns.edns.ECSOption("127.0.1.0", 24)])
+    plain = dns.message.make_query(SERVICE_NAME, "A")
+    subnet = dns.message.make_query(
+        SERVICE_NAME, "A", use_edns=0, options=[dns.edns.ECSOption("127.0.1.0", 24)]
+    )
     wire = plain.to_wire()
     print(
         f"answer(), by source address:   {microseconds(lambda: answer(plain, HOST, table, rng)):6.1f} us/query"
@@ -232,4 +181,4 @@ async def main(policy_data: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(yaml.safe_load(Path("policies/demo.yaml").read_text(encoding="utf-8"))))
+    asyncio.run(main(yaml.safe_load(DEMO_POLICY.read_text(encoding="utf-8"))))

@@ -1,4 +1,6 @@
-"""HostileRegion: an HTTP server that answers probes the way an attacker or a broken proxy would."""
+"""Hostile peers, for tests and benches: HostileRegion, an HTTP server that answers probes the way an
+attacker or a broken proxy would; heavy_queries(), DNS packets costly to parse; and watched_loop(), how
+long such a peer stalled the event loop."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import contextlib
 import signal
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from enum import StrEnum
 from typing import Self
 
+import dns.message
 from aiohttp import web
+
+from chaos.loopback import SERVICE_NAME
+from probes.loop import LoopMonitor
 
 MiB = 1024 * 1024
 _BLOCK = 64 * 1024  # bytes per write of an endless body: the size aiohttp's writer drains at
@@ -174,6 +180,45 @@ class HostileRegion:
                 await response.write(block)
             await response.write(_METRICS_LINE * (lines % per_write) + _METRICS_TAIL)
         return response
+
+
+MAX_UDP = 65_507  # the largest UDP payload over IPv4
+# A tick this short sees a stall of a few ms; the probes' own monitor (probes.loop.INTERVAL) is coarser.
+WATCH_INTERVAL = 0.005
+
+
+@contextlib.asynccontextmanager
+async def watched_loop() -> AsyncIterator[LoopMonitor]:
+    """A LoopMonitor ticking every WATCH_INTERVAL on the running loop while entered; its `max_lag` is the
+    longest the loop was late for a tick, that is, how long it stalled."""
+    monitor = LoopMonitor(interval=WATCH_INTERVAL)
+    task = asyncio.create_task(monitor.run())
+    try:
+        yield monitor
+    finally:
+        # The tick still pending counts too: a stall in the very step that ends the block (a probe that
+        # parses on the loop and returns) would otherwise go unseen.
+        monitor.state = monitor.state.tick(asyncio.get_running_loop().time())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def heavy_queries(name: str = SERVICE_NAME) -> tuple[bytes, bytes]:
+    """Two 64 KB A queries for `name` that are costly to parse: thousands of answer records, and one OPT
+    record with thousands of options (whose section counts are a real query's: only its size gives it
+    away)."""
+    question = dns.message.make_query(name, "A").to_wire()[12:]
+    # An empty record named by a pointer to the question, of a distinct type each: every record is an
+    # RRset of its own, the parser's most expensive case.
+    record = struct.Struct("!HHHIH")
+    count = (MAX_UDP - 12 - len(question)) // record.size
+    records = b"".join(record.pack(0xC00C, 1000 + i, 1, 60, 0) for i in range(count))
+    many_records = struct.pack("!6H", 0xBEEF, 0x0100, 1, count, 0, 0) + question + records
+    options = (MAX_UDP - 12 - len(question) - 11) // 4
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, options * 4) + struct.pack("!HH", 65001, 0) * options
+    many_options = struct.pack("!6H", 0xBEEF, 0x0100, 1, 0, 0, 1) + question + opt
+    return many_records, many_options
 
 
 async def _serve(server: HostileRegion) -> None:

@@ -22,17 +22,18 @@ from controlplane.providers.base import PermanentProviderError
 from controlplane.providers.localdns import LocalDnsProvider
 from tests.builders import DEMO_ADDRESS, EU_AND_GLOBAL, converge, demo_policy, plan
 from tests.conftest import require_binary, until
+from tests.integration.dns_helpers import (
+    HOST,
+    PLAN,
+    WAIT,
+    RawUdp,
+    address,
+    tcp_exchange,
+    until_hung_up,
+)
 
-HOST = "127.0.0.1"
 EU_CLIENT = "127.0.1.5"  # inside the demo's eu group (127.0.1.0/24); binds fine on Linux loopback
 EU = {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}
-WAIT = 5.0
-PLAN = plan(
-    {
-        "global": {"us-east": 50, "us-west": 30, "eu-west": 20, "eu-central": 0},
-        "eu": {"eu-west": 60, "eu-central": 40},
-    }
-)
 
 
 @pytest.fixture
@@ -58,53 +59,8 @@ async def udp(
         return await dns.asyncquery.udp(query, HOST, port=port, source=source, timeout=WAIT)
 
 
-def address(response: dns.message.Message) -> str:
-    (rrset,) = response.answer
-    (rdata,) = rrset
-    return str(rdata)
-
-
 def port(provider: LocalDnsProvider) -> int:
     return provider.address[1]
-
-
-class RawUdp(asyncio.DatagramProtocol):
-    """A bare UDP client, for packets dnspython would never send."""
-
-    def __init__(self) -> None:
-        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.replies.put_nowait(data)
-
-
-async def tcp_exchange(port: int, queries: list[bytes]) -> list[bytes]:
-    """Send every query on one connection up front, then read as many replies."""
-    async with asyncio.timeout(WAIT):
-        reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            writer.write(b"".join(struct.pack("!H", len(q)) + q for q in queries))
-            await writer.drain()
-            replies = []
-            for _ in queries:
-                (size,) = struct.unpack("!H", await reader.readexactly(2))
-                replies.append(await reader.readexactly(size))
-            return replies
-        finally:
-            writer.close()
-            await writer.wait_closed()
-
-
-async def until_hung_up(port: int, sent: bytes = b"") -> bytes:
-    """All the server sends on a new TCP connection carrying `sent`, up to when it hangs up."""
-    async with asyncio.timeout(WAIT):
-        reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            writer.write(sent)
-            return await reader.read()
-        finally:
-            writer.close()
-            await writer.wait_closed()
 
 
 async def test_answers_follow_the_weights(server: LocalDnsProvider) -> None:

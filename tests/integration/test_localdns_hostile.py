@@ -17,12 +17,12 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from bench.dns_server import LoopLag, heavy_queries
+from chaos.hostile import heavy_queries, watched_loop
 from chaos.loopback import free_port
 from controlplane.providers.localdns import MAX_QUERY_SIZE, LocalDnsProvider
 from tests.builders import DEMO_ADDRESS, converge, demo_policy
 from tests.conftest import until
-from tests.integration.test_localdns import (
+from tests.integration.dns_helpers import (
     HOST,
     PLAN,
     WAIT,
@@ -81,7 +81,7 @@ async def test_heavy_packets_neither_stall_the_loop_nor_crowd_out_queries(server
 
     sent = answered = 0
     try:
-        async with LoopLag() as lag:
+        async with watched_loop() as monitor:
             flooding = asyncio.create_task(flood())
             while not flooding.done():
                 sent += 1
@@ -95,7 +95,7 @@ async def test_heavy_packets_neither_stall_the_loop_nor_crowd_out_queries(server
     finally:
         transport.close()
     assert answered / sent >= 0.99, f"{answered} of {sent} legitimate queries answered"
-    assert lag.longest < 0.25
+    assert monitor.max_lag < 0.25
     await until(lambda: server.dropped == Counter(oversize=20), what="every heavy packet dropped")
 
 

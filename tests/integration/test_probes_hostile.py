@@ -3,7 +3,6 @@ holds memory to its cap, and leaves the event loop free for the other probes."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import resource
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from chaos.hostile import HUGE_METRICS_LOAD, HostileRegion, Hostility, MiB
+from chaos.hostile import HUGE_METRICS_LOAD, HostileRegion, Hostility, MiB, watched_loop
 from chaos.simregion import SimRegion
 from controlplane.policy import InferenceProbe, LivenessProbe, ProbeSettings, Region
 from probes.http import LIVENESS_BODY_CAP, probe_liveness
@@ -27,7 +26,7 @@ TIMEOUT = 1.0
 SETTINGS = ProbeSettings(timeout=TIMEOUT, inference=InferenceProbe(timeout=TIMEOUT, max_tokens=8))
 # Generous: a capped probe holds a few MiB at most; the uncapped one read hundreds of MiB per second.
 MEMORY_BOUND = 64 * MiB
-# Generous: the loop's own ticks are 5 ms apart; parsing a 4 MiB page on the loop took seconds.
+# Generous: the watching ticks are 5 ms apart; parsing a 4 MiB page on the loop took seconds.
 STALL_BOUND = 0.25
 
 Probe = Callable[[aiohttp.ClientSession, Region, ProbeSettings], Awaitable[Observation]]
@@ -37,7 +36,7 @@ Probe = Callable[[aiohttp.ClientSession, Region, ProbeSettings], Awaitable[Obser
 class Cost:
     seconds: float
     peak_bytes: int  # Python allocations at their peak while the probe ran (the hostile server's included)
-    max_gap: float  # longest the event loop went without running a 5 ms ticker
+    max_lag: float  # longest the event loop was late for a tick of chaos.hostile.watched_loop
 
 
 @pytest.fixture
@@ -53,31 +52,22 @@ def region_at(endpoint: str) -> Region:
 
 
 async def measured(probe: Awaitable[Observation]) -> tuple[Observation, Cost]:
-    gaps = [0.0]
-
-    async def tick() -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.005)
-            gaps.append(time.perf_counter() - before - 0.005)
-
-    ticker = asyncio.create_task(tick())
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        observation = await probe
-        seconds = time.perf_counter() - started
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        ticker.cancel()
-    return observation, Cost(seconds, peak, max(gaps))
+    async with watched_loop() as monitor:
+        tracemalloc.start()
+        started = time.perf_counter()
+        try:
+            observation = await probe
+            seconds = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    return observation, Cost(seconds, peak, monitor.max_lag)
 
 
 def assert_cheap(cost: Cost, timeout: float = TIMEOUT) -> None:
     assert cost.seconds < timeout + 0.5
     assert cost.peak_bytes < MEMORY_BOUND, f"{cost.peak_bytes / MiB:.0f} MiB"
-    assert cost.max_gap < STALL_BOUND, f"loop stalled {cost.max_gap:.2f}s"
+    assert cost.max_lag < STALL_BOUND, f"loop stalled {cost.max_lag:.2f}s"
 
 
 async def test_endless_health_body_is_cut_at_the_cap(
@@ -114,40 +104,52 @@ REFUSED_GZIP = "Content-Encoding 'gzip' refused, identity was asked for"
 
 
 @pytest.mark.parametrize(
-    ("probe", "settings", "error"),
+    ("hostility", "probe", "settings", "error"),
     [
         # Liveness reads the raw bytes (the status is what counts): the compressed bomb is over the cap.
-        (probe_liveness, SETTINGS, f"body over {LIVENESS_BODY_CAP} bytes"),
+        pytest.param(
+            Hostility.GZIP_BOMB,
+            probe_liveness,
+            SETTINGS,
+            f"body over {LIVENESS_BODY_CAP} bytes",
+            id="gzip-bomb-liveness",
+        ),
         # Unless it must match the body: text is never matched against compressed bytes.
-        (
+        pytest.param(
+            Hostility.GZIP_BOMB,
             probe_liveness,
             SETTINGS.model_copy(update={"liveness": LivenessProbe(body_match="ok")}),
             REFUSED_GZIP,
+            id="gzip-bomb-liveness-body-match",
         ),
-        (probe_metrics, SETTINGS, REFUSED_GZIP),
-        (probe_inference, SETTINGS, REFUSED_GZIP),
+        pytest.param(Hostility.GZIP_BOMB, probe_metrics, SETTINGS, REFUSED_GZIP, id="gzip-bomb-metrics"),
+        pytest.param(Hostility.GZIP_BOMB, probe_inference, SETTINGS, REFUSED_GZIP, id="gzip-bomb-inference"),
+        pytest.param(
+            Hostility.ENDLESS_BODY,
+            probe_inference,
+            SETTINGS,
+            f"stream line over {INFERENCE_LINE_CAP} bytes",
+            id="endless-sse-line-cut-at-the-line-cap",
+        ),
+        pytest.param(
+            Hostility.DRIP,
+            probe_liveness,
+            SETTINGS,
+            f"timed out after {TIMEOUT:g}s",
+            id="drip-ends-at-the-timeout",
+        ),
     ],
-    ids=["liveness", "liveness-body-match", "metrics", "inference"],
 )
-async def test_gzip_bomb_is_never_inflated(
+async def test_hostile_answer_fails_the_probe_cheaply(
     hostile: HostileRegion,
     probe_session: aiohttp.ClientSession,
+    hostility: Hostility,
     probe: Probe,
     settings: ProbeSettings,
     error: str,
 ) -> None:
-    region = region_at(hostile.endpoint(Hostility.GZIP_BOMB))
-    observation, cost = await measured(probe(probe_session, region, settings))
+    observation, cost = await measured(probe(probe_session, region_at(hostile.endpoint(hostility)), settings))
     assert (observation.ok, observation.error) == (False, error)
-    assert_cheap(cost)
-
-
-async def test_endless_sse_line_is_cut_at_the_line_cap(
-    hostile: HostileRegion, probe_session: aiohttp.ClientSession
-) -> None:
-    region = region_at(hostile.endpoint(Hostility.ENDLESS_BODY))
-    inference, cost = await measured(probe_inference(probe_session, region, SETTINGS))
-    assert (inference.ok, inference.error) == (False, f"stream line over {INFERENCE_LINE_CAP} bytes")
     assert_cheap(cost)
 
 
@@ -177,15 +179,6 @@ async def test_inference_does_not_borrow_health_through_a_redirect(
     region = region_at(hostile.endpoint(Hostility.REDIRECT))
     inference = await probe_inference(probe_session, region, SETTINGS)
     assert (inference.ok, inference.error) == (False, "redirected (HTTP 307), not followed")
-
-
-async def test_a_drip_ends_at_the_timeout_with_the_loop_free(
-    hostile: HostileRegion, probe_session: aiohttp.ClientSession
-) -> None:
-    region = region_at(hostile.endpoint(Hostility.DRIP))
-    live, cost = await measured(probe_liveness(probe_session, region, SETTINGS))
-    assert (live.ok, live.error) == (False, f"timed out after {TIMEOUT:g}s")
-    assert_cheap(cost)
 
 
 @contextmanager
