@@ -383,9 +383,9 @@ def _decide_group(
 ) -> GroupPlan:
     allowed = policy.allowed_regions(service, group)
     if not allowed:
-        return GroupPlan(
-            service.name, group.name, GroupMode.FAIL_CLOSED, (), previous.since if previous else facts.now
-        )
+        held = previous is not None and any(w.weight for w in previous.weights)
+        since = previous.since if previous is not None and not held else facts.now
+        return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, (), since)
     candidates = facts.candidates(service.name, allowed)
     # Services with the same settings, regions and last weights get the same answer: weigh once per call.
     key = (

@@ -285,3 +285,12 @@ def test_since_survives_json_and_an_old_file_without_it_counts_from_generated_at
         del g["since"]
     old_file["generated_at"] = NOW + 5
     assert {g.since for g in RoutingPlan.from_json(old_file)} == {NOW + 5}
+
+
+def test_a_group_left_without_regions_counts_its_change_once():
+    before = decide(policy(), all_healthy(), None, NOW)
+    us_only = policy(regions=["us-east", "us-west"])
+    emptied = decide(us_only, all_healthy(), before, NOW + 1)
+    eu = emptied.group("chat", "eu")
+    assert eu is not None and eu.mode is GroupMode.FAIL_CLOSED and eu.since == NOW + 1, "traffic stopped"
+    assert decide(us_only, all_healthy(), emptied, NOW + 2).group("chat", "eu").since == NOW + 1
