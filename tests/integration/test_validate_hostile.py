@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.builders import DEMO
+
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = (ROOT / "policies" / "demo.yaml").read_text()
+DEMO_TEXT = DEMO.read_text(encoding="utf-8")
 # Generous: each file is refused in well under a second; the old loader never returned on a FIFO.
 TIMEOUT = 60
 
@@ -29,9 +31,9 @@ def test_validate_refuses_hostile_files_promptly_with_positions(tmp_path: Path) 
     bomb = tmp_path / "laughs.yaml"
     bomb.write_text(laughs())
     date = tmp_path / "date.yaml"
-    date.write_text(DEMO.replace("capacity: 60", "capacity: 2001-02-30", 1))
+    date.write_text(DEMO_TEXT.replace("capacity: 60", "capacity: 2001-02-30", 1))
     huge = tmp_path / "huge.yaml"
-    huge.write_text(DEMO.replace("zone: llm.internal", "zone: " + "z" * (1 << 20), 1))
+    huge.write_text(DEMO_TEXT.replace("zone: llm.internal", "zone: " + "z" * (1 << 20), 1))
 
     done = subprocess.run(
         [sys.executable, "-m", "controlplane.cli", "validate", *map(str, (fifo, zero, bomb, date, huge))],

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from controlplane.policy import PolicyError, json_schema, load_policy, parse_policy
+from tests.builders import DEMO
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = (ROOT / "policies" / "demo.yaml").read_text()
+DEMO_TEXT = DEMO.read_text(encoding="utf-8")
 
 
 def problems(text: str) -> list[str]:
@@ -18,7 +17,7 @@ def problems(text: str) -> list[str]:
 
 
 def test_demo_and_examples_are_valid():
-    for path in [ROOT / "policies" / "demo.yaml", *(ROOT / "policies" / "examples").glob("*.yaml")]:
+    for path in [DEMO, *(DEMO.parent / "examples").glob("*.yaml")]:
         load_policy(path)
 
 
@@ -65,13 +64,13 @@ def test_demo_and_examples_are_valid():
     ],
 )
 def test_errors_point_at_the_field(old, new, expected):
-    assert old in DEMO
-    found = problems(DEMO.replace(old, new, 1))
+    assert old in DEMO_TEXT
+    found = problems(DEMO_TEXT.replace(old, new, 1))
     assert any(p.startswith(expected) for p in found), found
 
 
 def test_staleness_must_outlast_the_probe_period():
-    found = problems(DEMO.replace("stale_after: 2.0", "stale_after: 0.5"))
+    found = problems(DEMO_TEXT.replace("stale_after: 2.0", "stale_after: 0.5"))
     assert found == [
         "p.yaml:63:3: health.stale_after: 0.5s must exceed probes.inference.interval (0.5s), "
         "or every region turns unknown between two probes"
@@ -79,7 +78,7 @@ def test_staleness_must_outlast_the_probe_period():
 
 
 def test_every_problem_is_reported_not_just_the_first():
-    text = DEMO.replace("capacity: 60", "capacity: -1").replace("ttl: 5", "ttl: 0")
+    text = DEMO_TEXT.replace("capacity: 60", "capacity: -1").replace("ttl: 5", "ttl: 0")
     assert len(problems(text)) == 2
 
 
@@ -93,7 +92,7 @@ def test_empty_and_non_mapping():
 
 
 def test_schema_file_is_in_sync_with_the_model():
-    committed = (ROOT / "policies" / "schema.json").read_text()
+    committed = (DEMO.parent / "schema.json").read_text()
     assert json.loads(committed) == json.loads(json_schema()), (
         "run: controlplane schema > policies/schema.json"
     )

@@ -20,9 +20,9 @@ from controlplane.policy import (
     load_policy,
     parse_policy,
 )
+from tests.builders import DEMO
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = (ROOT / "policies" / "demo.yaml").read_text()
+DEMO_TEXT = DEMO.read_text(encoding="utf-8")
 LONGEST_MESSAGE = 400  # a file, a position, a field path and two quoted values of at most ~80 characters
 
 
@@ -55,7 +55,7 @@ def laughs(levels: int = 9) -> str:
 
 
 def test_aliases_expand_but_billion_laughs_is_refused_at_the_alias_that_expands_too_far():
-    shared = DEMO.replace("  - name: eu\n", "  - name: eu\n    sources: &eu-nets [127.0.1.0/24]\n", 1)
+    shared = DEMO_TEXT.replace("  - name: eu\n", "  - name: eu\n    sources: &eu-nets [127.0.1.0/24]\n", 1)
     shared = shared.replace("    sources: [127.0.1.0/24]\n", "", 1)
     shared = shared.replace("  - name: global\n", "  - name: global\n    sources: *eu-nets\n", 1)
     assert parse_policy(shared, "p.yaml").client_group("global").sources == ("127.0.1.0/24",)
@@ -118,7 +118,7 @@ def test_a_file_of_too_many_values_is_refused_at_the_first_value_past_the_cap():
     ],
 )
 def test_scalars_that_cannot_be_constructed_have_a_position(value: str, message: str):
-    text = DEMO.replace("capacity: 60", f"capacity: {value}", 1)
+    text = DEMO_TEXT.replace("capacity: 60", f"capacity: {value}", 1)
     [problem] = refused(text)
     assert problem.startswith(f"{at(text, value)} invalid YAML: {message}")
     assert len(problem) < LONGEST_MESSAGE
@@ -126,12 +126,12 @@ def test_scalars_that_cannot_be_constructed_have_a_position(value: str, message:
 
 @pytest.mark.parametrize("tag", ["!custom", "!!set", "!!python/object:os.system"])
 def test_a_tag_on_a_mapping_is_refused_not_ignored(tag: str):
-    text = DEMO.replace("  liveness:\n", f"  liveness: {tag}\n", 1)
+    text = DEMO_TEXT.replace("  liveness:\n", f"  liveness: {tag}\n", 1)
     assert refused(text) == [f"{at(text, tag)} invalid YAML: tag {tag} has no use in a policy"]
 
 
 def test_a_control_character_has_its_position():
-    text = DEMO.replace("zone: llm.internal", "zone: llm.\x01internal", 1)
+    text = DEMO_TEXT.replace("zone: llm.internal", "zone: llm.\x01internal", 1)
     [problem] = refused(text)
     assert problem.startswith(f"{at(text, chr(1))} invalid YAML: character #x0001")
 
@@ -142,10 +142,10 @@ def test_a_control_character_has_its_position():
 def test_a_huge_value_is_echoed_cut_short_with_its_length():
     huge = "a" * (1 << 20)
     for text in (
-        DEMO.replace("zone: llm.internal", f"zone: {huge}", 1),  # a cross-check quotes it
-        DEMO.replace("capacity: 60", f"capacity: 60\n    address: x{huge}", 1),  # pydantic's input
-        DEMO.replace("capacity: 60", f"capacity: 60\n    ? k{huge}\n    : 1", 1),  # an unknown key
-        DEMO.replace("capacity: 60", f"capacity: !!int {huge}", 1),  # a scalar PyYAML refuses
+        DEMO_TEXT.replace("zone: llm.internal", f"zone: {huge}", 1),  # a cross-check quotes it
+        DEMO_TEXT.replace("capacity: 60", f"capacity: 60\n    address: x{huge}", 1),  # pydantic's input
+        DEMO_TEXT.replace("capacity: 60", f"capacity: 60\n    ? k{huge}\n    : 1", 1),  # an unknown key
+        DEMO_TEXT.replace("capacity: 60", f"capacity: !!int {huge}", 1),  # a scalar PyYAML refuses
     ):
         [problem] = refused(text)
         assert len(problem) < LONGEST_MESSAGE, problem[:LONGEST_MESSAGE]
@@ -157,7 +157,7 @@ def test_a_list_of_defined_names_is_cut_short():
         f"  - {{name: region-{i:04d}, endpoint: 'http://10.0.0.1:8000', jurisdiction: US}}\n"
         for i in range(2000)
     )
-    text = DEMO.replace("regions:\n", "regions:\n" + regions, 1).replace(
+    text = DEMO_TEXT.replace("regions:\n", "regions:\n" + regions, 1).replace(
         "[us-east, us-west", "[mars, us-west", 1
     )
     [problem] = refused(text)
@@ -169,7 +169,7 @@ def test_a_list_of_defined_names_is_cut_short():
 
 def test_problems_are_capped_with_a_count_of_the_rest():
     names = ", ".join(f"mars-{i}" for i in range(300))
-    found = refused(DEMO.replace("[us-east, us-west, eu-west, eu-central]", f"[{names}]", 1))
+    found = refused(DEMO_TEXT.replace("[us-east, us-west, eu-west, eu-central]", f"[{names}]", 1))
     assert len(found) == MAX_PROBLEMS + 1
     assert found[-1].endswith(": ... and 200 more problems")
     assert "'mars-99'" in found[MAX_PROBLEMS - 1]
@@ -207,12 +207,12 @@ def test_a_socket_is_refused(tmp_path: Path):
 
 def test_a_file_over_the_cap_is_refused_with_its_size_and_one_at_the_cap_is_read(tmp_path: Path):
     path = tmp_path / "policy.yaml"
-    path.write_text(DEMO + "#" * (MAX_POLICY_BYTES - len(DEMO)) + "\n")
+    path.write_text(DEMO_TEXT + "#" * (MAX_POLICY_BYTES - len(DEMO_TEXT)) + "\n")
     assert refused_file(path) == [
         f"{path}:1:1: cannot read policy: 4,194,305 bytes is larger than the 4,194,304-byte cap"
     ]
-    path.write_text(DEMO + "#" * (MAX_POLICY_BYTES - len(DEMO) - 1) + "\n")
-    assert load_policy(path) == parse_policy(DEMO)
+    path.write_text(DEMO_TEXT + "#" * (MAX_POLICY_BYTES - len(DEMO_TEXT) - 1) + "\n")
+    assert load_policy(path) == parse_policy(DEMO_TEXT)
 
 
 def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path: Path):
@@ -226,7 +226,7 @@ def test_a_huge_sparse_file_is_refused_without_reading_it(tmp_path: Path):
 
 def test_text_that_is_not_utf8_has_its_position(tmp_path: Path):
     path = tmp_path / "policy.yaml"
-    text = DEMO.replace("zone: llm.internal", "zone: llm.\xe9", 1)
+    text = DEMO_TEXT.replace("zone: llm.internal", "zone: llm.\xe9", 1)
     path.write_bytes(text.encode("latin-1"))
     assert refused_file(path) == [
         f"{at(text, chr(0xE9), str(path))} cannot read policy: not UTF-8 text (byte 0xe9)"
@@ -306,7 +306,7 @@ YAMLISH = st.lists(
     st.one_of(
         YAMLISH,
         st.text(max_size=200),
-        st.builds(lambda a, b: DEMO[:a] + b + DEMO[a:], st.integers(0, len(DEMO)), YAMLISH),
+        st.builds(lambda a, b: DEMO_TEXT[:a] + b + DEMO_TEXT[a:], st.integers(0, len(DEMO_TEXT)), YAMLISH),
     )
 )
 def test_any_text_gives_a_policy_or_a_policy_error(text: str):
