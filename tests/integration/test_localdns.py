@@ -22,15 +22,7 @@ from controlplane.providers.base import PermanentProviderError
 from controlplane.providers.localdns import LocalDnsProvider
 from tests.builders import DEMO_ADDRESS, EU_AND_GLOBAL, converge, demo_policy, plan
 from tests.conftest import require_binary, until
-from tests.integration.dns_helpers import (
-    HOST,
-    PLAN,
-    WAIT,
-    RawUdp,
-    address,
-    tcp_exchange,
-    until_hung_up,
-)
+from tests.integration.dns_helpers import HOST, PLAN, WAIT, RawUdp, address, tcp_exchange, until_hung_up
 
 EU_CLIENT = "127.0.1.5"  # inside the demo's eu group (127.0.1.0/24); binds fine on Linux loopback
 EU = {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}

@@ -22,15 +22,7 @@ from chaos.loopback import free_port
 from controlplane.providers.localdns import MAX_QUERY_SIZE, LocalDnsProvider
 from tests.builders import DEMO_ADDRESS, converge, demo_policy
 from tests.conftest import until
-from tests.integration.dns_helpers import (
-    HOST,
-    PLAN,
-    WAIT,
-    RawUdp,
-    address,
-    tcp_exchange,
-    until_hung_up,
-)
+from tests.integration.dns_helpers import HOST, PLAN, WAIT, RawUdp, address, tcp_exchange, until_hung_up
 
 CAP = 16
 GLOBAL = {DEMO_ADDRESS[r] for r in ("us-east", "us-west", "eu-west")}  # PLAN's global regions, weight > 0
