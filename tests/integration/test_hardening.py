@@ -21,8 +21,8 @@ import pytest
 from chaos.loopback import free_port, resolve
 from chaos.simregion import SimFleet
 from controlplane.api import serve
-from controlplane.daemon import Daemon, DaemonConfig, TaskHealth
-from controlplane.policy import load_policy
+from controlplane.daemon import Daemon, DaemonConfig, ManagedProvider, TaskHealth
+from controlplane.policy import Policy, load_policy
 from controlplane.providers.factory import build_providers
 from tests.conftest import until
 from tests.fakes.providers import Fault, FlakyProvider
@@ -76,9 +76,11 @@ async def policy_file(fleet: SimFleet, tmp_path: Path) -> Path:
     return path
 
 
-async def test_a_full_disk_stops_no_reconcile(fleet: SimFleet, policy_file: Path, tmp_path: Path) -> None:
+async def test_a_full_disk_stops_no_reconcile(
+    fleet: SimFleet, policy_file: Path, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
     with tiny_disk(tmp_path / "state") as state:
-        async with running_plane(policy_file, state) as plane, aiohttp.ClientSession() as session:
+        async with running_plane(policy_file, state) as plane:
             await plane.settled(FULL)
             await asyncio.to_thread(fill, state)
             # The next changes cannot be recorded, but they are made, every one.
@@ -124,11 +126,10 @@ async def held_plan_state(fleet: SimFleet, policy_file: Path, tmp_path: Path) ->
 
 
 async def test_a_restart_serves_the_last_plan_before_the_first_probe_round(
-    fleet: SimFleet, policy_file: Path, held_plan_state: Path
+    fleet: SimFleet, policy_file: Path, held_plan_state: Path, session: aiohttp.ClientSession
 ) -> None:
-    async with aiohttp.ClientSession() as session:
-        for name in ADDRESS:  # nobody answers probes: the first round takes as long as it can
-            await fault(session, fleet[name], mode="hang")
+    for name in ADDRESS:  # nobody answers probes: the first round takes as long as it can
+        await fault(session, fleet[name], mode="hang")
     async with running_plane(policy_file, held_plan_state) as plane:
         assert not plane.daemon.ready
         assert await plane.held("global") == FULL["global"]
@@ -138,12 +139,11 @@ async def test_a_restart_serves_the_last_plan_before_the_first_probe_round(
 
 
 async def test_a_persisted_plan_that_breaks_the_new_policy_is_cut_to_it(
-    fleet: SimFleet, policy_file: Path, held_plan_state: Path
+    fleet: SimFleet, policy_file: Path, held_plan_state: Path, session: aiohttp.ClientSession
 ) -> None:
     # us-east is gone from the policy: its weight is not served, the rest is.
     write_policy(policy_file, policy_data(fleet, drop=["us-east"]))
-    async with aiohttp.ClientSession() as session:
-        await fault(session, fleet["us-west"], mode="hang")
+    await fault(session, fleet["us-west"], mode="hang")
     async with running_plane(policy_file, held_plan_state) as plane:
         held = await plane.held("global")
         assert "us-east" not in held and held == {"us-west": 30, "eu-west": 20, "eu-central": 10}
@@ -224,30 +224,29 @@ async def test_a_reload_to_a_busy_port_is_refused_and_dns_keeps_answering(
         assert metrics[("controlplane_dns_tcp_connections", frozenset())] == 0
 
 
-async def test_the_damping_base_is_what_the_provider_holds(fleet: SimFleet, tmp_path: Path) -> None:
+async def test_the_damping_base_is_what_the_provider_holds(
+    fleet: SimFleet, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
     policy = tmp_path / "policy.yaml"
     write_policy(policy, policy_data(fleet, memory=False))
     flaky: list[FlakyProvider] = []
 
-    def factory(p: object) -> list[FlakyProvider]:
-        flaky[:] = [FlakyProvider(load_policy(policy), "flaky")]
+    def factory(p: Policy) -> list[ManagedProvider]:
+        flaky[:] = [FlakyProvider(p, "flaky")]
         return list(flaky)
 
-    async with running_plane(policy, tmp_path / "state", provider_factory=factory) as plane:  # type: ignore[arg-type]
+    async with running_plane(policy, tmp_path / "state", provider_factory=factory) as plane:
         await plane.settled(FULL, provider="flaky")
         flaky[0].faults.extend([Fault(RuntimeError("down"))] * 1000)
-        async with aiohttp.ClientSession() as session:
-            await fault(session, fleet["us-west"], mode="down")
-            await until(
-                lambda: plane.daemon.reconciler.stats["flaky"].consecutive_errors >= 3, what="failures"
-            )
-            # The provider never took the new weights: the plane still damps from the old ones.
-            assert plane.weights() == FULL["global"]
-            assert await plane.held("global", "flaky") == FULL["global"]
-            flaky[0].faults.clear()
-            await plane.settled(
-                {"global": {"us-east": 57, "us-west": 0, "eu-west": 29, "eu-central": 14}}, "flaky"
-            )
+        await fault(session, fleet["us-west"], mode="down")
+        await until(lambda: plane.daemon.reconciler.stats["flaky"].consecutive_errors >= 3, what="failures")
+        # The provider never took the new weights: the plane still damps from the old ones.
+        assert plane.weights() == FULL["global"]
+        assert await plane.held("global", "flaky") == FULL["global"]
+        flaky[0].faults.clear()
+        await plane.settled(
+            {"global": {"us-east": 57, "us-west": 0, "eu-west": 29, "eu-central": 14}}, "flaky"
+        )
 
 
 @pytest.fixture

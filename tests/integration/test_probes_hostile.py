@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,9 +18,10 @@ import pytest
 from chaos.hostile import HUGE_METRICS_LOAD, HostileRegion, Hostility, MiB, watched_loop
 from chaos.simregion import SimRegion
 from controlplane.policy import InferenceProbe, LivenessProbe, ProbeSettings, Region
+from probes import metrics as metrics_module
 from probes.http import LIVENESS_BODY_CAP, probe_liveness
 from probes.inference import INFERENCE_LINE_CAP, INFERENCE_STREAM_CAP, probe_inference
-from probes.metrics import METRICS_BODY_CAP, probe_metrics
+from probes.metrics import METRICS_BODY_CAP, Load, probe_metrics
 from probes.observation import Observation
 
 TIMEOUT = 1.0
@@ -90,13 +92,23 @@ async def test_endless_health_body_is_cut_at_the_cap(
 
 
 async def test_metrics_page_near_the_cap_is_parsed_off_the_loop(
-    hostile: HostileRegion, probe_session: aiohttp.ClientSession
+    hostile: HostileRegion, probe_session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Filtering made a cap-sized page cheap, so a stall no longer shows where it is parsed: ask the parser.
+    parsed_on: list[threading.Thread] = []
+    parse = metrics_module.read_page
+
+    def read_page(page: bytes) -> Load:
+        parsed_on.append(threading.current_thread())
+        return parse(page)
+
+    monkeypatch.setattr(metrics_module, "read_page", read_page)
     region = region_at(hostile.endpoint(Hostility.HUGE_METRICS))
     metrics, cost = await measured(probe_metrics(probe_session, region, SETTINGS))
     assert metrics.ok, metrics.error
     assert (metrics.queue_depth, metrics.running, metrics.kv_cache_usage) == HUGE_METRICS_LOAD
     assert_cheap(cost)
+    assert parsed_on and threading.main_thread() not in parsed_on
 
 
 async def test_metrics_page_over_the_cap_is_refused(
