@@ -365,3 +365,12 @@ async def test_a_policy_replaced_by_a_fifo_neither_hangs_reloads_nor_shutdown(pl
 def _replace_with_fifo(path: Path) -> None:
     path.unlink()
     os.mkfifo(path)
+
+
+async def test_overrides_are_capped_with_a_conflict(plane: Plane, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("controlplane.daemon.MAX_OVERRIDES", 3)
+    body = {"region": "us-west", "duration": 60}
+    replies = [await plane.request("POST", "/overrides", json=body, headers=plane.auth()) for _ in range(4)]
+    assert [status for status, _ in replies] == [201, 201, 201, 409]
+    assert "3 overrides are active" in replies[-1][1]["error"]
+    assert len(plane.daemon.overrides) == 3
