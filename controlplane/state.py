@@ -396,7 +396,7 @@ class AuditLog:
         self.health = WriteHealth()
         self._rotate_bytes = rotate_bytes
         self._keep = keep
-        self._spool = _Spooler[bytes]("audit.jsonl", self._append, self.health, wait=wait)
+        self._spool = _Spooler[dict[str, Any]]("audit.jsonl", self._append, self.health, wait=wait)
 
     def _rotate(self) -> None:
         for n in range(self._keep - 1, 0, -1):
@@ -405,9 +405,9 @@ class AuditLog:
                 older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
         self.path.replace(self.path.with_name(f"{self.path.name}.1"))
 
-    def _append(self, lines: list[bytes]) -> None:
+    def _append(self, entries: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for line in lines:
+        for line in map(self.encode, entries):
             with contextlib.suppress(FileNotFoundError):
                 if self.path.stat().st_size + len(line) > self._rotate_bytes:
                     self._rotate()
@@ -428,22 +428,19 @@ class AuditLog:
                 os.close(fd)
 
     @staticmethod
-    def encode(event: str, fields: dict[str, Any]) -> bytes:
-        line = json.dumps(
-            {"ts": round(time.time(), 3), "event": event, **fields}, sort_keys=True, default=str
-        )
+    def encode(entry: dict[str, Any]) -> bytes:
+        line = json.dumps(entry, sort_keys=True, default=str)
         if len(line) >= MAX_AUDIT_LINE:
-            line = json.dumps(
-                {"ts": round(time.time(), 3), "event": event, "cut": True, "bytes": len(line)}, sort_keys=True
-            )
+            line = json.dumps({"ts": entry["ts"], "event": entry["event"], "cut": True, "bytes": len(line)})
         return line.encode() + b"\n"
 
     async def write(self, event: str, **fields: Any) -> None:
-        """Best-effort: waits for the line while the disk keeps up, never raises, never blocks routing."""
-        await self._spool.submit(self.encode(event, fields))
+        """Best-effort: waits for the line while the disk keeps up, never raises, never blocks routing.
 
-    async def flush(self, within: float = 2.0) -> bool:
-        return await self._spool.flush(within)
+        The fields must not be changed afterwards: they are encoded in the writer's thread, so that a
+        decision over thousands of services is not serialised on the event loop.
+        """
+        await self._spool.submit({"ts": round(time.time(), 3), "event": event, **fields})
 
     async def close(self, within: float = 2.0) -> None:
         await self._spool.close(within)
