@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import compress
 from operator import attrgetter, not_, sub
 
@@ -139,7 +140,7 @@ class _Facts:
             found = self._candidate_sets[key] = _Candidates(
                 members,
                 names,
-                tuple(sorted(positions, key=names.__getitem__)),
+                _alphabetical(names),
                 flags,
                 tuple(compress(positions, map(not_, flags))),
                 # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
@@ -154,6 +155,13 @@ class _Facts:
         if found is None:
             found = self._targets[key] = _targets(service, candidates, self.now)
         return found
+
+
+@lru_cache(maxsize=65_536)
+def _alphabetical(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of `names` in name order: rounding's tie-break. A pure function of the region set, so
+    remembered across calls: a fleet's region sets are few and sorting them was a tenth of a decision."""
+    return tuple(sorted(range(len(names)), key=names.__getitem__))
 
 
 def _round(values: Sequence[float], alphabetical: Sequence[int], total: int = TOTAL) -> list[int]:
@@ -349,8 +357,10 @@ class _Weighing:
         more than `allowance`."""
         step = allowance / self.biggest
         moved = [s + step * (t - s) for s, t in zip(self.start, self.target, strict=False)]
+        # Thousands of these a call: concatenation with round() is a third of an f-string's float format.
+        suffix = f" (max shift {max_shift} points/s)"
         reasons = [
-            f"{r}; damped toward {t:.0f} (max shift {max_shift} points/s)" if abs(m - t) > 1e-9 else r
+            r + "; damped toward " + str(round(t)) + suffix if abs(m - t) > 1e-9 else r
             for r, m, t in zip(self.reasons, moved, self.target, strict=False)
         ]
         return self._finish(_round(moved, self.candidates.alphabetical), reasons, interned)
