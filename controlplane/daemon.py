@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import trace
 
@@ -22,7 +22,7 @@ from controlplane.errors import InvalidInput
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy, PolicyError, load_policy
-from controlplane.providers.base import Provider, ProviderError
+from controlplane.providers.base import ManagedProvider, ProviderError
 from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore
 from controlplane.telemetry import traced_probes
@@ -45,16 +45,8 @@ tracer = trace.get_tracer("controlplane")
 RESTART_INITIAL = 0.1  # seconds before a crashed task's first restart, doubling to RESTART_MAX
 RESTART_MAX = 5.0
 STABLE_AFTER = 10.0  # a task that ran this long before crashing starts its backoff afresh
-CRASH_LOOP_WINDOW = 60.0
-YOUNG_GC_THRESHOLD = 20_000  # see settle_heap()  # two crashes in a row within this long: not ready
-
-
-class ManagedProvider(Provider, Protocol):
-    """A provider the daemon can start, reconfigure and stop."""
-
-    async def start(self) -> None: ...
-
-    def update_policy(self, policy: Policy) -> None: ...
+CRASH_LOOP_WINDOW = 60.0  # two crashes in a row within this long: not ready
+YOUNG_GC_THRESHOLD = 20_000  # see settle_heap()
 
 
 ProviderFactory = Callable[[Policy], list[ManagedProvider]]

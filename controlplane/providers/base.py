@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 from controlplane.changes import ChangeSet, Record
 from controlplane.errors import ControlPlaneError
 from controlplane.plan import RoutingPlan
+from controlplane.policy import Policy
 
 
 class ProviderError(ControlPlaneError):
@@ -52,3 +53,13 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class ManagedProvider(Provider, Protocol):
+    """A provider the daemon can start, reconfigure and stop."""
+
+    async def start(self) -> None: ...
+
+    def update_policy(self, policy: Policy) -> None:
+        """Adopt `policy` in place, or raise ProviderError if that needs a new instance (a new port, say)."""
+        ...

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 
 from controlplane.policy import Policy
-
-if TYPE_CHECKING:
-    from controlplane.daemon import ManagedProvider
+from controlplane.providers.base import ManagedProvider
 
 
 def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[ManagedProvider]:

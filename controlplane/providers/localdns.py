@@ -33,7 +33,7 @@ from controlplane.plan import RoutingPlan
 from controlplane.policy import LocalDnsProvider as LocalDnsSettings
 from controlplane.policy import Policy
 from controlplane.providers.base import Capabilities, PermanentProviderError
-from controlplane.providers.memory import MAX_WEIGHT, RecordKey, apply_changes, dns_name, render_records
+from controlplane.providers.records import MAX_WEIGHT, RecordKey, apply_changes, dns_name, render_records
 
 log = logging.getLogger(__name__)
 

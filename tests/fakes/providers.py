@@ -14,7 +14,8 @@ from controlplane.changes import ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import Capabilities, PermanentProviderError
-from controlplane.providers.memory import MemoryProvider, render_records
+from controlplane.providers.memory import MemoryProvider
+from controlplane.providers.records import render_records
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from chaos.loopback import free_port
 from chaos.simregion import SimFleet, SimRegion
 from controlplane.api import serve
-from controlplane.daemon import Daemon, DaemonConfig, ManagedProvider, ProviderFactory
+from controlplane.daemon import Daemon, DaemonConfig, ProviderFactory
 from controlplane.policy import load_policy
+from controlplane.providers.base import ManagedProvider
 from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider
 from tests import builders

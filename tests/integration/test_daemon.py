@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from chaos.loopback import free_port
 from chaos.simregion import SimFleet
-from controlplane.daemon import ManagedProvider
 from controlplane.overrides import Override, OverrideAction
 from controlplane.policy import Policy
+from controlplane.providers.base import ManagedProvider
 from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider
 from controlplane.state import StateStore

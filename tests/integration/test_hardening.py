@@ -21,8 +21,9 @@ import pytest
 from chaos.loopback import free_port, resolve
 from chaos.simregion import SimFleet
 from controlplane.api import serve
-from controlplane.daemon import Daemon, DaemonConfig, ManagedProvider, TaskHealth
+from controlplane.daemon import Daemon, DaemonConfig, TaskHealth
 from controlplane.policy import Policy, load_policy
+from controlplane.providers.base import ManagedProvider
 from controlplane.providers.factory import build_providers
 from tests.conftest import until
 from tests.fakes.providers import Fault, FlakyProvider

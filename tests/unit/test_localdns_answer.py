@@ -19,7 +19,7 @@ from controlplane.changes import Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.localdns import AnswerTable, answer
-from controlplane.providers.memory import render_records
+from controlplane.providers.records import render_records
 from tests.builders import DEMO_ADDRESS, demo_data, demo_policy, plan
 
 EU = {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}

@@ -14,7 +14,8 @@ from controlplane.providers.base import (
     Provider,
     TransientProviderError,
 )
-from controlplane.providers.memory import MemoryProvider, render_records
+from controlplane.providers.memory import MemoryProvider
+from controlplane.providers.records import render_records
 from tests.builders import DEMO, DEMO_ADDRESS, converge, plan
 
 PLAN = plan(
