@@ -12,16 +12,41 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from controlplane.errors import InvalidInput
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
+DnsName = Annotated[
+    str, Field(min_length=1, max_length=253, pattern=r"^([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}\.?$")
+]
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class _Frozen(BaseModel):
@@ -43,7 +68,9 @@ class AllDown(StrEnum):
 
 class Region(_Frozen):
     name: Name
-    endpoint: str = Field(description="Base URL of the OpenAI-compatible server, e.g. http://10.0.0.5:8000")
+    endpoint: HttpUrl = Field(
+        description="Base URL of the OpenAI-compatible server, e.g. http://10.0.0.5:8000"
+    )
     address: str | None = Field(
         default=None, description="IP address DNS answers with; defaults to the endpoint's host"
     )
@@ -51,17 +78,9 @@ class Region(_Frozen):
     capacity: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     priority: Annotated[int, Field(ge=0, le=1000)] = 100
     model: str | None = Field(default=None, description="Model id this region must serve (inference probe)")
-    metrics_url: str | None = Field(default=None, description="Prometheus metrics URL; defaults to endpoint")
-
-    @field_validator("endpoint", "metrics_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value.rstrip("/")
+    metrics_url: HttpUrl | None = Field(
+        default=None, description="Prometheus metrics URL; defaults to endpoint"
+    )
 
     @field_validator("address")
     @classmethod
@@ -128,9 +147,76 @@ class HealthSettings(_Frozen):
     )
 
 
+class Continent(StrEnum):
+    """Route 53's continent codes."""
+
+    AF = "AF"
+    AN = "AN"
+    AS = "AS"
+    EU = "EU"
+    NA = "NA"
+    OC = "OC"
+    SA = "SA"
+
+
+# ISO 3166-1 alpha-2 codes as assigned (249, Debian iso-codes 4.18): Route 53's country codes.
+_ISO_3166_ALPHA2 = (
+    "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT "
+    "BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH "
+    "ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT "
+    "HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS "
+    "LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI "
+    "NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG "
+    "SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG "
+    "UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW"
+)
+ISO_COUNTRIES = frozenset(_ISO_3166_ALPHA2.split())
+
+
+def _unquoted(value: object) -> object:
+    # YAML 1.1, which PyYAML reads, takes a bare NO (Norway) for false.
+    if isinstance(value, bool):
+        raise ValueError('YAML read this as a boolean: quote the country code, e.g. "NO"')
+    return value
+
+
+def _country(code: str) -> str:
+    if code not in ISO_COUNTRIES:
+        raise ValueError(
+            "must be an assigned ISO 3166-1 alpha-2 country code in capitals, such as 'GB' (not 'UK'), "
+            "'CH' or 'US'; policies/schema.json lists all 249"
+        )
+    return code
+
+
+Country = Annotated[
+    str,
+    BeforeValidator(_unquoted),
+    AfterValidator(_country),
+    WithJsonSchema({"type": "string", "enum": sorted(ISO_COUNTRIES)}),
+]
+GcpRegion = Annotated[str, Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$", description="e.g. europe-west1")]
+AwsRegion = Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", description="e.g. eu-west-1")]
+
+
+class Geo(_Frozen):
+    """Where the cloud's DNS sends a resolver to this group: by its location, as the cloud sees it."""
+
+    continents: tuple[Continent, ...] = Field(default=(), description="Route 53 continent codes")
+    countries: tuple[Country, ...] = Field(default=(), description="ISO 3166-1 alpha-2 codes (Route 53)")
+    gcp_regions: tuple[GcpRegion, ...] = Field(default=(), description="Cloud DNS geo routing locations")
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> Geo:
+        if not (self.continents or self.countries or self.gcp_regions):
+            raise ValueError("names no place; give continents, countries or gcp_regions")
+        return self
+
+
 class ClientGroup(_Frozen):
     name: Name
     sources: tuple[str, ...] = Field(default=(), description="CIDRs of client addresses in this group")
+    geo: Geo | None = Field(default=None, description="Locations whose resolvers the cloud's DNS sends here")
     allowed_jurisdictions: tuple[Annotated[str, Field(min_length=1)], ...] = Field(min_length=1)
 
     @field_validator("sources")
@@ -146,9 +232,7 @@ class ClientGroup(_Frozen):
 
 class Service(_Frozen):
     name: Name
-    dns_name: Annotated[
-        str, Field(min_length=1, max_length=253, pattern=r"^([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}\.?$")
-    ]
+    dns_name: DnsName
     ttl: Annotated[int, Field(ge=1, le=86400)] = 30
     mode: Mode = Mode.ACTIVE_ACTIVE
     regions: tuple[Name, ...] = Field(min_length=1)
@@ -183,10 +267,135 @@ class HaproxyProvider(_Frozen):
     servers: dict[Name, str] = Field(description="Region name -> HAProxy server name in the backend")
 
 
+Owner = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,31}$",
+        description="This plane's ownership id: it changes only records that carry it",
+    ),
+]
+DeleteShare = Annotated[float, Field(ge=0, le=1)]
+_DELETE_SHARE = Field(
+    default=0.34, description="Most of the owned records one change set may delete unless forced"
+)
+
+
+def _zone_name(zone: str) -> str:
+    return zone.rstrip(".").lower()
+
+
+def in_zone(dns_name: str, zone: str) -> bool:
+    """Whether a name lies in a zone (its apex included); case and a final dot do not matter."""
+    name, zone = _zone_name(dns_name), _zone_name(zone)
+    return name == zone or name.endswith("." + zone)
+
+
+class Route53Settings(_Frozen):
+    enabled: bool = True
+    zone: Annotated[DnsName, AfterValidator(_zone_name)] | None = Field(
+        default=None, description="Hosted zone found by name; or give hosted_zone_id"
+    )
+    hosted_zone_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,32}$")] | None = Field(
+        default=None, description="e.g. Z1D633PJN98FT9; or give zone"
+    )
+    endpoint_url: HttpUrl | None = Field(default=None, description="An emulator such as moto_server")
+    owner: Owner
+    max_delete_share: DeleteShare = _DELETE_SHARE
+
+    @model_validator(mode="after")
+    def _one_zone(self) -> Route53Settings:
+        if (self.zone is None) == (self.hosted_zone_id is None):
+            raise ValueError("give exactly one of zone and hosted_zone_id")
+        return self
+
+    @property
+    def instance_name(self) -> str:
+        return f"route53:{self.zone or self.hosted_zone_id}"
+
+
+class CloudDnsSettings(_Frozen):
+    enabled: bool = True
+    project: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")]
+    managed_zone: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    api_endpoint: HttpUrl | None = Field(default=None, description="A fake of the Cloud DNS v1 API")
+    owner: Owner
+    max_delete_share: DeleteShare = _DELETE_SHARE
+
+    @property
+    def instance_name(self) -> str:
+        return f"cloud_dns:{self.project}/{self.managed_zone}"
+
+
+class GlobalAcceleratorSettings(_Frozen):
+    enabled: bool = True
+    endpoint_url: HttpUrl | None = None
+    listener_arn: Annotated[
+        str,
+        Field(
+            pattern=r"^arn:aws:globalaccelerator::[0-9]{12}:accelerator/[A-Za-z0-9-]{1,64}/listener/[A-Za-z0-9-]{1,64}$"
+        ),
+    ]
+    service: Name
+    client_group: Name
+    endpoint_groups: dict[Name, AwsRegion] = Field(
+        min_length=1, description="Region name -> the AWS region of its endpoint group"
+    )
+
+    @property
+    def instance_name(self) -> str:
+        return f"global_accelerator:{self.listener_arn.rsplit('/', 1)[1]}"
+
+
+CloudSettings = Route53Settings | CloudDnsSettings | GlobalAcceleratorSettings
+_S = TypeVar("_S", bound=_Frozen)
+
+
+def _shape(value: object) -> str | None:
+    if isinstance(value, list | tuple):
+        return "list"
+    return "mapping" if isinstance(value, dict | BaseModel) else None
+
+
+# The tag pydantic puts in an error's location is not in the file; parse_policy drops it.
+_TAGS = ("mapping", "list")
+_OneOrMany = Annotated[
+    Annotated[_S, Tag(_TAGS[0])] | Annotated[tuple[_S, ...], Tag(_TAGS[1]), Field(min_length=1)],
+    Discriminator(
+        _shape,
+        custom_error_type="one_or_many",
+        custom_error_message="must be a mapping or a list of mappings",
+    ),
+]
+
+
+def _as_tuple(value: _S | tuple[_S, ...] | None) -> tuple[_S, ...]:
+    if value is None:
+        return ()
+    return value if isinstance(value, tuple) else (value,)
+
+
 class Providers(_Frozen):
     localdns: LocalDnsProvider | None = None
     haproxy: HaproxyProvider | None = None
     memory: bool = Field(default=False, description="In-process reference provider (tests)")
+    route53: _OneOrMany[Route53Settings] | None = None
+    cloud_dns: _OneOrMany[CloudDnsSettings] | None = None
+    global_accelerator: _OneOrMany[GlobalAcceleratorSettings] | None = None
+
+    @property
+    def route53_list(self) -> tuple[Route53Settings, ...]:
+        return _as_tuple(self.route53)
+
+    @property
+    def cloud_dns_list(self) -> tuple[CloudDnsSettings, ...]:
+        return _as_tuple(self.cloud_dns)
+
+    @property
+    def global_accelerator_list(self) -> tuple[GlobalAcceleratorSettings, ...]:
+        return _as_tuple(self.global_accelerator)
+
+
+_CLOUD_KEYS = ("route53", "cloud_dns", "global_accelerator")
 
 
 class Policy(_Frozen):
@@ -419,6 +628,13 @@ def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark], at_key: bool = False) -
     return None
 
 
+def _file_path(loc: Path_) -> Path_:
+    """An error's location as written in the file: without the tag of a one-or-many provider key."""
+    if len(loc) > 2 and loc[0] == "providers" and loc[1] in _CLOUD_KEYS and loc[2] in _TAGS:
+        return (*loc[:2], *loc[3:])
+    return loc
+
+
 def _describe(error: Any) -> str:
     field = _field(error["loc"])
     kind = error["type"]
@@ -495,33 +711,123 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
     yield from _check_providers(policy, region_names, group_names)
 
 
+def _check_geo(policy: Policy) -> Iterator[tuple[Path_, str]]:
+    """A place in two groups' geo would send one resolver to either group: refused, naming both."""
+    seen: dict[tuple[str, str], str] = {}
+    for i, group in enumerate(policy.client_groups):
+        if group.geo is None:
+            continue
+        places = {
+            "continents": group.geo.continents,
+            "countries": group.geo.countries,
+            "gcp_regions": group.geo.gcp_regions,
+        }
+        for kind, values in places.items():
+            for j, value in enumerate(values):
+                field = f"client_groups.{i}.geo.{kind}.{j}"
+                first = seen.setdefault((kind, value), group.name)
+                if first != group.name:
+                    yield (
+                        ("client_groups", i, "geo", kind, j),
+                        f"{field}: {_value(str(value))} is in the geo of client groups {_value(first)} and "
+                        f"{_value(group.name)}; a resolver's location must lead to one group",
+                    )
+                elif value in values[:j]:
+                    yield (
+                        ("client_groups", i, "geo", kind, j),
+                        f"{field}: {_value(str(value))} is listed twice",
+                    )
+
+
+def _cloud_instances(providers: Providers) -> Iterator[tuple[Path_, CloudSettings]]:
+    """Each cloud provider instance with the path it was written at (a single mapping or a list item)."""
+    for key in _CLOUD_KEYS:
+        value: CloudSettings | tuple[CloudSettings, ...] | None = getattr(providers, key)
+        if isinstance(value, tuple):
+            yield from ((("providers", key, i), item) for i, item in enumerate(value))
+        elif value is not None:
+            yield ("providers", key), value
+
+
+def _check_target(
+    policy: Policy, base: Path_, service: str, group: str, group_names: set[str]
+) -> Iterator[tuple[Path_, str]]:
+    """A provider's `service` and `client_group` must name ones the policy defines."""
+    service_names = sorted(s.name for s in policy.services)
+    if service not in service_names:
+        loc = (*base, "service")
+        yield loc, f"{_field(loc)}: unknown service {_value(service)}; defined: {_value(service_names)}"
+    if group not in group_names:
+        loc = (*base, "client_group")
+        yield (
+            loc,
+            f"{_field(loc)}: unknown client group {_value(group)}; defined: {_value(sorted(group_names))}",
+        )
+
+
+def _check_global_accelerator(
+    policy: Policy, base: Path_, ga: GlobalAcceleratorSettings, region_names: set[str], group_names: set[str]
+) -> Iterator[tuple[Path_, str]]:
+    yield from _check_target(policy, base, ga.service, ga.client_group, group_names)
+    service = next((s for s in policy.services if s.name == ga.service), None)
+    group = next((g for g in policy.client_groups if g.name == ga.client_group), None)
+    allowed = [r.name for r in policy.allowed_regions(service, group)] if service and group else None
+    aws_regions = Counter(ga.endpoint_groups.values())
+    for region, aws_region in ga.endpoint_groups.items():
+        loc = (*base, "endpoint_groups", region)
+        field = _field(loc)
+        if region not in region_names:
+            yield loc, f"{field}: unknown region; defined: {_value(sorted(region_names))}"
+        elif service is not None and region not in service.regions:
+            yield (
+                loc,
+                f"{field}: does not serve service {_value(service.name)}; it runs in {_value(list(service.regions))}",
+            )
+        elif group is not None and allowed is not None and region not in allowed:
+            yield (
+                loc,
+                f"{field}: jurisdiction {_value(policy.region(region).jurisdiction)} is not allowed for client group "
+                f"{_value(group.name)} ({_value(list(group.allowed_jurisdictions))}); allowed regions: {_value(allowed)}",
+            )
+        if aws_regions[aws_region] > 1:
+            yield (
+                loc,
+                f"{field}: AWS region {_value(aws_region)} is given to two regions; "
+                "a listener has one endpoint group per AWS region",
+            )
+
+
 def _check_providers(
     policy: Policy, region_names: set[str], group_names: set[str]
 ) -> Iterator[tuple[Path_, str]]:
-    zone = policy.providers.localdns.zone.rstrip(".").lower() if policy.providers.localdns else None
-    if zone is not None:
+    yield from _check_geo(policy)
+    zones: list[tuple[str, tuple[str, ...]]] = []
+    if policy.providers.localdns is not None:
+        zones.append(("providers.localdns.zone", (policy.providers.localdns.zone,)))
+    route53 = [r.zone for r in policy.providers.route53_list]
+    # A hosted_zone_id names a zone this check cannot see: any service may lie in it.
+    if route53 and None not in route53:
+        zones.append(("providers.route53.zone", tuple(cast(list[str], route53))))
+    for label, names in zones:
+        shown = _value(_zone_name(names[0]) if len(names) == 1 else [_zone_name(z) for z in names])
         for i, service in enumerate(policy.services):
-            name = service.dns_name.rstrip(".").lower()
-            if name != zone and not name.endswith("." + zone):
+            if not any(in_zone(service.dns_name, zone) for zone in names):
                 yield (
                     ("services", i, "dns_name"),
-                    f"services.{i}.dns_name: {_value(service.dns_name)} is outside providers.localdns.zone {_value(zone)}",
+                    f"services.{i}.dns_name: {_value(service.dns_name)} is outside {label} {shown}",
                 )
+    first_at: dict[str, Path_] = {}
+    for base, settings in _cloud_instances(policy.providers):
+        name = settings.instance_name
+        if (first := first_at.setdefault(name, base)) != base:
+            yield base, f"{_field(base)}: {_value(name)} is also {_field(first)}; each instance is named once"
+        if isinstance(settings, GlobalAcceleratorSettings):
+            yield from _check_global_accelerator(policy, base, settings, region_names, group_names)
     hap = policy.providers.haproxy
     if hap is None:
         return
     base = ("providers", "haproxy")
-    service_names = {s.name for s in policy.services}
-    if hap.service not in service_names:
-        yield (
-            (*base, "service"),
-            f"providers.haproxy.service: unknown service {_value(hap.service)}; defined: {_value(sorted(service_names))}",
-        )
-    if hap.client_group not in group_names:
-        yield (
-            (*base, "client_group"),
-            f"providers.haproxy.client_group: unknown client group {_value(hap.client_group)}; defined: {_value(sorted(group_names))}",
-        )
+    yield from _check_target(policy, base, hap.service, hap.client_group, group_names)
     for region in hap.servers:
         if region not in region_names:
             yield (
@@ -569,6 +875,8 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
+        for e in errors:
+            e["loc"] = _file_path(tuple(e["loc"]))
         # A tuple whose items failed also reports itself as too short; the item errors say more.
         inner = {tuple(e["loc"][:-1]) for e in errors} | {tuple(e["loc"][:-2]) for e in errors}
         problems += [
