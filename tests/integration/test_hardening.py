@@ -89,7 +89,8 @@ async def test_a_full_disk_stops_no_reconcile(
             await plane.settled({"global": US_EAST_DOWN})
             await fault(session, fleet["us-east"], mode="ok")
             await plane.settled(FULL)
-            assert plane.daemon.audit.health.failing
+            # A short audit line may still fit in the file's last page: the failures are what is certain.
+            assert plane.daemon.audit.health.failures >= 1
             assert sum(plane.daemon.counters.task_restarts.values()) == 0
 
             # An override is in force and says it could not be persisted: 201, not 500.
@@ -104,9 +105,10 @@ async def test_a_full_disk_stops_no_reconcile(
 
             _, body = await plane.get("/status")
             failing = {a["file"] for a in body["alerts"] if a["alert"] == "disk_writes_failing"}
-            assert failing == {"audit.jsonl", "state.json"}
+            assert "state.json" in failing  # a new file needs a page the disk no longer has
             metrics = await plane.metrics()
-            assert metrics[("controlplane_disk_writes_failing", frozenset({("file", "audit")}))] == 1.0
+            assert metrics[("controlplane_disk_writes_failing", frozenset({("file", "state")}))] == 1.0
+            assert metrics[("controlplane_disk_write_failures_total", frozenset({("file", "audit")}))] >= 1
 
             # Space comes back: so do the writes, and every line on disk is whole.
             await asyncio.to_thread((state / "filler").unlink)
