@@ -16,8 +16,9 @@ class Record:
     group: str  # client group, "*" where the provider cannot tell groups apart
     region: str
     target: str  # address or server name
-    weight: int  # 0..100 percent of the group's traffic
+    weight: int  # in the provider's own units (0..its capabilities' max_weight): percent for most
     ttl: int = 0
+    rtype: str = "A"  # what the target is: "A" or "AAAA" for an address, "server" for a load balancer's
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -14,6 +14,7 @@ from controlplane.policy import Policy
 from controlplane.providers.base import Capabilities, PermanentProviderError, TransientProviderError
 
 log = logging.getLogger(__name__)
+SERVER = "server"  # the record type of a backend server
 
 MAX_WEIGHT = 256  # HAProxy's own bound for `set server ... weight`
 
@@ -275,6 +276,7 @@ class HaproxyProvider:
                 target=server,
                 weight=check_weight(group.weight(region), f"plan {settings.service}/{region}"),
                 ttl=0,
+                rtype=SERVER,
             )
             for region, server in sorted(settings.servers.items())
         ]
@@ -289,7 +291,7 @@ class HaproxyProvider:
                 f"haproxy backend {settings.backend!r} has no server(s) {missing} named in providers.haproxy.servers"
             )
         return [
-            Record(settings.backend, "*", region, server, states[server].effective_weight, 0)
+            Record(settings.backend, "*", region, server, states[server].effective_weight, 0, SERVER)
             for region, server in sorted(settings.servers.items())
         ]
 

@@ -19,6 +19,11 @@ def dns_name(name: str) -> str:
     return name.rstrip(".").lower()
 
 
+def address_type(address: str) -> str:
+    """The DNS record type that answers with `address`: AAAA for IPv6, A otherwise."""
+    return "AAAA" if ":" in address else "A"
+
+
 def render_records(policy: Policy, plan: RoutingPlan) -> list[Record]:
     """One weighted record per (service, client group, allowed region) in `plan`, weight-0 ones included.
 
@@ -53,6 +58,7 @@ def render_records(policy: Policy, plan: RoutingPlan) -> list[Record]:
                 target=region.dns_address,
                 weight=group_plan.weight(region.name),
                 ttl=service.ttl,
+                rtype=address_type(region.dns_address),
             )
             if record.key in records:
                 raise PermanentProviderError(f"plan lists {service.name}/{group.name} more than once")

@@ -155,7 +155,7 @@ async def test_a_server_the_policy_does_not_name_is_never_touched(stack: Stack) 
     await converge(stack.provider, plan({"global": {"us-east": 100}}))
     await converge(stack.provider, plan({"global": {}}))
     assert {r.region for r in await stack.provider.current()} == set(OWNED)
-    foreign_change = Change(Action.UPDATE, None, Record("chat", "*", "us-east", FOREIGN, 0))
+    foreign_change = Change(Action.UPDATE, None, Record("chat", "*", "us-east", FOREIGN, 0, rtype="server"))
     with pytest.raises(PermanentProviderError, match="not a server this policy owns"):
         await stack.provider.apply(ChangeSet("haproxy", (foreign_change,)))
     after = (await stack.servers())[FOREIGN]
@@ -168,7 +168,7 @@ async def test_a_named_server_missing_from_haproxy_is_permanent(stack: Stack) ->
     provider = HaproxyProvider(haproxy_policy(stack.stats, ("us-east", "ghost"), endpoints=endpoints))
     with pytest.raises(PermanentProviderError, match=r"has no server\(s\) \['ghost'\]"):
         await provider.current()
-    ghost = Change(Action.UPDATE, None, Record("chat", "*", "ghost", "ghost", 5))
+    ghost = Change(Action.UPDATE, None, Record("chat", "*", "ghost", "ghost", 5, rtype="server"))
     with pytest.raises(PermanentProviderError, match="No such server"):
         await provider.apply(ChangeSet("haproxy", (ghost,)))
 

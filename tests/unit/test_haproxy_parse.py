@@ -37,7 +37,7 @@ STATE_REPLY = (
 
 
 def record(region: str, weight: int, target: str | None = None) -> Record:
-    return Record("chat", "*", region, target or region, weight)
+    return Record("chat", "*", region, target or region, weight, rtype="server")
 
 
 def updates(*records: Record) -> ChangeSet:
