@@ -16,6 +16,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+# moto_server (a console script of moto[server]) lands beside this python3, or in the user base when pip
+# installs as a user: on PATH either way, or the Route 53 tests skip (fail under CI=true).
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
+export PATH
+command -v moto_server >/dev/null 2>&1 || echo "note: moto_server not found after installing .[dev]" >&2
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy

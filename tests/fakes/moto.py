@@ -1,0 +1,97 @@
+"""A real `moto_server` (AWS's APIs emulated over HTTP) for the tests, and boto3 clients for it.
+
+Fixtures, registered where imported (`from tests.fakes.moto import moto_fixture, moto_server_fixture  #
+noqa: F401`; the names differ from the fixtures' so that a test's `moto` parameter shadows no import):
+- `moto_server` (session): one moto_server on a free loopback port for the whole run; its URL.
+- `moto` (function): the same URL, with every emulated service emptied before the test.
+
+`route53_client(url)` is a boto3 Route 53 client for it with dummy credentials, region us-east-1 and no
+retries of botocore's own, so a test sees every error the API answers. moto accepts what Route 53 refuses
+(duplicate CREATEs, weight 300, mixed routing policies at one name): it is the API's shape, not its rules.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from chaos.loopback import free_port
+from tests.conftest import require_binary
+
+if TYPE_CHECKING:
+    from mypy_boto3_route53 import Route53Client
+
+START_TIMEOUT = 30.0  # moto imports every service it emulates at start: seconds on a loaded CI machine
+REQUEST_TIMEOUT = 5.0
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1.0) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def reset_moto(url: str) -> None:
+    """Empty every service of the moto_server at `url` (zones, records, changes, ...)."""
+    request = urllib.request.Request(f"{url}/moto-api/reset", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as reply:
+        if reply.status != 200:
+            raise RuntimeError(f"moto_server at {url} answered {reply.status} to a reset")
+
+
+@pytest.fixture(scope="session", name="moto_server")
+def moto_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = require_binary("moto_server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # moto logs every request; a file, not a pipe nobody reads, which would fill and stall the server.
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"moto_server did not come up on {url} (exit {process.poll()}):\n{tail}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(name="moto")
+def moto_fixture(moto_server: str) -> str:
+    reset_moto(moto_server)
+    return moto_server
+
+
+def route53_client(url: str, max_attempts: int = 1) -> Route53Client:
+    """A Route 53 client for the API at `url`: dummy credentials of its own (the process environment is
+    neither read for them nor changed), us-east-1, and `max_attempts` tries per call (1: no retries)."""
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=REQUEST_TIMEOUT,
+        read_timeout=REQUEST_TIMEOUT,
+    )
+    return session.client("route53", endpoint_url=url, config=config)
