@@ -771,7 +771,7 @@ def _check_global_accelerator(
     yield from _check_target(policy, base, ga.service, ga.client_group, group_names)
     service = next((s for s in policy.services if s.name == ga.service), None)
     group = next((g for g in policy.client_groups if g.name == ga.client_group), None)
-    allowed = [r.name for r in policy.allowed_regions(service, group)] if service and group else None
+    allowed = None if service is None or group is None else policy.allowed_regions(service, group)
     aws_regions = Counter(ga.endpoint_groups.values())
     for region, aws_region in ga.endpoint_groups.items():
         loc = (*base, "endpoint_groups", region)
@@ -783,11 +783,11 @@ def _check_global_accelerator(
                 loc,
                 f"{field}: does not serve service {_value(service.name)}; it runs in {_value(list(service.regions))}",
             )
-        elif group is not None and allowed is not None and region not in allowed:
+        elif group is not None and allowed is not None and region not in (names := [r.name for r in allowed]):
             yield (
                 loc,
                 f"{field}: jurisdiction {_value(policy.region(region).jurisdiction)} is not allowed for client group "
-                f"{_value(group.name)} ({_value(list(group.allowed_jurisdictions))}); allowed regions: {_value(allowed)}",
+                f"{_value(group.name)} ({_value(list(group.allowed_jurisdictions))}); allowed regions: {_value(names)}",
             )
         if aws_regions[aws_region] > 1:
             yield (
