@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from typing import Any
+
 import pytest
 
 from tests.fakes.moto import moto_fixture, moto_server_fixture, reset_moto, route53_client  # noqa: F401
+from tests.fakes.route53_resolver import Location, resolve
 
 pytestmark = pytest.mark.needs_binary("moto_server")
 
@@ -55,3 +59,41 @@ def test_client_needs_no_credentials_from_the_environment(moto: str, monkeypatch
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     assert route53_client(moto).list_hosted_zones()["HostedZones"] == []
+
+
+def test_the_resolver_reads_records_as_moto_lists_them(moto: str) -> None:
+    """The Route 53 answer model takes list_resource_record_sets' own shapes (trailing dots, AliasTarget)."""
+    client = route53_client(moto)
+    zone = _zone(moto, "llm.example.com")
+    weighted_set = "eu.chat.llm.example.com"
+    records: list[dict[str, Any]] = [
+        {
+            "Name": weighted_set,
+            "Type": "A",
+            "TTL": 60,
+            "SetIdentifier": region,
+            "Weight": weight,
+            "ResourceRecords": [{"Value": address}],
+        }
+        for region, weight, address in (("eu-west", 3, "192.0.2.1"), ("eu-central", 1, "192.0.2.2"))
+    ]
+    records.append(
+        {
+            "Name": "chat.llm.example.com",
+            "Type": "A",
+            "SetIdentifier": "eu",
+            "GeoLocation": {"ContinentCode": "EU"},
+            "AliasTarget": {"HostedZoneId": zone, "DNSName": weighted_set, "EvaluateTargetHealth": False},
+        }
+    )
+    client.change_resource_record_sets(
+        HostedZoneId=zone,
+        ChangeBatch={"Changes": [{"Action": "CREATE", "ResourceRecordSet": r} for r in records]},  # type: ignore[typeddict-item]
+    )
+    listed = client.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    paris = resolve(listed, "chat.llm.example.com", Location("EU", "FR"))
+    assert paris.distribution == {
+        frozenset({"192.0.2.1"}): Fraction(3, 4),
+        frozenset({"192.0.2.2"}): Fraction(1, 4),
+    }
+    assert resolve(listed, "chat.llm.example.com", Location("AS", "JP")).nodata
