@@ -15,8 +15,9 @@ The contract it enforces, as Cloud DNS documents or answers it:
 - A change is atomic: all of it applies or none. Deletions apply first, so an addition may replace an rrset
   deleted in the same change; otherwise an addition whose (name, type) exists is 409 alreadyExists. A
   deletion of a missing rrset is 404 notFound; one that does not equal the existing rrset (ttl, rrdatas,
-  routing policy) is 412 conditionNotMet. Equality is proto3's: `kind` fields, fields at their default and the
-  order of rrdatas do not count; the order of routing items does. The zone apex keeps its SOA and NS.
+  routing policy) is 412 conditionNotMet. Equality is proto3's: a field at its default equals an absent one,
+  and the order of rrdatas does not count (that of routing items does); `kind` fields are the server's own,
+  stamped on whatever it stores or is sent. The zone apex keeps its SOA and NS.
 - Limits (https://cloud.google.com/dns/quotas): 1,000 additions and 1,000 deletions per change, 100 records per
   rrset, 100,000 bytes of rrdata per change, 10,000 rrsets per zone; beyond them 413 quotaExceeded.
 - Errors have Google's JSON shape {"error": {"code", "message", "errors": [{"domain", "reason", "message"}]}},
@@ -650,16 +651,15 @@ def _all_rrdatas(node: object) -> list[str]:
 
 
 def _canonical(node: object) -> object:
-    """What a deletion is compared on: proto3 equality (kinds and default values dropped), rrdatas as a set."""
+    """What a deletion is compared on, both sides already rebuilt by _valid (kinds stamped, numbers as the API
+    types them): proto3 equality, where a field at its default (enableFencing false, trickleTraffic 0) equals
+    an absent one, with rrdatas as a set."""
     if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "kind" or value in (None, False, 0, "", [], {}):
-                continue
-            out[key] = sorted(value) if key in ("rrdatas", "externalEndpoints") else _canonical(value)
-        return out
+        return {
+            key: sorted(value) if key in ("rrdatas", "externalEndpoints") else _canonical(value)
+            for key, value in node.items()
+            if value not in (False, 0)
+        }
     if isinstance(node, list):
         return [_canonical(v) for v in node]
-    if isinstance(node, int | float) and not isinstance(node, bool):
-        return float(node)
     return node

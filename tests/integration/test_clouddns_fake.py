@@ -4,13 +4,15 @@ DNS provider's tests prove is only as good as this."""
 from __future__ import annotations
 
 import copy
+import io
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.fakes.clouddns import FakeCloudDns, Limits
+from tests.fakes.clouddns import MAX_BODY, FakeCloudDns, Limits
 
 PROJECT, ZONE, DNS_NAME = "proj", "llm-zone", "llm.example.com."
 AUTH = {"Authorization": "Bearer test-token"}
@@ -257,6 +259,15 @@ def _with(rrset: JsonObject, path: tuple[str | int, ...], value: object) -> Json
     return changed
 
 
+def _without(rrset: JsonObject, path: tuple[str, ...]) -> JsonObject:
+    changed = copy.deepcopy(rrset)
+    node: Any = changed
+    for step in path[:-1]:
+        node = node[step]
+    del node[path[-1]]
+    return changed
+
+
 @pytest.mark.parametrize(
     ("existing", "deletion"),
     [
@@ -297,7 +308,14 @@ async def test_a_deletion_that_does_not_match_exactly_is_412_and_deletes_nothing
 
 
 @pytest.mark.parametrize(
-    "rrset", [a_record(rrdatas=("10.0.0.1", "10.0.0.2")), wrr(), geo(), primary_backup()]
+    "rrset",
+    [
+        a_record(rrdatas=("10.0.0.1", "10.0.0.2")),
+        wrr(),
+        _without(geo(), ("routingPolicy", "geo", "enableFencing")),
+        primary_backup(),
+    ],
+    ids=["static", "wrr", "geo-unfenced", "primary-backup"],
 )
 async def test_a_deletion_matches_what_was_read_or_what_was_written(
     api: Api, fake: FakeCloudDns, rrset: JsonObject
@@ -310,6 +328,8 @@ async def test_a_deletion_matches_what_was_read_or_what_was_written(
     written = copy.deepcopy(rrset)
     if "rrdatas" in written:
         written["rrdatas"].reverse()  # the order of rrdatas is not part of an rrset
+    if "geo" in written.get("routingPolicy", {}):
+        written["routingPolicy"]["geo"]["enableFencing"] = False  # proto3: false is the same as unset
     status, body = await api.change(deletions=[written])
     assert status == 200, body
     assert (rrset["name"], "A") not in {(r["name"], r["type"]) for r in fake.rrsets(PROJECT, ZONE)}
@@ -414,6 +434,13 @@ async def test_a_change_keeps_the_zone_consistent(api: Api, fake: FakeCloudDns) 
     assert_error(status, body, 400, "cnameResourceRecordSetConflict")
     status, body = await api.change(deletions=[a_record("www")], additions=[cname])
     assert status == 200, body
+
+
+async def test_a_body_over_the_bound_is_refused_in_the_error_shape(api: Api, fake: FakeCloudDns) -> None:
+    oversized = json.dumps({"additions": [a_record() | {"description": "x" * MAX_BODY}]}).encode()
+    async with api.session.post(api.base + "/changes", data=io.BytesIO(oversized), headers=AUTH) as r:
+        assert r.status == 413 and (await r.json())["error"]["code"] == 413
+    assert {r["type"] for r in fake.rrsets(PROJECT, ZONE)} == {"SOA", "NS"}
 
 
 async def test_changes_beyond_the_limits_are_413(session: aiohttp.ClientSession) -> None:
