@@ -7,20 +7,18 @@ against botocore's service model (types, required and unknown members, and the m
 validator leaves to the server: weight over 255, dial over 100, more than 10 endpoints). Test set-up
 (accelerator, listener, endpoint groups, endpoint health) is done in Python, not over the wire.
 
-What a traffic dial means for a client group (AWS Global Accelerator Developer Guide: traffic dials,
-endpoint weights, failover for unhealthy endpoints):
-- GA routes by proximity first: a new connection goes to the healthy endpoint group (Region) closest to the
-  client's edge location. One listener serves every client that reaches its anycast IPs; it has no notion
-  of client groups or jurisdictions.
-- A dial (0-100 %, default 100) is the share of the traffic that proximity already sends to that group
-  which the group keeps; the rest spills to the next-closest groups. Dials are not DNS weights: they say
-  nothing about a region's share of all traffic. Endpoint weights (0-255, default 128) split a group's
-  traffic among its endpoints; weight 0 sends an endpoint no new connections.
-- Dials and weights apply to new connections only; open connections (a long completion stream) stay put.
-- Failover ignores dials: when a group has no healthy endpoint of weight > 0, GA tries the three closest
-  groups, dial 0 included, and when none has one it fails open to a random endpoint of the closest group.
-  So dial 0 drains a dead region but is no residency fence: a GA listener may carry only a client group
-  whose allowed jurisdictions cover every region that has an endpoint group on it.
+What a traffic dial means for a client group (Global Accelerator Developer Guide: traffic dials, endpoint
+weights, failover for unhealthy endpoints):
+- Proximity first: a new connection goes to the healthy endpoint group (Region) nearest the client's edge
+  location. A listener serves whoever reaches its anycast IPs; it knows no client groups or jurisdictions.
+- A dial (0-100 %, default 100) is the share of the traffic proximity already sends a group that the group
+  keeps; the rest spills to the next-nearest groups. So it is not a DNS weight, not a share of all traffic.
+  Endpoint weights (0-255, default 128) split a group's share among its endpoints; 0 sends one nothing new.
+- Dials and weights apply to new connections only; open ones (a long completion stream) stay where they are.
+- Failover ignores dials: a group with no healthy endpoint of weight > 0 hands over to the three nearest
+  groups, dial 0 included, and if none has one GA fails open to a random endpoint of the nearest group.
+  Dial 0 drains a dead region but is no residency fence: a listener may carry only a client group whose
+  allowed jurisdictions cover every region with an endpoint group on it.
 """
 
 from __future__ import annotations
