@@ -29,7 +29,8 @@ Each rule follows a statement of AWS's Route 53 documentation (Developer Guide, 
 Route 53 refuses, and moto accepts, records that this resolver therefore refuses with ValueError rather than
 answer something Route 53 never would: mixed routing policies (or a simple record beside routed ones)
 at one name and type, two simple records there, a repeated SetIdentifier, a weight outside 0..255, two
-geolocation records for one place, an alias to a name that is not in the zone. Not modelled: wildcard
+geolocation records for one place, an alias to a name and type that are not in the zone ("Tried to
+create an alias that targets ..., but that target was not found"). So an alias never answers NODATA. Not modelled: wildcard
 names, CNAME chains, empty non-terminals, latency, failover and other policies (ValueError if met).
 """
 
@@ -139,8 +140,10 @@ class _Zone:
         if alias is None:
             return {frozenset(value["Value"] for value in record["ResourceRecords"]): Fraction(1)}
         target = normalise(alias["DNSName"])
-        if target not in self.names:
-            raise ValueError(f"{normalise(record['Name'])}: alias to {target}, which is not in the zone")
+        if (target, rtype) not in self.groups:
+            raise ValueError(
+                f"{normalise(record['Name'])}: alias to {target} {rtype}, which is not in the zone"
+            )
         return self.answer(target, rtype, where, depth + 1)
 
 

@@ -132,16 +132,6 @@ ANY_DISTRIBUTION = {
         ),
         pytest.param(
             [
-                geo(plain(SERVICE, "192.0.2.1"), "eu", ContinentCode="EU"),
-                geo(alias(SERVICE, "empty.llm.example.com"), "gb", CountryCode="GB"),
-                plain("empty.llm.example.com.", "v=1", rtype="TXT"),
-            ],
-            LONDON,
-            one(),
-            id="geo-match-with-empty-answer-does-not-fall-back",
-        ),
-        pytest.param(
-            [
                 alias(SERVICE, EU_SET, SetIdentifier="eu", Weight=1),
                 alias(SERVICE, ANY_SET, SetIdentifier="any", Weight=3),
                 *EU_WEIGHTS,
@@ -219,6 +209,11 @@ def test_nxdomain_and_nodata() -> None:
             id="repeated-place",
         ),
         pytest.param([alias(SERVICE, "elsewhere.example.org")], "not in the zone", id="alias-outside-zone"),
+        pytest.param(
+            [alias(SERVICE, "txt.llm.example.com"), plain("txt.llm.example.com", "v=1", rtype="TXT")],
+            "not in the zone",
+            id="alias-to-a-name-without-the-type",
+        ),
         pytest.param(
             [alias(SERVICE, "loop.llm.example.com"), alias("loop.llm.example.com.", SERVICE)],
             "alias chain",
