@@ -240,7 +240,7 @@ class Daemon:
                 o for o in outcomes if o.applied or (o.error and o.error != self._last_errors.get(o.provider))
             ]
             self._last_errors = {o.provider: o.error for o in outcomes}
-            held = not outcomes or any(o.error is None for o in outcomes)
+            held = not outcomes or any(o.error is None and not o.deferred for o in outcomes)
             span.set_attribute("plan.held", held)
             if held:
                 # What the providers now serve is the plan, and the next step's damping base. When none
@@ -376,6 +376,7 @@ class Daemon:
                     break
                 started.append(fresh)
                 retired.append(current)
+                self.reconciler.forget(fresh.name)
             elif await self._start_one(fresh):
                 started.append(fresh)
         if failure is not None:
@@ -447,6 +448,7 @@ class Daemon:
             await _close_all([provider])
             return False
         self._unstarted.discard(provider.name)
+        self.reconciler.forget(provider.name)  # a new instance: what the old one held says nothing
         return True
 
     async def _close_providers(self) -> None:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from controlplane.changes import ChangeSet, diff
+from controlplane.changes import ChangeSet, Record, diff
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
-from controlplane.providers.base import Provider, ProviderError, TransientProviderError
+from controlplane.providers.base import (
+    PermanentProviderError,
+    Provider,
+    ProviderError,
+    TransientProviderError,
+)
 from controlplane.residency import Violation, check_plan
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ class Outcome:
     changes: ChangeSet
     applied: bool
     error: str | None = None
+    deferred: bool = False  # changes waiting for the provider's min_interval: not held yet, no error either
 
 
 @dataclass(slots=True)
@@ -39,16 +47,48 @@ class ProviderStats:
     errors: int = 0
     consecutive_errors: int = 0
     last_error: str | None = None
+    reads: int = 0  # current() calls: what a rate-limited API is charged for besides writes
+    deferred: int = 0  # changes held back by the provider's min_interval, applied at a later step
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the reconciler believes a provider holds: read at `read_at` (monotonic), or written since."""
+
+    records: list[Record]
+    read_at: float
+
+
+def check_capabilities(provider: Provider, desired: Sequence[Record]) -> None:
+    """What a provider declared it cannot do, it is never asked to: the core checks before any apply."""
+    caps = provider.capabilities
+    problems = [
+        f"{r.name} [{r.group}] {r.region}: weight {r.weight} outside 0..{caps.max_weight}"
+        for r in desired
+        if not 0 <= r.weight <= caps.max_weight
+    ]
+    if not caps.client_groups and len({r.group for r in desired}) > 1:
+        problems.append("it cannot tell client groups apart, but was given several")
+    if not caps.weights and any(0 < r.weight < caps.max_weight for r in desired):
+        problems.append("it cannot split traffic by weight, but was given a split")
+    if problems:
+        raise PermanentProviderError(f"{provider.name}: refused before apply: " + "; ".join(problems[:5]))
 
 
 @dataclass
 class Reconciler:
+    """Drives each provider at its own pace (see providers.base.Tuning): a provider is read before a diff
+    only when what it holds is not known, is older than its resync period, or an apply just failed; a
+    change set is sent at most once per its min_interval; nothing is sent when nothing changed."""
+
     providers: Sequence[Provider]
     attempts: int = 3
-    timeout: float = 5.0
+    timeout: float | None = None  # overrides every provider's tuning.timeout (tests)
     backoff_initial: float = 0.05
     backoff_max: float = 1.0
     stats: dict[str, ProviderStats] = field(default_factory=dict)
+    _known: dict[str, _Known] = field(default_factory=dict)
+    _applied_at: dict[str, float] = field(default_factory=dict)
 
     async def reconcile(self, policy: Policy, plan: RoutingPlan, *, dry_run: bool = False) -> list[Outcome]:
         """One provider failing never blocks the others; a residency violation blocks them all."""
@@ -57,11 +97,28 @@ class Reconciler:
             raise ResidencyViolation(violations)
         return list(await asyncio.gather(*(self._one(p, plan, dry_run) for p in self.providers)))
 
+    def forget(self, provider: str) -> None:
+        """Read `provider` afresh before its next diff (a new instance, or someone else changed it)."""
+        self._known.pop(provider, None)
+
+    async def _held(self, provider: Provider, fresh: bool) -> list[Record]:
+        known = self._known.get(provider.name)
+        now = time.monotonic()
+        if not fresh and known is not None and now - known.read_at < provider.tuning.resync:
+            return known.records
+        self.stats[provider.name].reads += 1
+        records = await provider.current()
+        self._known[provider.name] = _Known(records, now)
+        return records
+
     async def _one(self, provider: Provider, plan: RoutingPlan, dry_run: bool) -> Outcome:
         stats = self.stats.setdefault(provider.name, ProviderStats())
         changes = ChangeSet(provider.name, ())
+        tuning = provider.tuning
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout if self.timeout is not None else tuning.timeout):
+                desired = provider.render(plan)
+                check_capabilities(provider, desired)
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception_type(TransientProviderError),
                     stop=stop_after_attempt(self.attempts),
@@ -71,12 +128,22 @@ class Reconciler:
                     reraise=True,
                 ):
                     with attempt:
-                        # Re-read current state on every attempt: a half-applied change set must not be
-                        # replayed against a world that has moved.
-                        changes = diff(provider.name, provider.render(plan), await provider.current())
-                        if changes and not dry_run:
-                            await provider.apply(changes)
+                        # A retry always re-reads: a half-applied change set must not be replayed against
+                        # a world that has moved.
+                        fresh = attempt.retry_state.attempt_number > 1
+                        changes = diff(provider.name, desired, await self._held(provider, fresh))
+                        if not changes or dry_run:
+                            break
+                        since = time.monotonic() - self._applied_at.get(provider.name, -math.inf)
+                        if since < tuning.min_interval:
+                            stats.deferred += 1
+                            return Outcome(provider.name, changes, False, deferred=True)
+                        self._applied_at[provider.name] = time.monotonic()
+                        await provider.apply(changes)
+                        known = self._known[provider.name]
+                        self._known[provider.name] = _Known(sorted(desired), known.read_at)
         except Exception as exc:  # one provider's bug must not stop the others, nor the daemon
+            self.forget(provider.name)
             stats.errors += 1
             stats.consecutive_errors += 1
             stats.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

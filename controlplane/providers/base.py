@@ -33,12 +33,28 @@ class Capabilities:
     max_weight: int  # largest weight the backend accepts
 
 
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How the reconciler drives one provider: a cloud API is slow, rate-limited and billed per call; an
+    in-process server is none of those."""
+
+    timeout: float = 5.0  # one reconcile of this provider, retries included
+    min_interval: float = 0.0  # seconds between two applies at least (the API's write rate limit)
+    # The provider's real state is read at least this often; in between, what was last written is trusted
+    # (0: read before every diff). A failed apply always forces a read.
+    resync: float = 0.0
+
+
+LOCAL = Tuning()
+
+
 @runtime_checkable
 class Provider(Protocol):
     """Renders plans to records and applies change sets. Dry-run lives in the reconciler, never here."""
 
     name: str
     capabilities: Capabilities
+    tuning: Tuning
 
     def render(self, plan: RoutingPlan) -> list[Record]:
         """The records this provider should hold for `plan` (pure)."""

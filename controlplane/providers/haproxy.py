@@ -11,7 +11,13 @@ from controlplane.changes import Action, ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import HaproxyProvider as HaproxySettings
 from controlplane.policy import Policy
-from controlplane.providers.base import Capabilities, PermanentProviderError, TransientProviderError
+from controlplane.providers.base import (
+    LOCAL,
+    Capabilities,
+    PermanentProviderError,
+    TransientProviderError,
+    Tuning,
+)
 
 log = logging.getLogger(__name__)
 SERVER = "server"  # the record type of a backend server
@@ -248,6 +254,7 @@ class HaproxyProvider:
 
     name: str = "haproxy"
     capabilities: Capabilities = Capabilities(client_groups=False, weights=True, max_weight=MAX_WEIGHT)
+    tuning: Tuning = LOCAL  # the runtime API is local and cheap; HAProxy may restart, so always read
 
     def __init__(self, policy: Policy, *, timeout: float = 2.0) -> None:
         self._timeout = timeout

@@ -32,7 +32,7 @@ from controlplane.changes import ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import LocalDnsProvider as LocalDnsSettings
 from controlplane.policy import Policy
-from controlplane.providers.base import Capabilities, PermanentProviderError
+from controlplane.providers.base import LOCAL, Capabilities, PermanentProviderError, Tuning
 from controlplane.providers.records import MAX_WEIGHT, RecordKey, apply_changes, dns_name, render_records
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,7 @@ class LocalDnsProvider:
 
     name: str = "localdns"
     capabilities: Capabilities = Capabilities(client_groups=True, weights=True, max_weight=MAX_WEIGHT)
+    tuning: Tuning = LOCAL
 
     def __init__(
         self,

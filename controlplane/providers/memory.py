@@ -6,10 +6,12 @@ from controlplane.changes import ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import (
+    LOCAL,
     Capabilities,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
+    Tuning,
 )
 from controlplane.providers.records import MAX_WEIGHT, RecordKey, apply_changes, render_records
 
@@ -18,6 +20,7 @@ class MemoryProvider:
     """Holds records in memory: the provider that tests and dry runs measure the others against."""
 
     capabilities: Capabilities = Capabilities(client_groups=True, weights=True, max_weight=MAX_WEIGHT)
+    tuning: Tuning = LOCAL
 
     def __init__(self, policy: Policy, name: str = "memory") -> None:
         self.name = name

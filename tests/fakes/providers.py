@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from controlplane.changes import ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
-from controlplane.providers.base import Capabilities, PermanentProviderError
+from controlplane.providers.base import LOCAL, Capabilities, PermanentProviderError
 from controlplane.providers.memory import MemoryProvider
 from controlplane.providers.records import render_records
 
@@ -61,6 +61,7 @@ class BrokenProvider:
     (and, when asked, so does start()). It renders like the reference provider."""
 
     capabilities = Capabilities(client_groups=True, weights=True, max_weight=100)
+    tuning = LOCAL
 
     def __init__(self, policy: Policy, name: str = "broken", fail_start: bool = False) -> None:
         self.name = name
