@@ -18,11 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 T = TypeVar("T")
 
 
-def require_binary(name: str) -> str:
-    """Path of a system binary; skip when absent, but fail under CI=true where .ci/run installs it."""
+def require_binary(name: str, source: str = "a Debian package") -> str:
+    """Path of a binary; skip when absent, but fail under CI=true where .ci/run installs it."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian package provides it; .ci/run installs it)"
+        message = f"{name} is not installed ({source} provides it; .ci/run installs it)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but {message}")
         pytest.skip(message)

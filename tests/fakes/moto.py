@@ -51,7 +51,7 @@ def reset_moto(url: str) -> None:
 
 @pytest.fixture(scope="session", name="moto_server")
 def moto_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = require_binary("moto_server")
+    binary = require_binary("moto_server", "pip's moto[server], a dev dependency,")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # moto logs every request; a file, not a pipe nobody reads, which would fill and stall the server.
