@@ -1,4 +1,4 @@
-"""The `controlplane` command: run | demo | validate | plan | status | schema."""
+"""The `controlplane` command: run | demo | validate | plan | apply | status | schema."""
 
 from __future__ import annotations
 
@@ -14,10 +14,15 @@ import urllib.request
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controlplane.errors import ControlPlaneError
 from controlplane.logs import LOG_FORMAT, OneLineFormatter
 from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
+
+if TYPE_CHECKING:
+    from controlplane.oneshot import OneShot
+    from controlplane.reconciler import Outcome
 
 log = logging.getLogger("controlplane")
 
@@ -78,32 +83,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _survey_json(survey: OneShot, applied: list[Outcome] | None = None) -> str:
+    data: dict[str, object] = {
+        "plan": survey.plan.to_json(),
+        "changes": [o.changes.to_json() | {"error": o.error} for o in survey.outcomes],
+        "left_to_the_daemon": survey.in_process,
+    }
+    if applied is not None:
+        data["applied"] = [{"provider": o.provider, "applied": o.applied, "error": o.error} for o in applied]
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def _print_survey(survey: OneShot) -> None:
+    for g in survey.plan:
+        weights = ", ".join(f"{w.region}={w.weight}" for w in g.weights)
+        print(f"{g.service} [{g.group}] {g.mode.value}: {weights}")
+    for o in survey.outcomes:
+        print(o.changes.render_text() + (f"\n  ! could not read current state: {o.error}" if o.error else ""))
+    for name in survey.in_process:
+        print(f"{name}: served by the daemon itself; `controlplane run` applies it")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from controlplane.oneshot import plan_once
 
     policy = load_policy(args.policy)
-    outcomes, plan = asyncio.run(plan_once(policy, Path(args.state_dir)))
+    survey = asyncio.run(plan_once(policy, Path(args.state_dir)))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "plan": plan.to_json(),
-                    "changes": [o.changes.to_json() | {"error": o.error} for o in outcomes],
-                },
-                indent=2,
-                sort_keys=True,
-            )
-        )
+        print(_survey_json(survey))
     else:
-        for g in plan:
-            weights = ", ".join(f"{w.region}={w.weight}" for w in g.weights)
-            print(f"{g.service} [{g.group}] {g.mode.value}: {weights}")
-        for o in outcomes:
-            print(
-                o.changes.render_text()
-                + (f"\n  ! could not read current state: {o.error}" if o.error else "")
-            )
+        _print_survey(survey)
     return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from controlplane.oneshot import apply_once
+
+    policy = load_policy(args.policy)
+
+    async def confirm(survey: OneShot) -> bool:
+        if not args.json:
+            _print_survey(survey)
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print("not applied: pass --yes to apply without a terminal to confirm on", file=sys.stderr)
+            return False
+        answer = await asyncio.to_thread(input, "apply these changes? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    survey, applied = asyncio.run(apply_once(policy, Path(args.state_dir), confirm, force=args.force))
+    if args.json:
+        print(_survey_json(survey, applied))
+    elif applied is None and not any(o.changes for o in survey.outcomes):
+        _print_survey(survey)
+        print("nothing to apply")
+    else:
+        for o in applied or ():
+            done = "applied" if o.applied else f"FAILED: {o.error}" if o.error else "no changes"
+            print(f"{o.provider}: {done}")
+    failed = [o for o in [*survey.outcomes, *(applied or ())] if o.error]
+    return 2 if failed else (0 if applied is not None or not any(o.changes for o in survey.outcomes) else 1)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -185,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="state", help="where the daemon keeps its last plan")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("apply", help="probe once, decide, diff against the live providers, confirm, apply")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--state-dir", default="state", help="where the daemon keeps its last plan")
+    p.add_argument("--yes", action="store_true", help="apply without asking")
+    p.add_argument("--force", action="store_true", help="apply what the safety gate refuses")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apply)
     p = sub.add_parser("status", help="show a running daemon's regions and weights")
     p.add_argument("--api", default="http://127.0.0.1:8080")
     p.add_argument("--json", action="store_true")

@@ -97,6 +97,11 @@ class Reconciler:
             raise ResidencyViolation(violations)
         return list(await asyncio.gather(*(self._one(p, plan, dry_run) for p in self.providers)))
 
+    def held(self, provider: str) -> list[Record]:
+        """What `provider` was last read or written to hold; empty before it was first read."""
+        known = self._known.get(provider)
+        return list(known.records) if known else []
+
     def forget(self, provider: str) -> None:
         """Read `provider` afresh before its next diff (a new instance, or someone else changed it)."""
         self._known.pop(provider, None)

@@ -31,6 +31,9 @@ class Capabilities:
     client_groups: bool  # can answer differently per client group
     weights: bool  # can split traffic by weight (else: one active target)
     max_weight: int  # largest weight the backend accepts
+    # Its state lives in this process (an embedded server): no other process can read or change it, so
+    # `controlplane plan` and `apply` leave it to the daemon.
+    in_process: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,9 @@ class Tuning:
     # The provider's real state is read at least this often; in between, what was last written is trusted
     # (0: read before every diff). A failed apply always forces a read.
     resync: float = 0.0
+    # `controlplane apply` refuses, unless forced, a change set deleting more than this share of the owned
+    # records (a policy edit gone wrong, not a failover: failovers change weights, they delete nothing).
+    max_delete_share: float = 0.34
 
 
 LOCAL = Tuning()

@@ -321,7 +321,9 @@ class LocalDnsProvider:
     """A provider whose world is its own authoritative DNS server on UDP and TCP."""
 
     name: str = "localdns"
-    capabilities: Capabilities = Capabilities(client_groups=True, weights=True, max_weight=MAX_WEIGHT)
+    capabilities: Capabilities = Capabilities(
+        client_groups=True, weights=True, max_weight=MAX_WEIGHT, in_process=True
+    )
     tuning: Tuning = LOCAL
 
     def __init__(
