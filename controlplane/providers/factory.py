@@ -9,6 +9,8 @@ from controlplane.providers.base import ManagedProvider
 
 
 def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[ManagedProvider]:
+    """One provider per enabled instance, in a fixed order; `disabled` names kinds left out (the demo
+    without HAProxy). Cloud providers are imported only when a policy names them: boto3 costs start-up."""
     # Imported here so a policy without HAProxy never imports its provider, and to keep start-up lean.
     from controlplane.providers.haproxy import HaproxyProvider
     from controlplane.providers.localdns import LocalDnsProvider
@@ -22,4 +24,10 @@ def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[Mana
         providers.append(HaproxyProvider(policy))
     if settings.memory and "memory" not in disabled:
         providers.append(MemoryProvider(policy))
+    if settings.global_accelerator_list and "global_accelerator" not in disabled:
+        from controlplane.providers.globalaccelerator import GlobalAcceleratorProvider
+
+        providers += [
+            GlobalAcceleratorProvider(policy, ga) for ga in settings.global_accelerator_list if ga.enabled
+        ]
     return providers
