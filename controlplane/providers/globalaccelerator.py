@@ -97,6 +97,36 @@ def classify(error: Exception, doing: str) -> ProviderError:
     return PermanentProviderError(f"{doing}: {type(error).__name__}: {error}")
 
 
+def dial_updates(name: str, settings: GlobalAcceleratorSettings, changes: ChangeSet) -> list[tuple[str, int]]:
+    """(AWS region, dial) per change, raised dials first; every change checked before anything is sent."""
+    if changes.provider != name:
+        raise PermanentProviderError(f"change set for provider {changes.provider!r} sent to {name!r}")
+    problems: list[str] = []
+    updates: list[tuple[str, int]] = []
+    for change in changes.changes:
+        record = change.record
+        where = f"{record.name} {record.region}"
+        if change.action is not Action.UPDATE or change.after is None:
+            problems.append(f"{where}: {change.action.name.lower()}; the plane only turns dials")
+            continue
+        owned = settings.endpoint_groups.get(record.region)
+        if (record.name, record.group, record.rtype) != (settings.listener_arn, "*", ENDPOINT_GROUP) or (
+            owned is None or record.target != owned
+        ):
+            problems.append(f"{where}: not an endpoint group this policy owns")
+            continue
+        dial = change.after.weight
+        if type(dial) is not int or not 0 <= dial <= MAX_DIAL:
+            problems.append(f"{where}: dial {dial!r} is not an integer in 0..{MAX_DIAL}")
+            continue
+        updates.append((owned, dial))
+    if problems:
+        raise PermanentProviderError(f"{name}: change set refused: " + "; ".join(problems))
+    # Raised dials go first, so a shift never passes through a moment with every Region dialled down.
+    before = {c.record.target: c.before.weight if c.before else 0 for c in changes.changes}
+    return sorted(updates, key=lambda update: update[1] <= before[update[0]])
+
+
 def _settings_in(policy: Policy, name: str) -> GlobalAcceleratorSettings:
     found = next((s for s in policy.providers.global_accelerator_list if s.instance_name == name), None)
     if found is None:
@@ -229,40 +259,8 @@ class GlobalAcceleratorProvider:
             for region, aws_region in settings.endpoint_groups.items()
         )
 
-    def _dials_for(self, changes: ChangeSet) -> list[tuple[str, int]]:
-        """(AWS region, dial) per change, raised dials first; every change checked before anything is sent."""
-        if changes.provider != self.name:
-            raise PermanentProviderError(
-                f"change set for provider {changes.provider!r} sent to {self.name!r}"
-            )
-        settings = self._settings
-        problems: list[str] = []
-        updates: list[tuple[str, int]] = []
-        for change in changes.changes:
-            record = change.record
-            where = f"{record.name} {record.region}"
-            if change.action is not Action.UPDATE or change.after is None:
-                problems.append(f"{where}: {change.action.name.lower()}; the plane only turns dials")
-                continue
-            owned = settings.endpoint_groups.get(record.region)
-            if (record.name, record.group, record.rtype) != (settings.listener_arn, "*", ENDPOINT_GROUP) or (
-                owned is None or record.target != owned
-            ):
-                problems.append(f"{where}: not an endpoint group this policy owns")
-                continue
-            dial = change.after.weight
-            if type(dial) is not int or not 0 <= dial <= MAX_DIAL:
-                problems.append(f"{where}: dial {dial!r} is not an integer in 0..{MAX_DIAL}")
-                continue
-            updates.append((owned, dial))
-        if problems:
-            raise PermanentProviderError(f"{self.name}: change set refused: " + "; ".join(problems))
-        # Raised dials go first, so a shift never passes through a moment with every Region dialled down.
-        before = {c.record.target: c.before.weight if c.before else 0 for c in changes.changes}
-        return sorted(updates, key=lambda update: update[1] <= before[update[0]])
-
     async def apply(self, changes: ChangeSet) -> None:
-        updates = self._dials_for(changes)
+        updates = dial_updates(self.name, self._settings, changes)
         async with self._lock:
             if any(aws not in self._arns for aws, _ in updates):
                 await self.current()
