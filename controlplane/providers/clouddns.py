@@ -151,7 +151,7 @@ class ZoneState:
 
     rrsets: Mapping[Key, JsonObject]
     owned: Mapping[str, Mapping[Key, JsonObject]]  # service name -> its owned rrsets, marker included
-    foreign_markers: Mapping[str, str]  # service name -> the other owner its marker names
+    foreign_markers: Mapping[str, str]  # service name -> the other owner its marker names ("": a foreign TXT)
     records: tuple[Record, ...]
 
 
@@ -178,7 +178,7 @@ def parse_zone(rrsets: Iterable[JsonObject], owner: str, policy: Policy) -> Zone
         if who == owner:
             owned_services.add(service)
         else:
-            foreign[service] = who or "someone else (a TXT without this plane's heritage)"
+            foreign[service] = who or ""
     owned: dict[str, dict[Key, JsonObject]] = defaultdict(dict)
     for (name, rtype), rrset in by_key.items():
         plain = dns_name(name)
@@ -348,10 +348,9 @@ def _refusals(
     zone_name: str,
 ) -> list[str]:
     problems: list[str] = []
-    if service in zone.foreign_markers:
-        problems.append(
-            f"{service} is owned by {zone.foreign_markers[service]!r} (its {MARKER_LABEL} marker)"
-        )
+    other = zone.foreign_markers.get(service)
+    if other:
+        problems.append(f"{service} is owned by {other!r} (its {MARKER_LABEL} marker says so)")
     for rrset in adding:
         name, rtype = rrset["name"], rrset["type"]
         plain = dns_name(name)
