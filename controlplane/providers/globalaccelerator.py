@@ -240,11 +240,12 @@ class GlobalAcceleratorProvider:
                 f"{self.name}: listener has no endpoint group in {missing}; the plane never creates one"
             )
         foreign = sorted(set(groups) - set(settings.endpoint_groups.values()))
-        if foreign:
+        if foreign and foreign != self._foreign:
             # Left alone, but GA's failover (which ignores dials) may send the group's clients there.
             log.warning(
                 "%s: endpoint groups in %s are not in the policy; left as they are", self.name, foreign
             )
+        self._foreign = foreign
         self._arns = {aws: groups[aws]["EndpointGroupArn"] for aws in settings.endpoint_groups.values()}
         return sorted(
             Record(
