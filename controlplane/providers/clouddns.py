@@ -91,8 +91,9 @@ def _name_problems(name: str) -> list[str]:
 # ---------------------------------------------------------------- plan -> records (pure)
 
 
-def render_cloud(policy: Policy, owner: str, plan: RoutingPlan) -> list[Record]:
-    """The records Cloud DNS should hold for `plan`, in the units current() reads back.
+def render_cloud(policy: Policy, owner: str, plan: RoutingPlan, zone: str | None = None) -> list[Record]:
+    """The records Cloud DNS should hold for `plan`, in the units current() reads back; with `zone`, only
+    those of services below it (a policy may spread its services over several zones, one instance each).
 
     Per service and client group with `geo.gcp_regions`: one CNAME record per location (the geo item at the
     service name, pointing at the group's name), kept whatever the weights are, because a location with no
@@ -109,7 +110,7 @@ def render_cloud(policy: Policy, owner: str, plan: RoutingPlan) -> list[Record]:
             f"client group {default!r} needs geo.gcp_regions, or its clients would be sent to whichever "
             "group's location is nearest"
         )
-    services = {s.name: s for s in policy.services}
+    services = {s.name: s for s in policy.services if zone is None or _below(s.dns_name, zone)}
     records: list[Record] = []
     problems: list[str] = []
     for group_plan in plan:
@@ -129,8 +130,9 @@ def render_cloud(policy: Policy, owner: str, plan: RoutingPlan) -> list[Record]:
                 f"{service.name}/{group.name}: two regions share an address, which a weighted item "
                 "cannot tell apart"
             )
+    names = {dns_name(s.dns_name) for s in services.values()}
     for record in render_records(policy, plan):
-        if record.group in located and record.weight > 0:
+        if record.group in located and record.weight > 0 and record.name in names:
             name = group_name(owner, record.group, record.name)
             records.append(
                 Record(
@@ -418,9 +420,8 @@ class CloudDnsProvider:
         self._zone_name = str(zone.get("dnsName", "")).lower()
         if not self._zone_name:
             raise PermanentProviderError(f"{self.name}: the managed zone has no dnsName")
-        outside = [s.dns_name for s in self._policy.services if not _below(s.dns_name, self._zone_name)]
-        if outside:
-            log.warning("%s: services %s are not below %s", self.name, outside, self._zone_name)
+        if not any(_below(s.dns_name, self._zone_name) for s in self._policy.services):
+            log.warning("%s: no service of the policy is below %s", self.name, self._zone_name)
 
     def update_policy(self, policy: Policy) -> None:
         settings = next((s for s in policy.providers.cloud_dns_list if s.instance_name == self.name), None)
@@ -439,7 +440,7 @@ class CloudDnsProvider:
     # ------------------------------------------------------------ the Provider contract
 
     def render(self, plan: RoutingPlan) -> list[Record]:
-        return render_cloud(self._policy, self._settings.owner, plan)
+        return render_cloud(self._policy, self._settings.owner, plan, self._zone_name)
 
     async def current(self) -> list[Record]:
         self._zone = await self._read()

@@ -104,6 +104,12 @@ def test_a_plan_renders_fenced_locations_and_positive_weights_at_each_groups_nam
     )
 
 
+def test_only_services_below_the_instances_zone_are_rendered() -> None:
+    policy = cloud_policy()
+    assert render_cloud(policy, "prod", plan(ACTIVE), ZONE) == render_cloud(policy, "prod", plan(ACTIVE))
+    assert render_cloud(policy, "prod", plan(ACTIVE), "other.example.com.") == []
+
+
 def test_a_group_failing_closed_keeps_its_locations_and_answers_no_address() -> None:
     closed = RoutingPlan(
         0.0,
