@@ -24,6 +24,10 @@ def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[Mana
         providers.append(HaproxyProvider(policy))
     if settings.memory and "memory" not in disabled:
         providers.append(MemoryProvider(policy))
+    if settings.cloud_dns_list and "cloud_dns" not in disabled:
+        from controlplane.providers.clouddns import CloudDnsProvider
+
+        providers += [CloudDnsProvider(policy, zone) for zone in settings.cloud_dns_list if zone.enabled]
     if settings.global_accelerator_list and "global_accelerator" not in disabled:
         from controlplane.providers.globalaccelerator import GlobalAcceleratorProvider
 
