@@ -291,10 +291,15 @@ def _unit(layout: Layout, before: RRSet | None, after: RRSet | None) -> Unit:
     some = after or before
     assert some is not None
     ops: list[Op] = []
-    if before is not None:
-        ops.append(("DELETE", before))
-    if after is not None:
-        ops.append(("CREATE", after))
+    if before is not None and after is not None and rrkey(before) == rrkey(after):
+        # One UPSERT, not DELETE + CREATE: the same cost in Route 53's limits, and moto refuses to CREATE
+        # again a record set it once created, deleted or not. What it replaces was checked against `held`.
+        ops.append(("UPSERT", after))
+    else:
+        if before is not None:
+            ops.append(("DELETE", before))
+        if after is not None:
+            ops.append(("CREATE", after))
     if some["Name"].startswith(f"{MARKER_LABEL}."):
         phase = _CLAIM if after is not None else _RELEASE
     elif "GeoLocation" in some:
