@@ -823,6 +823,8 @@ def _check_providers(
             yield base, f"{_field(base)}: {_value(name)} is also {_field(first)}; each instance is named once"
         if isinstance(settings, GlobalAcceleratorSettings):
             yield from _check_global_accelerator(policy, base, settings, region_names, group_names)
+        else:
+            yield from _check_dns_instance(policy, base, settings)
     hap = policy.providers.haproxy
     if hap is None:
         return
@@ -833,6 +835,23 @@ def _check_providers(
             yield (
                 (*base, "servers", region),
                 f"providers.haproxy.servers.{region}: unknown region; defined: {_value(sorted(region_names))}",
+            )
+
+
+def _check_dns_instance(
+    policy: Policy, base: Path_, settings: Route53Settings | CloudDnsSettings
+) -> Iterator[tuple[Path_, str]]:
+    """A cloud DNS provider names each group's records `_cp-<owner>-<group>`: that must be one DNS label.
+
+    (Cloud DNS also needs the default group's locations, having no default location; its provider refuses
+    to render without them rather than validation refusing the contract's minimal policy.)"""
+    for i, group in enumerate(policy.client_groups):
+        label = f"_cp-{settings.owner}-{group.name}"
+        if len(label) > 63:
+            yield (
+                ("client_groups", i, "name"),
+                f"client_groups.{i}.name: {_field(base)} names this group's records {_value(label)}, "
+                f"{len(label)} characters; a DNS label holds 63: shorten the group name or the owner",
             )
 
 

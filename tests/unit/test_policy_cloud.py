@@ -479,3 +479,15 @@ def test_single_and_list_forms_read_alike():
         == many.providers.route53_list
         == (Route53Settings(zone="example.org", owner="prod"),)
     )
+
+
+def test_a_group_whose_record_label_would_not_fit_is_refused():
+    long_group = "g" * 56  # a valid name, but "_cp-prod-" + it is 65 characters
+    text = (
+        CONTRACT.replace("  - {name: global,", f"  - {{name: {long_group},")
+        .replace("default_client_group: global", f"default_client_group: {long_group}")
+        .replace("client_group: global", f"client_group: {long_group}")
+    )
+    found = problems(text)
+    assert len(found) == 2  # one per cloud DNS provider, at the group's name
+    assert all(":14:" in p and "65 characters; a DNS label holds 63" in p for p in found), found
