@@ -95,3 +95,18 @@ def route53_client(url: str, max_attempts: int = 1) -> Route53Client:
         read_timeout=REQUEST_TIMEOUT,
     )
     return session.client("route53", endpoint_url=url, config=config)
+
+
+@pytest.fixture(name="aws_credentials")
+def aws_credentials_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials through the SDK's standard chain, as production gets real ones; no host config."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)

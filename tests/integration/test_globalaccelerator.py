@@ -23,6 +23,8 @@ from controlplane.reconciler import Reconciler
 from tests.builders import plan, policy_data
 from tests.fakes.globalaccelerator import Endpoint, FakeGlobalAccelerator
 
+pytestmark = pytest.mark.usefixtures("aws_credentials")
+
 ALB_EAST = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/chat/0123456789abcdef"
 EIP_EAST = "eipalloc-0123456789abcdef0"
 ALB_WEST = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/chat/fedcba9876543210"
@@ -44,21 +46,6 @@ class Listener:
     west: str
     foreign: str  # an endpoint group in a Region the policy does not name: never the plane's
     policy: Policy
-
-
-@pytest.fixture(autouse=True)
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy credentials through the SDK's standard chain, as production gets real ones; no host config."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
