@@ -139,8 +139,9 @@ class Reconciler:
                         changes = diff(provider.name, desired, await self._held(provider, fresh))
                         if not changes or dry_run:
                             break
+                        # Pace a new change set; a retry of this one is paced by the backoff instead.
                         since = time.monotonic() - self._applied_at.get(provider.name, -math.inf)
-                        if since < tuning.min_interval:
+                        if not fresh and since < tuning.min_interval:
                             stats.deferred += 1
                             return Outcome(provider.name, changes, False, deferred=True)
                         self._applied_at[provider.name] = time.monotonic()

@@ -24,6 +24,10 @@ def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[Mana
         providers.append(HaproxyProvider(policy))
     if settings.memory and "memory" not in disabled:
         providers.append(MemoryProvider(policy))
+    if settings.route53_list and "route53" not in disabled:
+        from controlplane.providers.route53 import Route53Provider
+
+        providers += [Route53Provider(policy, zone) for zone in settings.route53_list if zone.enabled]
     if settings.cloud_dns_list and "cloud_dns" not in disabled:
         from controlplane.providers.clouddns import CloudDnsProvider
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from controlplane.providers.base import Capabilities, PermanentProviderError, Tuning
+from controlplane.providers.base import Capabilities, PermanentProviderError, TransientProviderError, Tuning
 from controlplane.reconciler import Reconciler, check_capabilities
 from tests.builders import plan, policy
 from tests.fakes.providers import Fault, FlakyProvider
@@ -81,3 +81,12 @@ def test_a_provider_blind_to_client_groups_is_never_given_several() -> None:
     with pytest.raises(PermanentProviderError, match="cannot tell client groups apart"):
         check_capabilities(provider, provider.render(two))
     check_capabilities(provider, provider.render(FULL))
+
+
+async def test_a_retry_of_the_same_change_set_is_paced_by_the_backoff_not_the_min_interval() -> None:
+    provider = cloud(min_interval=3600.0)
+    provider.faults.append(Fault(TransientProviderError("throttled")))
+    rec = Reconciler([provider], backoff_initial=0.0, backoff_max=0.0)
+    (outcome,) = await rec.reconcile(POLICY, FULL)
+    assert outcome.applied and not outcome.deferred
+    assert len(provider.sent) == 2
