@@ -57,18 +57,28 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+ROUNDING = 1  # percentage points by which the plan's rounding may split equal shares
+
+
 def dials(weights: Mapping[str, int]) -> dict[str, int]:
     """The traffic dial per region for plan `weights` (percent of the client group's traffic).
 
     A dial is the share of the traffic proximity already sends a Region that the Region keeps, so the
     Region the plan weights most keeps all of it (100) and the others keep their weight relative to it,
     rounded half up but never below 1 while the plan gives them anything. A region at 0 gets dial 0.
+    Whole-percent weights of equal shares differ by a point (100 over 49 regions is 3s and 2s): a region
+    within that point of the top keeps everything too, or rounding alone would turn away a third of its
+    traffic and rewrite most dials whenever one region's share moves.
     """
     top = max(weights.values(), default=0)
     if top <= 0:
         return dict.fromkeys(weights, 0)
     return {
-        region: 0 if weight <= 0 else max(1, (2 * MAX_DIAL * weight + top) // (2 * top))
+        region: 0
+        if weight <= 0
+        else MAX_DIAL
+        if top - weight <= ROUNDING
+        else max(1, (2 * MAX_DIAL * weight + top) // (2 * top))
         for region, weight in weights.items()
     }
 

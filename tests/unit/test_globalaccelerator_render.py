@@ -55,7 +55,8 @@ def provider(policy: Policy = POLICY) -> GlobalAcceleratorProvider:
         ({"a": 88, "b": 11, "c": 1}, {"a": 100, "b": 13, "c": 1}),  # 12.5 rounds up; 1.1 stays live
         ({"a": 100, "b": 0}, {"a": 100, "b": 0}),  # failed over: the dead region is dialled to 0
         ({"a": 0, "b": 0}, {"a": 0, "b": 0}),  # failing closed: every dial at 0
-        ({"a": 33, "b": 33, "c": 34}, {"a": 97, "b": 97, "c": 100}),
+        ({"a": 33, "b": 33, "c": 34}, {"a": 100, "b": 100, "c": 100}),  # equal shares, split by rounding
+        ({"a": 2, "b": 3, "c": 95}, {"a": 2, "b": 3, "c": 100}),  # within a point of each other, not the top
         ({}, {}),
     ],
 )
