@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from controlplane.changes import ChangeSet, Record
+from controlplane.changes import Change, ChangeSet, Record
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy, Route53Settings, in_zone
 from controlplane.providers.base import (
@@ -48,6 +48,10 @@ MAX_WEIGHT = 255  # Route 53's own bound on Weight
 SENTINEL = {"A": "192.0.2.0", "AAAA": "100::"}
 ADDRESS_TYPES = frozenset(SENTINEL)
 CLOSED = "_closed"  # the sentinel's place in a SetIdentifier: never a region name (those have no "_")
+# The region of the Record that stands for a service's marker, so a change of structure alone (a group's
+# geo, the default group) is a change the reconciler sees; never a region name either.
+LAYOUT = "_layout"
+UNKNOWN_LAYOUT = "unknown"  # a marker written before it carried its layout: rewritten at the next apply
 MAX_BATCH_RECORDS = 1000  # ResourceRecord elements per ChangeResourceRecordSets (UPSERT counts twice)
 MAX_BATCH_CHARS = 32000  # characters of Value elements per ChangeResourceRecordSets (UPSERT twice)
 MAX_SET_IDENTIFIER = 128
@@ -71,6 +75,7 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _REGION = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_MARKER = re.compile(rf'"heritage={HERITAGE},owner=([a-z0-9-]+)(?:,layout=([0-9a-f]+))?"')
 _ROUTING_KEYS = ("Weight", "GeoLocation", "Region", "Failover", "MultiValueAnswer", "CidrRoutingConfig")
 
 RRSet = dict[str, Any]  # a ResourceRecordSet as boto3 sends and lists it, names with their final dot
@@ -125,9 +130,8 @@ class Layout:
     owner: str
     zone_id: str
 
-    @property
-    def marker_text(self) -> str:
-        return f'"heritage={HERITAGE},owner={self.owner}"'
+    def marker_text(self, digest: str) -> str:
+        return f'"heritage={HERITAGE},owner={self.owner},layout={digest}"'
 
     def marker_name(self, service: str) -> str:
         return f"{MARKER_LABEL}.{fqdn(service)}"
@@ -138,12 +142,12 @@ class Layout:
     def identifier(self, name: str, rtype: str, what: str) -> str:
         return f"cp:{self.owner}:{what}:{_digest(name, rtype)}"
 
-    def marker(self, service: str) -> RRSet:
+    def marker(self, service: str, digest: str) -> RRSet:
         return {
             "Name": self.marker_name(service),
             "Type": "TXT",
             "TTL": MARKER_TTL,
-            "ResourceRecords": [{"Value": self.marker_text}],
+            "ResourceRecords": [{"Value": self.marker_text(digest)}],
         }
 
     def member(self, record: Record) -> RRSet:
@@ -189,22 +193,31 @@ class Layout:
         digest of its own name and type."""
         ident = rrset.get("SetIdentifier")
         if ident is None:
-            return (
-                rrset["Type"] == "TXT"
-                and rrset["Name"].startswith(f"{MARKER_LABEL}.")
-                and rrset.get("ResourceRecords") == [{"Value": self.marker_text}]
-            )
+            return rrset["Name"].startswith(f"{MARKER_LABEL}.") and self.marker_owner(rrset) == self.owner
         return bool(ident.startswith(f"cp:{self.owner}:")) and ident.endswith(
             ":" + _digest(rrset["Name"], rrset["Type"])
         )
 
     def marker_owner(self, rrset: Mapping[str, Any]) -> str | None:
         """The owner a heritage marker names, if `rrset` is one (of any owner)."""
-        values = rrset.get("ResourceRecords") or []
-        if rrset["Type"] != "TXT" or len(values) != 1:
-            return None
-        match = re.fullmatch(rf'"heritage={HERITAGE},owner=([a-z0-9-]+)"', values[0]["Value"])
+        match = _marker_match(rrset)
         return match.group(1) if match else None
+
+    def marker_in(self, zone: Mapping[RRKey, RRSet], service: str) -> Record | None:
+        """The layout Record of `service`'s marker in `zone`, if this owner's marker is there."""
+        rrset = zone.get((self.marker_name(service), "TXT", ""))
+        return self.parse_marker(rrset) if rrset is not None else None
+
+    def parse_marker(self, rrset: Mapping[str, Any]) -> Record | None:
+        """The layout Record an owned marker stands for (its layout unknown if it carries none); None for
+        anything else."""
+        match = _marker_match(rrset)
+        if match is None or match.group(1) != self.owner or "SetIdentifier" in rrset:
+            return None
+        service = self.service_of(rrset["Name"])
+        if service is None or rrset["Name"] != self.marker_name(service):
+            return None
+        return layout_record(service, match.group(2) or UNKNOWN_LAYOUT)
 
     def service_of(self, name: str) -> str | None:
         """The service name (no final dot) an owned name belongs to: the marker's, a set's, or None."""
@@ -246,23 +259,38 @@ class Layout:
         )
 
 
-def structure(layout: Layout, policy: Policy, service: str, members: Sequence[Record]) -> dict[RRKey, RRSet]:
-    """The record sets one service name needs besides its region records: the marker, a sentinel per
-    group and type (weight 1 only when the group has no live region of that type, so an all-zero set never
-    answers every region), and the geolocation tree. Nothing when no region record remains."""
-    if not members:
-        return {}
-    types = sorted({r.rtype for r in members})
-    ttl = min(r.ttl for r in members)
+def _marker_match(rrset: Mapping[str, Any]) -> re.Match[str] | None:
+    values = rrset.get("ResourceRecords") or []
+    if rrset["Type"] != "TXT" or len(values) != 1:
+        return None
+    return _MARKER.fullmatch(values[0]["Value"])
+
+
+def layout_record(service: str, digest: str) -> Record:
+    """The Record render() and current() exchange for a service's marker: its target names the layout."""
+    return Record(service, "*", LAYOUT, f"layout={digest}", 0, MARKER_TTL, "TXT")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """All that a service's structure depends on besides which regions are live; its digest is what the
+    marker carries, so a policy edit that changes only structure still changes a rendered Record."""
+
+    types: tuple[str, ...]
+    ttl: int
+    groups: tuple[str, ...]
+    routes: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # routed group, its geolocation places
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+def shape(policy: Policy, members: Sequence[Record]) -> Shape:
     routed = {
         g.name: g for g in policy.client_groups if g.geo is not None or g.name == policy.default_client_group
     }
-    groups = sorted({r.group for r in members} | routed.keys())
-    live = {(r.group, r.rtype) for r in members if r.weight > 0}
-    wanted = [layout.marker(service)]
-    for group in groups:
-        for rtype in types:
-            wanted.append(layout.sentinel(service, group, rtype, ttl, 0 if (group, rtype) in live else 1))
+    routes = []
     for name, client_group in sorted(routed.items()):
         places: list[tuple[str, str]] = []
         if client_group.geo is not None:
@@ -270,13 +298,39 @@ def structure(layout: Layout, policy: Policy, service: str, members: Sequence[Re
             places += [("CountryCode", c) for c in client_group.geo.countries]
         if name == policy.default_client_group:
             places.append(("CountryCode", "*"))
-        wanted += [layout.geo(service, name, rtype, place) for rtype in types for place in places]
+        routes.append((name, tuple(places)))
+    return Shape(
+        types=tuple(sorted({r.rtype for r in members})),
+        ttl=min(r.ttl for r in members),
+        groups=tuple(sorted({r.group for r in members} | routed.keys())),
+        routes=tuple(routes),
+    )
+
+
+def structure(layout: Layout, policy: Policy, service: str, members: Sequence[Record]) -> dict[RRKey, RRSet]:
+    """The record sets one service name needs besides its region records: the marker carrying its shape's
+    digest, a sentinel per group and type (weight 1 only when the group has no live region of that type,
+    so an all-zero set never answers every region), and the geolocation tree. Nothing when no region
+    record remains."""
+    if not members:
+        return {}
+    form = shape(policy, members)
+    live = {(r.group, r.rtype) for r in members if r.weight > 0}
+    wanted = [layout.marker(service, form.digest)]
+    for group in form.groups:
+        for rtype in form.types:
+            live_here = (group, rtype) in live
+            wanted.append(layout.sentinel(service, group, rtype, form.ttl, 0 if live_here else 1))
+    for name, places in form.routes:
+        wanted += [layout.geo(service, name, rtype, place) for rtype in form.types for place in places]
     return {rrkey(r): r for r in wanted}
 
 
 # Phases of a change batch: the marker is claimed first and released last; a weighted set is complete
-# before a geolocation record aliases into it and emptied only after no alias points at it.
-_CLAIM, _SETS, _GEO, _SET_DELETES, _RELEASE = range(5)
+# before a geolocation record aliases into it and emptied only after no alias points at it. A new layout is
+# stamped on the marker after the structure it names: if a later batch fails, the old stamp makes the next
+# diff bring the rest.
+_CLAIM, _SETS, _GEO, _SET_DELETES, _STAMP, _RELEASE = range(6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +355,7 @@ def _unit(layout: Layout, before: RRSet | None, after: RRSet | None) -> Unit:
         if after is not None:
             ops.append(("CREATE", after))
     if some["Name"].startswith(f"{MARKER_LABEL}."):
-        phase = _CLAIM if after is not None else _RELEASE
+        phase = _RELEASE if after is None else _CLAIM if before is None else _STAMP
     elif "GeoLocation" in some:
         phase = _GEO
     else:
@@ -318,7 +372,14 @@ def plan_ops(
     problems: list[str] = []
     units: list[Unit] = []
     touched: set[str] = set()
+    layouts: dict[str, Change] = {}  # service -> its marker's change: checked once its structure is known
     for change in changes.changes:
+        if change.record.region == LAYOUT:
+            layouts[change.record.name] = change
+            touched.add(change.record.name)
+            if layout.marker_in(held, change.record.name) != change.before:
+                problems.append(f"{change.record.name}: marker not held as the change set expects")
+            continue
         before = after = None
         if change.before is not None:
             member = layout.member(change.before)
@@ -353,6 +414,15 @@ def plan_ops(
     for service in sorted(services | owned_structure.keys()):
         want = structure(layout, policy, service, members.get(service, []))
         have = owned_structure.get(service, {})
+        # The marker must end as the change set says (unchanged if it says nothing): the reconciler takes
+        # what it rendered to be held, so a layout rendered under another policy is refused, not written.
+        said = layouts[service].after if service in layouts else layout.marker_in(have, service)
+        made = layout.marker_in(want, service)
+        if made != said:
+            problems.append(
+                f"{service}: the change set leaves {said.target if said else 'no marker'}, "
+                f"its records make {made.target if made else 'none'}"
+            )
         for key in sorted(want.keys() | have.keys()):
             if want.get(key) != have.get(key):
                 units.append(_unit(layout, have.get(key), want.get(key)))
@@ -592,7 +662,13 @@ class Route53Provider:
             )
         if problems:
             raise PermanentProviderError(f"{self.name}: " + "; ".join(dict.fromkeys(problems)))
-        return records
+        services: dict[str, list[Record]] = {}
+        for record in records:
+            services.setdefault(record.name, []).append(record)
+        return records + [
+            layout_record(service, shape(self._policy, members).digest)
+            for service, members in services.items()
+        ]
 
     # ------------------------------------------------------------------ I/O
 
@@ -634,7 +710,8 @@ class Route53Provider:
         return sorted(
             record
             for rrset in held.values()
-            if layout.owns(rrset) and (record := layout.parse_member(rrset)) is not None
+            if layout.owns(rrset)
+            and (record := layout.parse_member(rrset) or layout.parse_marker(rrset)) is not None
         )
 
     async def apply(self, changes: ChangeSet) -> None:

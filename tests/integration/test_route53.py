@@ -4,6 +4,7 @@ alone, how Route 53 itself would answer clients in a given place, and throttling
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from fractions import Fraction
@@ -136,12 +137,13 @@ def check_answers(url: str, zone_id: str, p: Route53Provider, target: RoutingPla
 
 def foreign(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every record set but owner prod's (its SetIdentifiers and its markers)."""
-    marker = [{"Value": '"heritage=llm-failover-plane,owner=prod"'}]
+    marker = re.compile(r'"heritage=llm-failover-plane,owner=prod,layout=[0-9a-f]+"')
     return sorted(
         (
             r
             for r in listed
-            if not r.get("SetIdentifier", "").startswith("cp:prod:") and r.get("ResourceRecords") != marker
+            if not r.get("SetIdentifier", "").startswith("cp:prod:")
+            and not (r["Type"] == "TXT" and marker.fullmatch(r["ResourceRecords"][0]["Value"]))
         ),
         key=repr,
     )
