@@ -211,6 +211,85 @@ async def test_lifecycle_keeps_residency_and_leaves_foreign_records_byte_identic
     await staging.close()
 
 
+def with_eu_countries(policy: Policy, *countries: str) -> Policy:
+    data = policy.model_dump(mode="json")
+    for group in data["client_groups"]:
+        if group["name"] == "eu":
+            group["geo"] = {"countries": list(countries)}
+    return Policy.model_validate(data)
+
+
+def check_places(
+    url: str, zone_id: str, p: Route53Provider, target: RoutingPlan, groups: Mapping[str, Location]
+) -> None:
+    """Each client place gets its group's weighted answer (A and AAAA) in Route 53's own logic."""
+    listed = listing(url, zone_id)
+    records = [r for r in p.render(target) if r.name == CHAT]
+    for group, where in groups.items():
+        for rtype in ("A", "AAAA"):
+            answer = resolve(listed, CHAT, where, rtype)
+            assert answer.distribution == expected(records, group, rtype), (group, where, rtype)
+
+
+ZURICH, LONDON = Location("EU", "CH"), Location("EU", "GB")
+# The same plan under both policies: a hot reload that only moves places between groups changes no region
+# record, only the geolocation tree.
+SAME = chat_plan({"eu-west": 50, "eu-central": 50}, {"us-east": 50, "us-west": 50})
+
+
+async def test_a_geo_edit_alone_is_a_change_and_moves_clients_to_their_new_group(
+    moto: str, zone: str
+) -> None:
+    before = with_eu_countries(cloud_policy(moto, "chat"), "FR", "GB")
+    after = with_eu_countries(before, "FR", "CH")  # CH joins the eu group, GB leaves it
+    p = provider(before)
+    await p.start()
+    await converge(p, SAME)
+    check_places(moto, zone, p, SAME, {"eu": LONDON, "global": ZURICH})
+    reconciler = Reconciler([p])
+    (steady,) = await reconciler.reconcile(before, SAME, dry_run=True)  # the zone is read and known
+    assert not steady.changes
+
+    # A hot reload: the daemon hands the provider the new policy and reconciles the same plan. The
+    # reconciler applies only a non-empty diff: the marker's layout must make it one.
+    p.update_policy(after)
+    (reload,) = await reconciler.reconcile(after, SAME)
+    assert reload.applied and reload.error is None
+    assert [c.record.region for c in reload.changes.changes] == ["_layout"]  # no region record moved
+    check_places(moto, zone, p, SAME, {"eu": ZURICH, "global": LONDON})
+    assert not diff(p.name, p.render(SAME), await p.current())
+    await p.close()
+
+
+async def test_a_marker_written_before_it_carried_a_layout_is_ours_and_rewritten(
+    moto: str, zone: str
+) -> None:
+    before = with_eu_countries(cloud_policy(moto, "chat"), "FR", "GB")
+    old = provider(before)
+    await old.start()
+    await converge(old, SAME)
+    await old.close()
+    marker = {
+        "Name": f"_cp.{CHAT}.",
+        "Type": "TXT",
+        "TTL": 300,
+        "ResourceRecords": [{"Value": '"heritage=llm-failover-plane,owner=prod"'}],
+    }
+    route53_client(moto).change_resource_record_sets(
+        HostedZoneId=zone, ChangeBatch={"Changes": [{"Action": "UPSERT", "ResourceRecordSet": marker}]}
+    )
+    # The upgrade comes with a geo edit: the old marker says nothing of the tree beside it.
+    after = with_eu_countries(before, "FR", "CH")
+    p = provider(after)
+    await p.start()
+    assert Record(CHAT, "*", "_layout", "layout=unknown", 0, 300, "TXT") in await p.current()
+    (upgrade,) = await Reconciler([p]).reconcile(after, SAME)
+    assert upgrade.applied and upgrade.error is None
+    check_places(moto, zone, p, SAME, {"eu": ZURICH, "global": LONDON})
+    assert not diff(p.name, p.render(SAME), await p.current())
+    await p.close()
+
+
 async def test_a_foreign_record_at_our_name_and_type_is_never_overwritten(moto: str, zone: str) -> None:
     simple = {"Name": f"{CHAT}.", "Type": "A", "TTL": 60, "ResourceRecords": [{"Value": "203.0.113.5"}]}
     change(moto, zone, simple)
