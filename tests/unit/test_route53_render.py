@@ -281,3 +281,91 @@ def test_batches_split_at_32000_characters() -> None:
 def test_a_unit_over_a_limit_alone_is_refused() -> None:
     with pytest.raises(PermanentProviderError, match="over Route 53's 1000 / 32000 per request"):
         batches([Unit(1, (op("big.", values=1001),))])
+
+
+def regrouped(p: Policy, **changes: Any) -> Policy:
+    """`p` with the eu group's geo and the policy's own fields replaced as given."""
+    data = p.model_dump(mode="json")
+    geo = changes.pop("eu_geo", None)
+    if geo is not None:
+        data["client_groups"][0]["geo"] = geo
+    return Policy.model_validate(data | changes)
+
+
+def held_records(zone: dict[RRKey, RRSet]) -> list[Record]:
+    """What current() would return for `zone`."""
+    return sorted(
+        r
+        for rrset in zone.values()
+        if LAYOUT.owns(rrset) and (r := LAYOUT.parse_member(rrset) or LAYOUT.parse_marker(rrset))
+    )
+
+
+WEIGHTS = {"eu": {"eu-west": 100}, "global": {"us-east": 100}}
+CH = {"continents": ["EU"], "countries": ["GB", "CH"]}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"eu_geo": CH},
+        {"eu_geo": {"countries": ["GB"]}},
+        {"default_client_group": "eu"},
+    ],
+)
+def test_an_edit_of_structure_alone_changes_only_the_services_layout_record(edit: dict[str, Any]) -> None:
+    before = provider().render(plan(WEIGHTS))
+    after = provider(regrouped(policy(), **edit)).render(plan(WEIGHTS))
+    changes = diff("route53:llm.example.com", after, before)
+    assert [(c.action, c.record.name, c.record.region) for c in changes.changes] == [
+        (Action.UPDATE, CHAT, "_layout")
+    ]
+
+
+def test_the_layout_record_ignores_weights_and_is_what_current_reads_back() -> None:
+    drained = provider().render(plan({"eu": {"eu-west": 0}, "global": {"us-east": 100}}))
+    live = provider().render(plan(WEIGHTS))
+    assert [r for r in drained if r.region == "_layout"] == [r for r in live if r.region == "_layout"]
+    assert held_records(created(WEIGHTS)) == sorted(live)  # an unchanged plan diffs to nothing
+
+
+def test_a_new_layout_is_stamped_on_the_marker_after_the_tree_it_names() -> None:
+    zone = created(WEIGHTS)
+    p = regrouped(policy(), eu_geo=CH)
+    changes = diff("route53:llm.example.com", provider(p).render(plan(WEIGHTS)), held_records(zone))
+    units, after = plan_ops(LAYOUT, p, ZONE, zone, changes)
+    # The new tree first, then the marker: if a later batch failed, the old stamp brings the rest next time.
+    assert kinds(units) == ["geo", "marker"]
+    assert [action for u in units for action, _ in u.ops] == ["CREATE", "UPSERT"]
+    assert resolve(list(after.values()), CHAT, Location("EU", "CH")).addresses == {"198.51.100.3"}
+    assert held_records(after) == sorted(provider(p).render(plan(WEIGHTS)))
+
+
+def test_a_layout_rendered_under_another_policy_is_refused() -> None:
+    zone = created(WEIGHTS)
+    changes = diff(
+        "route53:llm.example.com",
+        provider(regrouped(policy(), eu_geo=CH)).render(plan(WEIGHTS)),
+        held_records(zone),
+    )
+    with pytest.raises(PermanentProviderError, match=r"the change set leaves layout=[0-9a-f]+, its records"):
+        planned(changes, zone)  # the provider's own policy still has the old geo
+
+
+def old_marker(owner: str) -> RRSet:
+    value = f'"heritage=llm-failover-plane,owner={owner}"'
+    return {"Name": f"_cp.{CHAT}.", "Type": "TXT", "TTL": 300, "ResourceRecords": [{"Value": value}]}
+
+
+def test_a_marker_without_layout_is_ours_with_its_layout_unknown_but_another_owners_is_refused() -> None:
+    zone = created(WEIGHTS)
+    zone[rrkey(old_marker("prod"))] = old_marker("prod")
+    unknown = Record(CHAT, "*", "_layout", "layout=unknown", 0, 300, "TXT")
+    assert unknown in held_records(zone)
+    changes = diff("route53:llm.example.com", provider().render(plan(WEIGHTS)), held_records(zone))
+    assert [c.before for c in changes.changes] == [unknown]
+    assert held_records(planned(changes, zone)) == sorted(provider().render(plan(WEIGHTS)))
+
+    fresh = diff("route53:llm.example.com", provider().render(plan(WEIGHTS)), [])
+    with pytest.raises(PermanentProviderError, match="is owned by 'staging'"):
+        planned(fresh, zone_with(old_marker("staging")))
