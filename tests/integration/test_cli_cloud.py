@@ -40,7 +40,8 @@ async def test_apply_writes_the_zone_and_plan_then_diffs_against_it(
     applied = await arun_cli("apply", *args, "--yes", within=60)
     assert applied.code == 0, applied.err
     assert {"provider": R53, "applied": True, "error": None} in json.loads(applied.out)["applied"]
-    assert len(changes_of(applied.out, R53)) == 6  # four global regions, two EU ones
+    # Four global regions, two EU ones, and the service's layout (the geolocation tree it asks for).
+    assert len(changes_of(applied.out, R53)) == 7
 
     steady = await arun_cli("plan", *args, within=60)
     assert steady.code == 0, steady.err
@@ -50,3 +51,4 @@ async def test_apply_writes_the_zone_and_plan_then_diffs_against_it(
     broken = await arun_cli("plan", *args, within=60)
     moved = {c["after"]["region"]: c["after"]["weight"] for c in changes_of(broken.out, R53)}
     assert moved["us-west"] == 0 and set(moved) <= {"us-east", "us-west", "eu-west", "eu-central"}
+    # Weights moved, the layout did not: a failover never rewrites the geolocation tree.
