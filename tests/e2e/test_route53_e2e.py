@@ -104,7 +104,9 @@ class Cloud:
 async def cloud_plane(moto: str, tmp_path: Path) -> AsyncIterator[Cloud]:
     """Four simulated regions, a hosted zone on moto, the fault proxy before it and the daemon with the
     memory provider (so a decision is held while Route 53 refuses it) and Route 53 through the proxy."""
-    zone_id = route53_client(moto).create_hosted_zone(Name=ZONE, CallerReference="e2e")["HostedZone"]["Id"]
+    client = await asyncio.to_thread(route53_client, moto)
+    created = await asyncio.to_thread(client.create_hosted_zone, Name=ZONE, CallerReference="e2e")
+    zone_id = created["HostedZone"]["Id"]
     async with (
         sim_fleet() as fleet,
         FaultProxy(moto) as proxy,
