@@ -22,6 +22,7 @@ from controlplane.providers.base import (
     TransientProviderError,
     Tuning,
 )
+from controlplane.providers.pacing import pacer
 
 if TYPE_CHECKING:
     from mypy_boto3_globalaccelerator import GlobalAcceleratorClient
@@ -57,6 +58,8 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
+# One listener's groups are updated one call each: keep a failover of many under the API's rate limits.
+REQUEST_INTERVAL = 0.2
 ROUNDING = 1  # percentage points by which the plan's rounding may split equal shares
 
 
@@ -159,6 +162,7 @@ class GlobalAcceleratorProvider:
         # AWS region -> endpoint group ARN, as last read: apply needs ARNs, render knows only regions.
         self._arns: dict[str, str] = {}
         self._foreign: list[str] = []  # AWS regions of groups not ours, as last warned about
+        self._pacer = pacer("globalaccelerator", settings.endpoint_url, REQUEST_INTERVAL)
         self._lock = asyncio.Lock()
 
     def update_policy(self, policy: Policy) -> None:
@@ -215,6 +219,7 @@ class GlobalAcceleratorProvider:
         client = self._client
         if client is None:
             raise PermanentProviderError(f"{self.name}: not started")
+        await self._pacer.wait()
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 return await asyncio.to_thread(function, client)

@@ -8,7 +8,6 @@ import copy
 import hashlib
 import ipaddress
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from controlplane.providers.base import (
     TransientProviderError,
     Tuning,
 )
+from controlplane.providers.pacing import pacer
 from controlplane.providers.records import dns_name, render_records
 
 if TYPE_CHECKING:
@@ -572,25 +572,6 @@ def _aws_error(exc: Exception, what: str) -> ProviderError:
     return cls(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class _Pacer:
-    """Spaces the calls to one endpoint `interval` apart: a reservation, so concurrent callers queue."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._next = -math.inf
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        at = max(now, self._next)
-        self._next = at + self.interval
-        if at > now:
-            await asyncio.sleep(at - now)
-
-
-# Several instances (zones) in one account share its 5 requests/s: one pacer per endpoint in the process.
-_PACERS: dict[tuple[str | None, float], _Pacer] = {}
-
-
 def _read_page(client: Route53Client, zone_id: str, start: RRKey | None) -> tuple[list[RRSet], RRKey | None]:
     """One page of the zone, canonical, and where the next starts (in a worker thread: boto3 blocks)."""
     args: dict[str, Any] = {"HostedZoneId": zone_id, "MaxItems": str(PAGE)}
@@ -627,7 +608,7 @@ class Route53Provider:
         self._settings = settings
         self._session = session  # tests: dummy credentials; else the SDK's own chain
         self._endpoint = str(settings.endpoint_url).rstrip("/") if settings.endpoint_url else None
-        self._pacer = _PACERS.setdefault((self._endpoint, request_interval), _Pacer(request_interval))
+        self._pacer = pacer("route53", self._endpoint, request_interval)
         self._insync_timeout = insync_timeout
         self._insync_poll = insync_poll
         self._client: Route53Client | None = None
