@@ -300,8 +300,12 @@ class Daemon:
             "ready", health={r: _health_summary(h) for r, h in self.health().regions.items()}
         )
         while True:
+            wait = self.config.reconcile_interval
+            if (due := self.reconciler.next_due()) is not None:
+                # A change a provider's pace held back goes out as soon as it may, not at the next tick.
+                wait = min(wait, max(0.0, due - time.monotonic()))
             try:
-                async with asyncio.timeout(self.config.reconcile_interval):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             except TimeoutError:
                 pass

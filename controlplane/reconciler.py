@@ -89,6 +89,12 @@ class Reconciler:
     stats: dict[str, ProviderStats] = field(default_factory=dict)
     _known: dict[str, _Known] = field(default_factory=dict)
     _applied_at: dict[str, float] = field(default_factory=dict)
+    _due: dict[str, float] = field(default_factory=dict)  # deferred providers: when they may write again
+
+    def next_due(self) -> float | None:
+        """The monotonic time a deferred change set may be sent, the soonest of them; None if none waits."""
+        names = {p.name for p in self.providers}  # a provider gone since it was deferred waits for nothing
+        return min((at for name, at in self._due.items() if name in names), default=None)
 
     async def reconcile(self, policy: Policy, plan: RoutingPlan, *, dry_run: bool = False) -> list[Outcome]:
         """One provider failing never blocks the others; a residency violation blocks them all."""
@@ -138,12 +144,15 @@ class Reconciler:
                         fresh = attempt.retry_state.attempt_number > 1
                         changes = diff(provider.name, desired, await self._held(provider, fresh))
                         if not changes or dry_run:
+                            self._due.pop(provider.name, None)
                             break
                         # Pace a new change set; a retry of this one is paced by the backoff instead.
                         since = time.monotonic() - self._applied_at.get(provider.name, -math.inf)
                         if not fresh and since < tuning.min_interval:
                             stats.deferred += 1
+                            self._due[provider.name] = time.monotonic() - since + tuning.min_interval
                             return Outcome(provider.name, changes, False, deferred=True)
+                        self._due.pop(provider.name, None)
                         self._applied_at[provider.name] = time.monotonic()
                         await provider.apply(changes)
                         known = self._known[provider.name]

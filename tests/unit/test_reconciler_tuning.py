@@ -3,6 +3,7 @@ its min_interval, never when nothing changed, and nothing it declared it cannot 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -90,3 +91,16 @@ async def test_a_retry_of_the_same_change_set_is_paced_by_the_backoff_not_the_mi
     (outcome,) = await rec.reconcile(POLICY, FULL)
     assert outcome.applied and not outcome.deferred
     assert len(provider.sent) == 2
+
+
+async def test_a_deferred_change_says_when_it_may_go_out() -> None:
+    provider = cloud(min_interval=30.0)
+    rec = Reconciler([provider])
+    await rec.reconcile(POLICY, FULL)
+    assert rec.next_due() is None
+    before = time.monotonic()
+    (outcome,) = await rec.reconcile(POLICY, SHIFTED)
+    due = rec.next_due()
+    assert outcome.deferred and due is not None and before + 29 < due <= time.monotonic() + 30
+    rec.providers = []  # a provider gone since: nothing waits for it
+    assert rec.next_due() is None
