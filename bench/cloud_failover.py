@@ -21,20 +21,20 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
+import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 from google.oauth2.credentials import Credentials
 
 from chaos.faultproxy import FaultProxy
-from chaos.loopback import free_port
+from chaos.moto import moto_server
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import ManagedProvider
@@ -239,29 +239,12 @@ async def bench_all(moto: str) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
+def running_moto() -> Iterator[str]:
     binary = shutil.which("moto_server")
     if binary is None:
         raise SystemExit("moto_server not found: pip install 'moto[server]'")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + MOTO_START
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("moto_server did not come up") from None
-                time.sleep(0.1)
+    with tempfile.TemporaryDirectory() as scratch, moto_server(binary, Path(scratch) / "moto.log") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -292,7 +275,7 @@ def main() -> None:
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
-    with moto_server() as url:
+    with running_moto() as url:
         rows = asyncio.run(bench_all(url))
     if args.json:
         for row in rows:

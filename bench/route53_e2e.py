@@ -18,10 +18,8 @@ import asyncio
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +32,7 @@ from botocore.config import Config
 from bench.failover import MODES, REGIONS, quantile, settled
 from chaos.faultproxy import FaultProxy
 from chaos.loopback import free_port, loopback_policy
+from chaos.moto import moto_server
 from chaos.simregion import FaultMode, FaultSpec
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.providers.route53 import Layout, Route53Provider, route53_weight
@@ -46,29 +45,12 @@ POLL = 0.02
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
+def running_moto() -> Iterator[str]:
     binary = shutil.which("moto_server")
     if binary is None:
         raise SystemExit("moto_server not found: pip install 'moto[server]'")
-    url = f"http://127.0.0.1:{free_port()}"
-    port = url.rsplit(":", 1)[1]
-    server = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", port], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("moto_server did not come up") from None
-                time.sleep(0.1)
+    with tempfile.TemporaryDirectory() as scratch, moto_server(binary, Path(scratch) / "moto.log") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
 
 
 class Zone:
@@ -225,7 +207,7 @@ def main() -> None:
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true"
     )
-    with moto_server() as url:
+    with running_moto() as url:
         asyncio.run(bench(url, trials))
 
 

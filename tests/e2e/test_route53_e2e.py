@@ -21,7 +21,13 @@ from chaos.faultproxy import Fault, FaultProxy
 from chaos.simregion import SimFleet
 from controlplane.providers.route53 import SENTINEL, Layout, route53_weight
 from tests.conftest import until
-from tests.fakes.moto import aws_credentials_fixture, moto_fixture, moto_server_fixture, route53_client  # noqa: F401
+from tests.fakes.moto import (  # noqa: F401
+    aws_credentials_fixture,
+    listing,
+    moto_fixture,
+    moto_server_fixture,
+    route53_client,
+)
 from tests.fakes.route53_resolver import Location, resolve
 from tests.integration.daemon_helpers import (
     ADDRESS,
@@ -34,7 +40,6 @@ from tests.integration.daemon_helpers import (
     sim_fleet,
     write_policy,
 )
-from tests.integration.test_route53 import listing
 
 pytestmark = [pytest.mark.needs_binary("moto_server"), pytest.mark.usefixtures("aws_credentials")]
 

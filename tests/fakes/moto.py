@@ -12,33 +12,21 @@ retries of botocore's own, so a test sees every error the API answers. moto acce
 
 from __future__ import annotations
 
-import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from botocore.config import Config
 
-from chaos.loopback import free_port
+from chaos.moto import MotoDidNotStart, moto_server
 from tests.conftest import require_binary
 
 if TYPE_CHECKING:
     from mypy_boto3_route53 import Route53Client
 
-START_TIMEOUT = 30.0  # moto imports every service it emulates at start: seconds on a loaded CI machine
 REQUEST_TIMEOUT = 5.0
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1.0) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def reset_moto(url: str) -> None:
@@ -52,29 +40,11 @@ def reset_moto(url: str) -> None:
 @pytest.fixture(scope="session", name="moto_server")
 def moto_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = require_binary("moto_server", "pip's moto[server], a dev dependency,")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    # moto logs every request; a file, not a pipe nobody reads, which would fill and stall the server.
-    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"moto_server did not come up on {url} (exit {process.poll()}):\n{tail}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with moto_server(binary, tmp_path_factory.mktemp("moto") / "moto_server.log") as url:
+            yield url
+    except MotoDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(name="moto")
@@ -110,3 +80,16 @@ def aws_credentials_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
+
+
+def listing(url: str, zone_id: str) -> list[dict[str, Any]]:
+    """Every record set of the zone as moto holds it, every page, read directly (no provider in between)."""
+    client = route53_client(url)
+    records: list[dict[str, Any]] = []
+    args: dict[str, Any] = {"HostedZoneId": zone_id}
+    while True:
+        reply = client.list_resource_record_sets(**args)
+        records += [dict(r) for r in reply["ResourceRecordSets"]]
+        if not reply["IsTruncated"]:
+            return records
+        args.update(StartRecordName=reply["NextRecordName"], StartRecordType=reply["NextRecordType"])

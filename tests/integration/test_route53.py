@@ -21,7 +21,7 @@ from controlplane.providers.base import PermanentProviderError, TransientProvide
 from controlplane.providers.route53 import SENTINEL, Route53Provider
 from controlplane.reconciler import Reconciler
 from tests.builders import plan
-from tests.fakes.moto import route53_client
+from tests.fakes.moto import listing, route53_client
 from tests.fakes.route53_resolver import Location, resolve
 
 pytestmark = pytest.mark.needs_binary("moto_server")
@@ -75,18 +75,6 @@ def provider(policy: Policy, **options: Any) -> Route53Provider:
 @pytest.fixture
 def zone(moto: str) -> str:
     return route53_client(moto).create_hosted_zone(Name=ZONE, CallerReference="test")["HostedZone"]["Id"]
-
-
-def listing(url: str, zone_id: str) -> list[dict[str, Any]]:
-    client = route53_client(url)
-    records: list[dict[str, Any]] = []
-    args: dict[str, Any] = {"HostedZoneId": zone_id}
-    while True:
-        reply = client.list_resource_record_sets(**args)
-        records += reply["ResourceRecordSets"]
-        if not reply["IsTruncated"]:
-            return records
-        args.update(StartRecordName=reply["NextRecordName"], StartRecordType=reply["NextRecordType"])
 
 
 def change(url: str, zone_id: str, *rrsets: Mapping[str, Any]) -> None:
