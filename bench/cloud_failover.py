@@ -20,21 +20,18 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
 from google.oauth2.credentials import Credentials
 
 from chaos.faultproxy import FaultProxy
-from chaos.moto import moto_server
+from chaos.moto import moto_on_path
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import ManagedProvider
@@ -238,15 +235,6 @@ async def bench_all(moto: str) -> list[dict[str, Any]]:
         return rows
 
 
-@contextmanager
-def running_moto() -> Iterator[str]:
-    binary = shutil.which("moto_server")
-    if binary is None:
-        raise SystemExit("moto_server not found: pip install 'moto[server]'")
-    with tempfile.TemporaryDirectory() as scratch, moto_server(binary, Path(scratch) / "moto.log") as url:
-        yield url
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("provider", "step", "changes", "seconds", "peak/s", "requests by operation")
     lines = [
@@ -275,7 +263,7 @@ def main() -> None:
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
     os.environ.pop("AWS_SESSION_TOKEN", None)
     os.environ.pop("AWS_PROFILE", None)
-    with running_moto() as url:
+    with moto_on_path() as url:
         rows = asyncio.run(bench_all(url))
     if args.json:
         for row in rows:

@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ from botocore.config import Config
 from bench.failover import MODES, REGIONS, quantile, settled
 from chaos.faultproxy import FaultProxy
 from chaos.loopback import free_port, loopback_policy
-from chaos.moto import moto_server
+from chaos.moto import moto_on_path
 from chaos.simregion import FaultMode, FaultSpec
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.providers.route53 import Layout, Route53Provider, route53_weight
@@ -42,15 +39,6 @@ ZONE = "llm.internal"  # the demo service's chat.llm.internal lies in it
 OWNER = "bench"
 TRIAL_LIMIT = 10.0
 POLL = 0.02
-
-
-@contextmanager
-def running_moto() -> Iterator[str]:
-    binary = shutil.which("moto_server")
-    if binary is None:
-        raise SystemExit("moto_server not found: pip install 'moto[server]'")
-    with tempfile.TemporaryDirectory() as scratch, moto_server(binary, Path(scratch) / "moto.log") as url:
-        yield url
 
 
 class Zone:
@@ -207,7 +195,7 @@ def main() -> None:
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true"
     )
-    with running_moto() as url:
+    with moto_on_path() as url:
         asyncio.run(bench(url, trials))
 
 

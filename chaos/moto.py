@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -54,3 +56,13 @@ def moto_server(binary: str, log_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def moto_on_path() -> Iterator[str]:
+    """`moto_server` from PATH with its log in a scratch directory, for benches and drills."""
+    binary = shutil.which("moto_server")
+    if binary is None:
+        raise MotoDidNotStart("moto_server not found: pip install 'moto[server]'")
+    with tempfile.TemporaryDirectory() as scratch, moto_server(binary, Path(scratch) / "moto.log") as url:
+        yield url
