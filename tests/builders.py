@@ -31,6 +31,11 @@ EU_AND_GLOBAL: tuple[dict[str, Any], ...] = (
     {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
 )
 US_ONLY: tuple[dict[str, Any], ...] = ({"name": "global", "allowed_jurisdictions": ["US"]},)
+# The same split where a cloud DNS decides by the resolver's place: Europe and Great Britain are the eu group.
+EU_BY_GEO_AND_GLOBAL: tuple[dict[str, Any], ...] = (
+    {"name": "eu", "geo": {"continents": ["EU"], "countries": ["GB"]}, "allowed_jurisdictions": ["EU"]},
+    {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
+)
 
 
 def policy_data(

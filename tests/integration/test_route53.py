@@ -20,7 +20,7 @@ from controlplane.policy import Policy
 from controlplane.providers.base import PermanentProviderError, TransientProviderError
 from controlplane.providers.route53 import SENTINEL, Route53Provider
 from controlplane.reconciler import Reconciler
-from tests.builders import plan
+from tests.builders import EU_BY_GEO_AND_GLOBAL, plan
 from tests.fakes.moto import listing, route53_client
 from tests.fakes.route53_resolver import Location, resolve
 
@@ -47,14 +47,7 @@ def cloud_policy(url: str, *services: str, owner: str = "prod") -> Policy:
         {
             "version": 1,
             "regions": list(REGIONS),
-            "client_groups": [
-                {
-                    "name": "eu",
-                    "geo": {"continents": ["EU"], "countries": ["GB"]},
-                    "allowed_jurisdictions": ["EU"],
-                },
-                {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
-            ],
+            "client_groups": list(EU_BY_GEO_AND_GLOBAL),
             "default_client_group": "global",
             "services": [
                 {"name": s, "dns_name": f"{s}.{ZONE}", "ttl": 30, "regions": [r["name"] for r in REGIONS]}

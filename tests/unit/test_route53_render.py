@@ -24,7 +24,7 @@ from controlplane.providers.route53 import (
     rrkey,
     simulate,
 )
-from tests.builders import plan
+from tests.builders import EU_BY_GEO_AND_GLOBAL, plan
 from tests.fakes.route53_resolver import Location, resolve
 
 ZONE = "llm.example.com"
@@ -43,14 +43,7 @@ def policy(**regions_address: str) -> Policy:
                 {"name": n, "endpoint": "http://10.0.0.1:8000", "address": a, "jurisdiction": jurisdiction[n]}
                 for n, a in addresses.items()
             ],
-            "client_groups": [
-                {
-                    "name": "eu",
-                    "geo": {"continents": ["EU"], "countries": ["GB"]},
-                    "allowed_jurisdictions": ["EU"],
-                },
-                {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
-            ],
+            "client_groups": list(EU_BY_GEO_AND_GLOBAL),
             "default_client_group": "global",
             "services": [
                 {"name": "chat", "dns_name": "Chat.LLM.example.com.", "regions": list(addresses)},
