@@ -1,0 +1,1 @@
+"""Model-weight sync between regional buckets: manifests, planning, copying and promotion."""
