@@ -45,9 +45,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = validate_files(args.files)
     for problem in problems:
         print(problem, file=sys.stderr)
-    if not problems:
-        print(f"{len(args.files)} policy file(s) valid")
-    return 1 if problems else 0
+    if any(not p.warning for p in problems):
+        return 1
+    print(f"{len(args.files)} policy file(s) valid")
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

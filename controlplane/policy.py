@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +50,78 @@ def _http_url(value: str) -> str:
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
+_BUCKET_FORMS = "s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path"
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketUrl:
+    """Where a bucket's objects live. For file, `bucket` is empty and `prefix` the absolute folder."""
+
+    scheme: Literal["s3", "gs", "file"]
+    bucket: str
+    prefix: str
+
+    def key(self, *parts: str) -> str:
+        """The object key (for file, the absolute path) of `parts` under the prefix."""
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.prefix}"
+        return f"{self.scheme}://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+
+
+def _bucket_name_problem(scheme: str, name: str) -> str | None:
+    if scheme == "s3":
+        if not _S3_BUCKET.match(name) or ".." in name:
+            return "an S3 bucket name is 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
+    elif not _GCS_BUCKET.match(name) or ".." in name or any(len(part) > 63 for part in name.split(".")):
+        return (
+            "a GCS bucket name is 3-63 characters (222 with dots, 63 between dots) of a-z, 0-9, '.', '-' and '_', "
+            "starting and ending with a letter or digit"
+        )
+    elif name.startswith("goog"):
+        return "a GCS bucket name may not start with 'goog'"
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return None
+    return "a bucket name may not be an IP address"
+
+
+def parse_bucket_url(value: str) -> BucketUrl:
+    """A bucket URL as the policy allows it; ValueError saying what is wrong otherwise."""
+    parts = urlsplit(value)
+    scheme = parts.scheme
+    if scheme not in ("s3", "gs", "file") or not value.startswith(f"{scheme}://"):
+        raise ValueError(f"must be a bucket URL: {_BUCKET_FORMS}")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("a bucket URL has no query or fragment")
+    path = parts.path.rstrip("/")
+    # file:// folds '.', '..' and '//' away and object stores do not: the same URL must mean the same objects.
+    if any(segment in ("", ".", "..") for segment in path.split("/")[1:]):
+        raise ValueError("a bucket URL's path has no empty, '.' or '..' segments")
+    if scheme == "file":
+        if parts.netloc:
+            raise ValueError("a file URL has no host: file:///absolute/path (three slashes)")
+        if not path:
+            raise ValueError("a file URL names a folder other than /: file:///absolute/path")
+        return BucketUrl("file", "", path)
+    if (problem := _bucket_name_problem(scheme, parts.netloc)) is not None:
+        raise ValueError(problem)
+    return BucketUrl(cast(Literal["s3", "gs"], scheme), parts.netloc, path.removeprefix("/"))
+
+
+def _bucket_url(value: str) -> str:
+    return str(parse_bucket_url(value))
+
+
+BucketUrlText = Annotated[
+    str, AfterValidator(_bucket_url), Field(description=f"A bucket URL: {_BUCKET_FORMS}")
+]
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -81,6 +155,9 @@ class Region(_Frozen):
     metrics_url: HttpUrl | None = Field(
         default=None, description="Prometheus metrics URL; defaults to endpoint"
     )
+    bucket: BucketUrlText | None = Field(
+        default=None, description="Where this region's servers load model weights from"
+    )
 
     @field_validator("address")
     @classmethod
@@ -95,6 +172,10 @@ class Region(_Frozen):
     @property
     def dns_address(self) -> str:
         return self.address or (urlsplit(self.endpoint).hostname or "")
+
+    @property
+    def bucket_url(self) -> BucketUrl | None:
+        return None if self.bucket is None else parse_bucket_url(self.bucket)
 
 
 class LivenessProbe(_Frozen):
@@ -230,6 +311,50 @@ class ClientGroup(_Frozen):
         return value
 
 
+def _version(value: object) -> object:
+    # YAML reads a bare 2026-11-01 as a date and 1.10 as the float 1.1: neither is the version meant.
+    if isinstance(value, bool | int | float | date):
+        raise ValueError(f'YAML read this as a {type(value).__name__}: quote the version, e.g. "{value}"')
+    return value
+
+
+def _path_segment(value: str) -> str:
+    if "/" in value or ".." in value or value == "." or not value.isprintable():
+        raise ValueError("is one path segment: no '/', no '..', not '.', no control characters")
+    return value
+
+
+Version = Annotated[
+    str, Field(min_length=1, max_length=128), BeforeValidator(_version), AfterValidator(_path_segment)
+]
+Jurisdiction = Annotated[str, Field(min_length=1, max_length=32)]
+
+
+class Model(_Frozen):
+    """Weights synced from `source` to the bucket of every region serving a service that uses them."""
+
+    name: Name
+    source: BucketUrlText = Field(description="Holds <prefix>/<name>/<version>/...")
+    version: Version = Field(description="The version every region serving this model must hold")
+    jurisdictions: Annotated[tuple[Jurisdiction, ...], Field(min_length=1)] | None = Field(
+        default=None, description="The only jurisdictions a copy may be stored in; anywhere if absent"
+    )
+
+    @property
+    def source_url(self) -> BucketUrl:
+        return parse_bucket_url(self.source)
+
+    def may_store_in(self, jurisdiction: str) -> bool:
+        return self.jurisdictions is None or jurisdiction in self.jurisdictions
+
+
+class SyncSettings(_Frozen):
+    interval: Annotated[float, Field(gt=0, le=86400)] = Field(
+        default=300.0, description="Seconds between the daemon's weight syncs"
+    )
+    concurrency: Annotated[int, Field(ge=1, le=64)] = Field(default=8, description="Transfers at once")
+
+
 class Service(_Frozen):
     name: Name
     dns_name: DnsName
@@ -246,6 +371,9 @@ class Service(_Frozen):
         default=0, description="Percent kept on the first healthy backup in active-passive mode"
     )
     when_all_down: AllDown = AllDown.FAIL_CLOSED
+    model: Name | None = Field(
+        default=None, description="A models entry: regions lacking its verified version get no traffic"
+    )
 
 
 class LocalDnsProvider(_Frozen):
@@ -404,6 +532,8 @@ class Policy(_Frozen):
     client_groups: tuple[ClientGroup, ...] = Field(min_length=1)
     default_client_group: Name = Field(description="Group of clients that no group's sources match")
     services: tuple[Service, ...] = Field(min_length=1)
+    models: tuple[Model, ...] = ()
+    sync: SyncSettings = SyncSettings()
     probes: ProbeSettings = ProbeSettings()
     health: HealthSettings = HealthSettings()
     providers: Providers = Providers()
@@ -420,6 +550,15 @@ class Policy(_Frozen):
 
     def client_group(self, name: str) -> ClientGroup:
         return next(g for g in self.client_groups if g.name == name)
+
+    def model(self, name: str) -> Model:
+        return next(m for m in self.models if m.name == name)
+
+    def model_regions(self, model: Model) -> tuple[Region, ...]:
+        """Regions serving a service that uses the model, in policy order, including those it may not
+        be stored in (`model.may_store_in(region.jurisdiction)` tells them apart)."""
+        serving = {n for s in self.services if s.model == model.name for n in s.regions}
+        return tuple(r for r in self.regions if r.name in serving)
 
     @cached_property
     def _allowed(self) -> dict[tuple[str, str], tuple[Region, ...]]:
@@ -473,9 +612,10 @@ class Problem:
     line: int
     column: int
     message: str
+    warning: bool = False  # allowed, but probably not what was meant
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+        return f"{self.file}:{self.line}:{self.column}: {'warning: ' if self.warning else ''}{self.message}"
 
 
 class PolicyError(InvalidInput):
@@ -661,6 +801,7 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
         "regions": [r.name for r in policy.regions],
         "client_groups": [g.name for g in policy.client_groups],
         "services": [s.name for s in policy.services],
+        "models": [m.name for m in policy.models],
     }
     for collection, names in named.items():
         counts = Counter(names)
@@ -684,6 +825,7 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
                 )
         if len(set(service.regions)) != len(service.regions):
             yield ("services", i, "regions"), f"services.{i}.regions: a region is listed twice"
+    yield from _check_models(policy)
     group_names = {g.name for g in policy.client_groups}
     if policy.default_client_group not in group_names:
         yield (
@@ -709,6 +851,49 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
                 "or every region turns unknown between two probes",
             )
     yield from _check_providers(policy, region_names, group_names)
+
+
+def _check_models(policy: Policy) -> Iterator[tuple[Path_, str]]:
+    """A service's model must exist, and every region that may hold a copy needs a bucket to hold it in."""
+    model_names = [m.name for m in policy.models]
+    for i, service in enumerate(policy.services):
+        if service.model is not None and service.model not in model_names:
+            yield (
+                ("services", i, "model"),
+                f"services.{i}.model: unknown model {_value(service.model)}; defined: {_value(sorted(set(model_names)))}",
+            )
+    needs: dict[str, list[str]] = {}
+    for model in policy.models:
+        for region in policy.model_regions(model):
+            if region.bucket is None and model.may_store_in(region.jurisdiction):
+                needs.setdefault(region.name, []).append(model.name)
+    for k, region in enumerate(policy.regions):
+        if region.name in needs:
+            yield (
+                ("regions", k),
+                f"regions.{k}: serves model(s) {_value(needs[region.name])} but has no bucket; "
+                f"give bucket: {_BUCKET_FORMS}",
+            )
+
+
+def _residency_warnings(policy: Policy) -> Iterator[tuple[Path_, str]]:
+    """A region serving a service whose model may not be stored in its jurisdiction: allowed, but sync
+    never copies the model there and that region gets no traffic for the service."""
+    models = {m.name: m for m in policy.models}
+    regions = {r.name: r for r in policy.regions}
+    for i, service in enumerate(policy.services):
+        if (model := models.get(service.model or "")) is None:
+            continue
+        for j, name in enumerate(service.regions):
+            region = regions.get(name)
+            if region is not None and not model.may_store_in(region.jurisdiction):
+                yield (
+                    ("services", i, "regions", j),
+                    f"services.{i}.regions.{j}: model {_value(model.name)} may be stored only in "
+                    f"{_value(list(model.jurisdictions or ()))}, not in {_value(name)} "
+                    f"(jurisdiction {_value(region.jurisdiction)}): sync will not copy it there and "
+                    f"{_value(name)} gets no traffic for service {_value(service.name)}",
+                )
 
 
 def _check_geo(policy: Policy) -> Iterator[tuple[Path_, str]]:
@@ -862,6 +1047,11 @@ def _end_of(text: str) -> tuple[int, int]:
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     """Parse and validate policy YAML; raise PolicyError listing every problem with its position."""
+    return parse_with_warnings(text, filename)[0]
+
+
+def parse_with_warnings(text: str, filename: str = "<policy>") -> tuple[Policy, list[Problem]]:
+    """As parse_policy, and also what is allowed but probably not meant (Problem.warning set)."""
     builder = _Builder()
     try:
         root = yaml.compose(text, Loader=_Composer)
@@ -907,7 +1097,8 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
     problems += [at(loc, msg, at_key=True) for loc, msg in _cross_check(policy)]
     if problems:
         raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column)))
-    return policy
+    warnings = [replace(at(loc, msg), warning=True) for loc, msg in _residency_warnings(policy)]
+    return policy, sorted(warnings, key=lambda p: (p.line, p.column))
 
 
 def _kind(mode: int) -> str | None:
@@ -966,15 +1157,20 @@ def _read(path: Path) -> str:
 
 
 def load_policy(path: str | Path) -> Policy:
+    return load_with_warnings(path)[0]
+
+
+def load_with_warnings(path: str | Path) -> tuple[Policy, list[Problem]]:
     path = Path(path)
-    return parse_policy(_read(path), str(path))
+    return parse_with_warnings(_read(path), str(path))
 
 
 def validate_files(paths: Iterable[str | Path]) -> list[Problem]:
+    """Every file's errors and warnings (Problem.warning); the files are valid if there are no errors."""
     problems: list[Problem] = []
     for path in paths:
         try:
-            load_policy(path)
+            problems.extend(load_with_warnings(path)[1])
         except PolicyError as exc:
             problems.extend(exc.problems)
     return problems
