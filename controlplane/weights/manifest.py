@@ -22,12 +22,14 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from controlplane.errors import InvalidInput
+from controlplane.policy import Name, Version
 
 MANIFEST_NAME = "manifest.json"
 CURRENT_NAME = "CURRENT"
@@ -41,8 +43,6 @@ MAX_CHECKSUMS = 8
 # below it the thread hop costs more than the hash.
 THREAD_HASH_MIN = 1024 * 1024
 
-_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-Segment = Annotated[str, StringConstraints(pattern=rf"^{_SEGMENT}$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 ChecksumName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 ChecksumValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -102,8 +102,9 @@ class FileEntry(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: Segment
-    version: Segment
+    # The policy's own rules, so every model and version a policy can name has a manifest, and no other.
+    model: Name
+    version: Version
     files: Annotated[tuple[FileEntry, ...], Field(max_length=MAX_FILES)]
 
     @field_validator("files")
@@ -246,7 +247,10 @@ def parse_current(data: bytes) -> str:
     """The version a CURRENT object names. One trailing newline is forgiven (hand-written with echo)."""
     if len(data) > MAX_CURRENT_BYTES:
         raise ManifestError(f"CURRENT: {len(data)} bytes, more than the {MAX_CURRENT_BYTES} allowed")
-    text = data.decode("utf-8", "replace").removesuffix("\n")
-    if not re.fullmatch(_SEGMENT, text):
-        raise ManifestError(f"CURRENT: {text[:80]!r} is not a version name")
-    return text
+    try:
+        return _VERSION.validate_python(data.decode("utf-8").removesuffix("\n"))
+    except (UnicodeDecodeError, ValidationError):
+        raise ManifestError(f"CURRENT: {data[:80]!r} is not a version name") from None
+
+
+_VERSION: TypeAdapter[str] = TypeAdapter(Version)
