@@ -10,6 +10,7 @@ import pytest
 
 from chaos.simregion import SimFleet, SimRegion
 from probes.http import make_session
+from tests.fakes.gcs import gcs_fixture, gcs_server_fixture  # noqa: F401 - fixtures
 from tests.fakes.moto import aws_credentials_fixture, moto_fixture, moto_server_fixture  # noqa: F401 - fixtures
 from tests.integration.daemon_helpers import sim_fleet
 

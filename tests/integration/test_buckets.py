@@ -22,7 +22,6 @@ from controlplane.weights.buckets import (
     PreconditionFailed,
     open_bucket,
 )
-from tests.fakes.gcs import gcs_fixture, gcs_server_fixture  # noqa: F401 - fixtures, until conftest has them
 
 BIG = os.urandom(CHUNK + CHUNK // 2)  # more than one part and one read chunk: the multipart/resumable paths
 
