@@ -205,6 +205,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from controlplane.weights.sync import sync_model
+
+    policy = load_policy(args.policy)
+    models = [m for m in policy.models if args.model is None or m.name == args.model]
+    if not models:
+        print(f"controlplane sync: no model {args.model!r} in the policy", file=sys.stderr)
+        return 1
+
+    async def everything() -> bool:
+        ok = True
+        for model in models:
+            report = await sync_model(policy, model, dry_run=args.dry_run)
+            ok = ok and report.ok
+            computed = " (manifest computed)" if report.manifest_computed else ""
+            print(f"{report.model} {report.version}{computed}{' [dry run]' if report.dry_run else ''}")
+            if report.error is not None:
+                print(f"  FAILED: {report.error}")
+            for d in report.destinations:
+                plan = d.plan
+                if plan.blocked is not None:
+                    print(f"  {plan.region}: blocked ({plan.blocked})")
+                    continue
+                state = (
+                    "current"
+                    if plan.current
+                    else "promoted"
+                    if d.promoted
+                    else "FAILED"
+                    if d.failures
+                    else "not current"
+                )
+                print(
+                    f"  {plan.region}: copy {len(plan.copy)}, skip {len(plan.skip)}, repair {len(plan.repair)}, "
+                    f"{d.bytes_copied} bytes copied: {state}"
+                )
+                for r in plan.repair:
+                    print(f"    repair {r.entry.path}: {r.why}")
+                for failure in d.failures:
+                    print(f"    ! {failure}")
+        return ok
+
+    return 0 if asyncio.run(everything()) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
     p.add_argument("--no-haproxy", action="store_true")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("sync", help="copy, verify and promote model weights into every region's bucket")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing at all")
+    p.add_argument("--model", help="only this model")
+    p.set_defaults(func=cmd_sync)
     return parser
 
 

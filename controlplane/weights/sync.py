@@ -1,0 +1,223 @@
+"""One sync of one model version from its source to the bucket of every region serving it.
+
+Read (or compute once and store) the source manifest; list each allowed destination's version folder,
+its marker (its own manifest.json, written only after every file verified there) and CURRENT; plan
+(planner.py, pure); copy and repair (copier.py); write the marker; then move CURRENT with a precondition,
+so two syncers racing cannot both promote and a partial version is never current. A destination the
+model may not be stored in is never read or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+
+from controlplane.policy import Model, Policy, Region
+from controlplane.weights.buckets import Bucket, BucketError, ObjectInfo, PreconditionFailed, open_bucket
+from controlplane.weights.copier import Transfer, copy_files, fingerprint
+from controlplane.weights.manifest import (
+    MAX_CURRENT_BYTES,
+    MAX_MANIFEST_BYTES,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    current_key,
+    file_key,
+    hash_stream,
+    manifest_key,
+    parse_current,
+    parse_manifest,
+    version_prefix,
+)
+from controlplane.weights.planner import CONTENT_CHECKSUMS, Destination, DestinationPlan, Held, plan_model
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationResult:
+    plan: DestinationPlan
+    failures: tuple[str, ...] = ()
+    promoted: bool = False  # this run wrote the marker and made CURRENT name the version
+    bytes_copied: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.plan.blocked is None and not self.failures and (self.plan.current or self.promoted)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    model: str
+    version: str
+    dry_run: bool
+    destinations: tuple[DestinationResult, ...] = ()
+    manifest_computed: bool = False  # the source had none; one was computed (and, unless dry, stored)
+    error: str | None = None  # the source itself could not be read: nothing was planned
+
+    @property
+    def ok(self) -> bool:
+        """Every allowed copy is current, none is blocked and nothing failed (the CLI's exit 0)."""
+        return self.error is None and all(d.ok for d in self.destinations)
+
+    @property
+    def bytes_copied(self) -> int:
+        return sum(d.bytes_copied for d in self.destinations)
+
+
+class _CurrentState:
+    """A destination's CURRENT: what it names (None when absent or unreadable) and the object's version,
+    which the promotion's precondition pins."""
+
+    def __init__(self, info: ObjectInfo | None, names: str | None) -> None:
+        self.info = info
+        self.names = names
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _read_manifest(bucket: Bucket, model: str, version: str) -> Manifest | None:
+    data = await bucket.read_small(manifest_key("", model, version), MAX_MANIFEST_BYTES)
+    if data is None:
+        return None
+    return await asyncio.to_thread(parse_manifest, data, model=model, version=version)
+
+
+async def source_manifest(
+    source: Bucket, model: str, version: str, limit: asyncio.Semaphore, *, dry_run: bool
+) -> tuple[Manifest, bool]:
+    """The source's manifest, and whether it had to be computed (every byte read once)."""
+    found = await _read_manifest(source, model, version)
+    if found is not None:
+        return found, False
+    folder = version_prefix("", model, version) + "/"
+    listing = [i for i in await source.list(folder) if i.key != manifest_key("", model, version)]
+    if not listing:
+        raise BucketError(f"{source.url}: nothing under {folder} to sync")
+
+    async def entry(info: ObjectInfo) -> FileEntry:
+        content = {k: v for k, v in info.checksums if k in CONTENT_CHECKSUMS}
+        async with limit:
+            return await hash_stream(info.key[len(folder) :], source.read(info.key), content)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(entry(info)) for info in listing]
+    manifest = Manifest(model=model, version=version, files=tuple(t.result() for t in tasks))
+    if not dry_run:
+        try:
+            await source.write(manifest_key("", model, version), _one(manifest.encode()), if_absent=True)
+        except PreconditionFailed:
+            # Another syncer stored one meanwhile: theirs is the source's manifest from now on.
+            theirs = await _read_manifest(source, model, version)
+            if theirs is None:
+                raise
+            return theirs, True
+    return manifest, True
+
+
+async def _current(bucket: Bucket, model: str) -> _CurrentState:
+    key = current_key("", model)
+    info = next((i for i in await bucket.list(key) if i.key == key), None)
+    if info is None:
+        return _CurrentState(None, None)
+    data = await bucket.read_small(key, MAX_CURRENT_BYTES)
+    try:
+        names = parse_current(data) if data is not None else None
+    except ManifestError:
+        names = None
+    return _CurrentState(info, names)
+
+
+@dataclass(frozen=True, slots=True)
+class _Survey:
+    region: Region
+    bucket: Bucket | None  # None for a destination the model may not be stored in: never opened
+    destination: Destination
+    listing: dict[str, ObjectInfo]
+    current: _CurrentState
+
+
+async def _survey(region: Region, model: Model) -> _Survey:
+    url = region.bucket or ""
+    if not model.may_store_in(region.jurisdiction) or region.bucket is None:
+        destination = Destination(region.name, region.jurisdiction, url)
+        return _Survey(region, None, destination, {}, _CurrentState(None, None))
+    bucket = open_bucket(region.bucket)
+    folder = version_prefix("", model.name, model.version) + "/"
+    listing = {i.key[len(folder) :]: i for i in await bucket.list(folder)}
+    try:
+        marker = await _read_manifest(bucket, model.name, model.version)
+    except ManifestError:
+        marker = None  # unreadable: every file is judged without it, and it is rewritten on promotion
+    current = await _current(bucket, model.name)
+    held = {path: Held(i.size, fingerprint(bucket, i)) for path, i in listing.items()}
+    destination = Destination(region.name, region.jurisdiction, url, held, marker, current.names)
+    return _Survey(region, bucket, destination, listing, current)
+
+
+async def _apply(
+    source: Bucket, manifest: Manifest, survey: _Survey, plan: DestinationPlan, limit: asyncio.Semaphore
+) -> DestinationResult:
+    bucket = survey.bucket
+    if bucket is None or not plan.promote:
+        return DestinationResult(plan)
+    model, version = manifest.model, manifest.version
+    transfers = [
+        Transfer(e, file_key("", model, version, e.path), file_key("", model, version, e.path))
+        for e in plan.transfer
+    ]
+    outcomes = await copy_files(source, bucket, transfers, limit)
+    copied = sum(o.transfer.entry.size for o in outcomes if o.landed is not None)
+    failures = tuple(o.error for o in outcomes if o.error is not None)
+    if failures:
+        return DestinationResult(plan, failures, bytes_copied=copied)
+    landed = {o.transfer.entry.path: o.landed for o in outcomes if o.landed is not None}
+    files = tuple(
+        e.model_copy(update={"checksums": fingerprint(bucket, landed.get(e.path) or survey.listing[e.path])})
+        for e in manifest.files
+    )
+    marker = Manifest(model=model, version=version, files=files)
+    try:
+        await bucket.write(manifest_key("", model, version), _one(marker.encode()))
+        current = survey.current
+        if current.names != version:
+            await bucket.write(
+                current_key("", model),
+                _one(version.encode()),
+                if_absent=current.info is None,
+                if_match=None if current.info is None else current.info.version,
+            )
+    except PreconditionFailed as exc:
+        return DestinationResult(
+            plan, (f"CURRENT changed while syncing, not promoted: {exc}",), bytes_copied=copied
+        )
+    except BucketError as exc:
+        return DestinationResult(plan, (str(exc),), bytes_copied=copied)
+    return DestinationResult(plan, promoted=True, bytes_copied=copied)
+
+
+async def sync_model(
+    policy: Policy, model: Model, *, dry_run: bool = False, only_regions: Collection[str] | None = None
+) -> SyncReport:
+    """Plan, and unless `dry_run` copy, verify and promote, `model.version` in every region serving it."""
+    limit = asyncio.Semaphore(policy.sync.concurrency)
+    regions = [r for r in policy.model_regions(model) if only_regions is None or r.name in only_regions]
+    try:
+        source = open_bucket(model.source)
+        manifest, computed = await source_manifest(source, model.name, model.version, limit, dry_run=dry_run)
+        surveys = [await _survey(region, model) for region in regions]
+    except (BucketError, ManifestError) as exc:
+        return SyncReport(model.name, model.version, dry_run, error=str(exc))
+    plan = plan_model(manifest, [s.destination for s in surveys], model.jurisdictions)
+    by_region = {s.region.name: s for s in surveys}
+    if dry_run:
+        results = tuple(DestinationResult(p) for p in plan.destinations)
+    else:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(_apply(source, manifest, by_region[p.region], p, limit))
+                for p in plan.destinations
+            ]
+        results = tuple(t.result() for t in tasks)
+    return SyncReport(model.name, model.version, dry_run, results, computed)

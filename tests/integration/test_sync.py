@@ -1,0 +1,238 @@
+"""controlplane.weights.sync and `controlplane sync` against real backends: a folder, moto_server and
+fake-gcs-server, across clouds (streamed) and within one (server-side copy, read back)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from controlplane.cli import main
+from controlplane.policy import Policy, load_policy
+from controlplane.weights.buckets import CHUNK, Bucket, open_bucket
+from controlplane.weights.sync import SyncReport, sync_model
+
+MODEL, VERSION = "llama", "v1"
+FILES = {
+    "config.json": b'{"layers": 32}\n',
+    "shards/00001.bin": os.urandom(CHUNK + 4096),  # more than one part: the multipart write path
+    "shards/00002.bin": os.urandom(70_000),
+}
+
+
+async def stream(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def content(bucket: Bucket, key: str) -> bytes:
+    return b"".join([chunk async for chunk in bucket.read(key)])
+
+
+def s3_bucket(name: str, region: str = "eu-west-1") -> str:
+    client = boto3.client("s3", region_name="us-east-1")
+    config = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    client.create_bucket(Bucket=name, **config)  # type: ignore[arg-type]
+    return f"s3://{name}/models"
+
+
+def gcs_bucket() -> str:
+    from google.cloud import storage  # type: ignore[import-untyped]
+
+    name = f"models-{uuid.uuid4().hex[:12]}"
+    storage.Client().create_bucket(name)
+    return f"gs://{name}/weights"
+
+
+def write_policy(
+    tmp_path: Path, source: str, eu: str, us: str | None = None, jurisdictions: str | None = None
+) -> Path:
+    us_region = (
+        f"  - {{name: us-east, endpoint: 'http://10.4.0.10:8000', jurisdiction: US, bucket: '{us}'}}\n"
+    )
+    text = (
+        "version: 1\n"
+        "regions:\n"
+        f"  - {{name: eu-west, endpoint: 'http://10.1.0.10:8000', jurisdiction: EU, bucket: '{eu}'}}\n"
+        + (us_region if us else "")
+        + "client_groups:\n"
+        "  - {name: world, allowed_jurisdictions: [EU, US]}\n"
+        "default_client_group: world\n"
+        "models:\n"
+        f"  - {{name: {MODEL}, source: '{source}', version: '{VERSION}'"
+        + (f", jurisdictions: [{jurisdictions}]" if jurisdictions else "")
+        + "}\n"
+        "services:\n"
+        f"  - {{name: chat, dns_name: chat.example.com, regions: [eu-west{', us-east' if us else ''}], "
+        f"model: {MODEL}}}\n"
+        "sync: {concurrency: 2}\n"
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def seed(url: str) -> Bucket:
+    bucket = open_bucket(url)
+    for path, data in FILES.items():
+        await bucket.write(f"{MODEL}/{VERSION}/{path}", stream(data))
+    return bucket
+
+
+@pytest.fixture(params=["file-s3", "s3-gcs", "gcs-s3", "s3-s3"])
+def route(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(source URL, EU destination URL) on real backends, both empty."""
+    source_kind, dest_kind = request.param.split("-")
+    if "s3" in (source_kind, dest_kind):
+        request.getfixturevalue("aws_credentials")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("moto"))
+    if "gcs" in (source_kind, dest_kind):
+        request.getfixturevalue("gcs")
+    make = {"file": lambda: f"file://{tmp_path}/source", "gcs": gcs_bucket}
+    source = make.get(source_kind, lambda: s3_bucket("models-origin", "us-east-1"))()
+    dest = gcs_bucket() if dest_kind == "gcs" else s3_bucket("models-eu-west")
+    return source, dest
+
+
+def the_policy(tmp_path: Path, source: str, eu: str) -> Policy:
+    return load_policy(str(write_policy(tmp_path, source, eu)))
+
+
+async def assert_holds_the_version(url: str) -> None:
+    bucket = open_bucket(url)
+    assert await bucket.read_small(f"{MODEL}/CURRENT", 256) == VERSION.encode()
+    for path, data in FILES.items():
+        held = await content(bucket, f"{MODEL}/{VERSION}/{path}")
+        assert hashlib.sha256(held).hexdigest() == hashlib.sha256(data).hexdigest(), path
+
+
+def counts(report: SyncReport) -> tuple[int, int, int]:
+    (d,) = report.destinations
+    return len(d.plan.copy), len(d.plan.skip), len(d.plan.repair)
+
+
+async def test_sync_copies_verifies_promotes_and_a_resync_copies_nothing(
+    route: tuple[str, str], tmp_path: Path
+) -> None:
+    source_url, dest_url = route
+    source = await seed(source_url)
+    policy = the_policy(tmp_path, source_url, dest_url)
+
+    first = await sync_model(policy, policy.models[0])
+    assert first.ok, first
+    assert first.manifest_computed
+    assert counts(first) == (3, 0, 0)
+    assert first.bytes_copied == sum(len(d) for d in FILES.values())
+    assert await source.read_small(f"{MODEL}/{VERSION}/manifest.json", 1 << 20) is not None
+    await assert_holds_the_version(dest_url)
+
+    again = await sync_model(policy, policy.models[0])
+    assert again.ok and not again.manifest_computed
+    assert again.bytes_copied == 0
+    assert counts(again) == (0, 3, 0)
+    assert again.destinations[0].plan.current
+
+
+async def test_a_same_size_corruption_and_a_deleted_file_are_repaired(
+    route: tuple[str, str], tmp_path: Path
+) -> None:
+    source_url, dest_url = route
+    await seed(source_url)
+    policy = the_policy(tmp_path, source_url, dest_url)
+    assert (await sync_model(policy, policy.models[0])).ok
+    dest = open_bucket(dest_url)
+    damaged = bytearray(FILES["shards/00002.bin"])
+    damaged[1000] ^= 0xFF
+    await dest.write(f"{MODEL}/{VERSION}/shards/00002.bin", stream(bytes(damaged)))
+    await dest.delete(f"{MODEL}/{VERSION}/config.json")
+
+    report = await sync_model(policy, policy.models[0])
+    assert report.ok, report
+    plan = report.destinations[0].plan
+    assert [e.path for e in plan.copy] == ["config.json"]
+    assert [r.entry.path for r in plan.repair] == ["shards/00002.bin"]
+    await assert_holds_the_version(dest_url)
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+async def test_a_file_failing_verification_is_never_promoted(
+    kind: str, tmp_path: Path, moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    # file source: the bytes stream through the checker; s3 source: a server-side copy, then read back.
+    source_url = f"file://{tmp_path}/source" if kind == "file" else s3_bucket("models-origin", "us-east-1")
+    dest_url = s3_bucket("models-eu-west")
+    source = await seed(source_url)
+    policy = the_policy(tmp_path, source_url, dest_url)
+    computed = await sync_model(policy, policy.models[0], only_regions=())
+    assert computed.manifest_computed and computed.ok
+    damaged = bytearray(FILES["shards/00002.bin"])
+    damaged[5] ^= 0x01
+    await source.write(f"{MODEL}/{VERSION}/shards/00002.bin", stream(bytes(damaged)))
+
+    report = await sync_model(policy, policy.models[0])
+    assert not report.ok
+    (result,) = report.destinations
+    assert not result.promoted
+    assert any("sha256" in f and "00002.bin" in f for f in result.failures), result.failures
+    dest = open_bucket(dest_url)
+    keys = [i.key for i in await dest.list(MODEL)]
+    assert f"{MODEL}/CURRENT" not in keys
+    assert f"{MODEL}/{VERSION}/manifest.json" not in keys
+    assert f"{MODEL}/{VERSION}/shards/00002.bin" not in keys
+
+
+def test_an_eu_only_model_is_never_written_to_a_us_bucket(
+    tmp_path: Path,
+    moto: str,
+    aws_credentials: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    source_url = f"file://{tmp_path}/source"
+    asyncio.run(seed(source_url))
+    eu, us = s3_bucket("models-eu-west"), s3_bucket("models-us-east", "us-east-1")
+    policy = write_policy(tmp_path, source_url, eu, us, jurisdictions="EU")
+
+    assert main(["sync", "--policy", str(policy)]) == 1
+    out = capsys.readouterr().out
+    assert "us-east: blocked (model llama may be stored only in EU; region us-east is in US)" in out
+    assert "eu-west: copy 3, skip 0, repair 0" in out
+    assert (
+        boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket="models-us-east").get("KeyCount")
+        == 0
+    )
+    asyncio.run(assert_holds_the_version(eu))
+
+
+def test_dry_run_writes_nothing_at_all(
+    tmp_path: Path,
+    moto: str,
+    aws_credentials: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    source_url = f"file://{tmp_path}/source"
+    asyncio.run(seed(source_url))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*"))
+    eu = s3_bucket("models-eu-west")
+    policy = write_policy(tmp_path, source_url, eu)
+
+    assert main(["sync", "--policy", str(policy), "--dry-run"]) == 1
+    assert "eu-west: copy 3, skip 0, repair 0, 0 bytes copied: not current" in capsys.readouterr().out
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*")) == before
+    assert (
+        boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket="models-eu-west").get("KeyCount")
+        == 0
+    )
+
+    assert main(["sync", "--policy", str(policy)]) == 0
+    assert main(["sync", "--policy", str(policy), "--model", MODEL]) == 0
+    assert "eu-west: copy 0, skip 3, repair 0, 0 bytes copied: current" in capsys.readouterr().out
