@@ -236,3 +236,17 @@ def test_dry_run_writes_nothing_at_all(
     assert main(["sync", "--policy", str(policy)]) == 0
     assert main(["sync", "--policy", str(policy), "--model", MODEL]) == 0
     assert "eu-west: copy 0, skip 3, repair 0, 0 bytes copied: current" in capsys.readouterr().out
+
+
+async def test_current_moves_from_an_older_version_only_under_its_precondition(
+    route: tuple[str, str], tmp_path: Path
+) -> None:
+    source_url, dest_url = route
+    await seed(source_url)
+    dest = open_bucket(dest_url)
+    await dest.write(f"{MODEL}/CURRENT", stream(b"v0"))
+    policy = the_policy(tmp_path, source_url, dest_url)
+
+    report = await sync_model(policy, policy.models[0])
+    assert report.ok and report.destinations[0].promoted, report
+    await assert_holds_the_version(dest_url)
