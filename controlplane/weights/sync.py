@@ -206,18 +206,27 @@ async def sync_model(
     try:
         source = open_bucket(model.source)
         manifest, computed = await source_manifest(source, model.name, model.version, limit, dry_run=dry_run)
-        surveys = [await _survey(region, model) for region in regions]
     except (BucketError, ManifestError) as exc:
         return SyncReport(model.name, model.version, dry_run, error=str(exc))
+    surveys: list[_Survey] = []
+    unreadable: list[DestinationResult] = []
+    for region in regions:
+        try:
+            surveys.append(await _survey(region, model))
+        except (BucketError, ManifestError) as exc:
+            # One unreachable region must not keep the others from their weights.
+            empty = DestinationPlan(region.name, region.jurisdiction, region.bucket or "")
+            unreadable.append(DestinationResult(empty, (str(exc),)))
     plan = plan_model(manifest, [s.destination for s in surveys], model.jurisdictions)
     by_region = {s.region.name: s for s in surveys}
     if dry_run:
-        results = tuple(DestinationResult(p) for p in plan.destinations)
+        results = [DestinationResult(p) for p in plan.destinations]
     else:
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(_apply(source, manifest, by_region[p.region], p, limit))
                 for p in plan.destinations
             ]
-        results = tuple(t.result() for t in tasks)
-    return SyncReport(model.name, model.version, dry_run, results, computed)
+        results = [t.result() for t in tasks]
+    ordered = tuple(sorted([*results, *unreadable], key=lambda r: r.plan.region))
+    return SyncReport(model.name, model.version, dry_run, ordered, computed)

@@ -250,3 +250,20 @@ async def test_current_moves_from_an_older_version_only_under_its_precondition(
     report = await sync_model(policy, policy.models[0])
     assert report.ok and report.destinations[0].promoted, report
     await assert_holds_the_version(dest_url)
+
+
+async def test_an_unreachable_region_fails_alone(
+    tmp_path: Path, moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    source_url = f"file://{tmp_path}/source"
+    await seed(source_url)
+    eu = s3_bucket("models-eu-west")
+    policy = load_policy(str(write_policy(tmp_path, source_url, eu, "s3://no-such-bucket/models")))
+
+    report = await sync_model(policy, policy.models[0])
+    assert not report.ok
+    (us,) = [d for d in report.destinations if d.plan.region == "us-east"]
+    assert us.failures and "no-such-bucket" in us.failures[0] and not us.promoted
+    assert [d.plan.region for d in report.destinations if d.promoted] == ["eu-west"]
+    await assert_holds_the_version(eu)
