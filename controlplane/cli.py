@@ -1,4 +1,4 @@
-"""The `controlplane` command: run | demo | validate | plan | apply | status | schema."""
+"""The `controlplane` command: run | demo | validate | plan | apply | sync | status | schema."""
 
 from __future__ import annotations
 
