@@ -30,8 +30,8 @@ from typing import Any
 import boto3
 from google.oauth2.credentials import Credentials
 
+from chaos.emulators import moto_on_path
 from chaos.faultproxy import FaultProxy
-from chaos.moto import moto_on_path
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import ManagedProvider

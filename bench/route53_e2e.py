@@ -27,9 +27,9 @@ import yaml
 from botocore.config import Config
 
 from bench.failover import MODES, REGIONS, quantile, settled
+from chaos.emulators import moto_on_path
 from chaos.faultproxy import FaultProxy
 from chaos.loopback import free_port, loopback_policy
-from chaos.moto import moto_on_path
 from chaos.simregion import FaultMode, FaultSpec
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.providers.route53 import Layout, Route53Provider, route53_weight

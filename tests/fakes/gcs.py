@@ -11,18 +11,11 @@ F401`):
 from __future__ import annotations
 
 import os
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from chaos.loopback import free_port
-
-START_TIMEOUT = 20.0
+from chaos.emulators import EmulatorDidNotStart, fake_gcs_server
 
 
 def binary_path() -> str:
@@ -40,54 +33,13 @@ def binary_path() -> str:
         pytest.skip(message)
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1.0) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="session", name="gcs_server")
 def gcs_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = binary_path()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path: Path = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
-    with log_path.open("wb") as log:
-        # -external-url: the resumable-upload locations it hands out must point back at this port.
-        process = subprocess.Popen(
-            [
-                binary,
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                str(port),
-                "-backend",
-                "memory",
-                "-external-url",
-                url,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"fake-gcs-server did not come up on {url} (exit {process.poll()}):\n{tail}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with fake_gcs_server(binary_path(), tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log") as url:
+            yield url
+    except EmulatorDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(name="gcs")

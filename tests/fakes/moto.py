@@ -20,7 +20,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from chaos.moto import MotoDidNotStart, moto_server
+from chaos.emulators import EmulatorDidNotStart, moto_server
 from tests.conftest import require_binary
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def moto_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     try:
         with moto_server(binary, tmp_path_factory.mktemp("moto") / "moto_server.log") as url:
             yield url
-    except MotoDidNotStart as exc:
+    except EmulatorDidNotStart as exc:
         pytest.fail(str(exc))
 
 
