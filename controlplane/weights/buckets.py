@@ -179,6 +179,10 @@ async def _parts(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes
         yield bytes(buffer)
 
 
+Part = dict[str, Any]  # one completed part of a multipart upload: {"PartNumber", "ETag"}
+Parts = list[Part]
+
+
 class S3Bucket(Bucket):
     def __init__(self, url: str, bucket: str, prefix: str) -> None:
         super().__init__(url, prefix)
@@ -278,38 +282,25 @@ class S3Bucket(Bucket):
             if second is None:
                 reply = await self._run(lambda: s3.put_object(**target, Body=first, **conditions), what)
                 return ObjectInfo(key, len(first), reply["ETag"].strip('"'))
-            upload = await self._run(lambda: s3.create_multipart_upload(**target), what)
-            upload_id = upload["UploadId"]
-            try:
-                done: list[dict[str, Any]] = []
-                size = 0
+            size = 0
 
-                async def send(part: bytes) -> None:
-                    nonlocal size
-                    number = len(done) + 1
-                    reply = await self._run(
-                        lambda: s3.upload_part(**target, UploadId=upload_id, PartNumber=number, Body=part),
-                        what,
-                    )
-                    done.append({"PartNumber": number, "ETag": reply["ETag"]})
-                    size += len(part)
-
-                await send(first)
-                await send(second)
+            async def every_part() -> AsyncIterator[bytes]:
+                yield first
+                yield second
                 async for part in parts:
-                    await send(part)
-                # S3 checks the conditions when the upload completes; moto enforces only IfNoneMatch here.
-                reply = await self._run(
-                    lambda: s3.complete_multipart_upload(
-                        **target, UploadId=upload_id, MultipartUpload={"Parts": done}, **conditions
-                    ),
-                    what,
-                )
-            except BaseException:
-                with contextlib.suppress(BucketError):
-                    await self._run(lambda: s3.abort_multipart_upload(**target, UploadId=upload_id), what)
-                raise
-            return ObjectInfo(key, size, reply["ETag"].strip('"'))
+                    yield part
+
+            async def upload(upload_id: str) -> list[dict[str, Any]]:
+                nonlocal size
+                done: list[dict[str, Any]] = []
+                async for part in every_part():
+                    done.append(await self._upload_part(s3, target, upload_id, len(done) + 1, part, what))
+                    size += len(part)
+                return done
+
+            # S3 checks the conditions when the upload completes; moto enforces only IfNoneMatch here.
+            etag = await self._multipart(s3, target, what, upload, conditions)
+            return ObjectInfo(key, size, etag)
         except ObjectNotFound as exc:
             if if_match is None:
                 raise
@@ -334,8 +325,8 @@ class S3Bucket(Bucket):
             reply = await self._run(lambda: s3.copy_object(**target, CopySource=source), what, COPY_TIMEOUT)
             return ObjectInfo(dst_key, size, reply["CopyObjectResult"]["ETag"].strip('"'))
         # Pinned to the ETag read above, so parts of two versions never make one object.
-        upload_id = (await self._run(lambda: s3.create_multipart_upload(**target), what))["UploadId"]
-        try:
+
+        async def upload(upload_id: str) -> list[dict[str, Any]]:
             done: list[dict[str, Any]] = []
             for number, offset in enumerate(range(0, size, COPY_PART), start=1):
                 last = min(offset + COPY_PART, size) - 1
@@ -353,9 +344,34 @@ class S3Bucket(Bucket):
                     COPY_TIMEOUT,
                 )
                 done.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
-            final = await self._run(
+            return done
+
+        return ObjectInfo(dst_key, size, await self._multipart(s3, target, what, upload))
+
+    async def _upload_part(
+        self, s3: Any, target: dict[str, str], upload_id: str, number: int, part: bytes, what: str
+    ) -> Part:
+        reply = await self._run(
+            lambda: s3.upload_part(**target, UploadId=upload_id, PartNumber=number, Body=part), what
+        )
+        return {"PartNumber": number, "ETag": reply["ETag"]}
+
+    async def _multipart(
+        self,
+        s3: Any,
+        target: dict[str, str],
+        what: str,
+        upload: Callable[[str], Awaitable[Parts]],
+        conditions: dict[str, str] | None = None,
+    ) -> str:
+        """Create a multipart upload, fill it (`upload` returns its parts), complete it; on any failure abort
+        it, so no orphaned parts stay billed. Returns the object's ETag."""
+        upload_id = (await self._run(lambda: s3.create_multipart_upload(**target), what))["UploadId"]
+        try:
+            parts = await upload(upload_id)
+            reply = await self._run(
                 lambda: s3.complete_multipart_upload(
-                    **target, UploadId=upload_id, MultipartUpload={"Parts": done}
+                    **target, UploadId=upload_id, MultipartUpload={"Parts": parts}, **(conditions or {})
                 ),
                 what,
             )
@@ -363,7 +379,7 @@ class S3Bucket(Bucket):
             with contextlib.suppress(BucketError):
                 await self._run(lambda: s3.abort_multipart_upload(**target, UploadId=upload_id), what)
             raise
-        return ObjectInfo(dst_key, size, final["ETag"].strip('"'))
+        return str(reply["ETag"]).strip('"')
 
 
 class GcsBucket(Bucket):
