@@ -84,13 +84,27 @@ async def seed(url: str) -> Bucket:
     return bucket
 
 
+@pytest.fixture
+def on_moto(moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The S3 SDK pointed at moto through AWS_ENDPOINT_URL, as emulators are reached."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    return moto
+
+
+@pytest.fixture
+async def file_source(tmp_path: Path) -> str:
+    """A folder holding the model's version, without a manifest."""
+    url = f"file://{tmp_path}/source"
+    await seed(url)
+    return url
+
+
 @pytest.fixture(params=["file-s3", "s3-gcs", "gcs-s3", "s3-s3"])
 def route(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     """(source URL, EU destination URL) on real backends, both empty."""
     source_kind, dest_kind = request.param.split("-")
     if "s3" in (source_kind, dest_kind):
-        request.getfixturevalue("aws_credentials")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("moto"))
+        request.getfixturevalue("on_moto")
     if "gcs" in (source_kind, dest_kind):
         request.getfixturevalue("gcs")
     make = {"file": lambda: f"file://{tmp_path}/source", "gcs": gcs_bucket}
@@ -160,10 +174,7 @@ async def test_a_same_size_corruption_and_a_deleted_file_are_repaired(
 
 
 @pytest.mark.parametrize("kind", ["file", "s3"])
-async def test_a_file_failing_verification_is_never_promoted(
-    kind: str, tmp_path: Path, moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+async def test_a_file_failing_verification_is_never_promoted(kind: str, tmp_path: Path, on_moto: str) -> None:
     # file source: the bytes stream through the checker; s3 source: a server-side copy, then read back.
     source_url = f"file://{tmp_path}/source" if kind == "file" else s3_bucket("models-origin", "us-east-1")
     dest_url = s3_bucket("models-eu-west")
@@ -188,15 +199,9 @@ async def test_a_file_failing_verification_is_never_promoted(
 
 
 def test_an_eu_only_model_is_never_written_to_a_us_bucket(
-    tmp_path: Path,
-    moto: str,
-    aws_credentials: None,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, on_moto: str, file_source: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    source_url = f"file://{tmp_path}/source"
-    asyncio.run(seed(source_url))
+    source_url = file_source
     eu, us = s3_bucket("models-eu-west"), s3_bucket("models-us-east", "us-east-1")
     policy = write_policy(tmp_path, source_url, eu, us, jurisdictions="EU")
 
@@ -212,15 +217,9 @@ def test_an_eu_only_model_is_never_written_to_a_us_bucket(
 
 
 def test_dry_run_writes_nothing_at_all(
-    tmp_path: Path,
-    moto: str,
-    aws_credentials: None,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, on_moto: str, file_source: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    source_url = f"file://{tmp_path}/source"
-    asyncio.run(seed(source_url))
+    source_url = file_source
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*"))
     eu = s3_bucket("models-eu-west")
     policy = write_policy(tmp_path, source_url, eu)
@@ -252,12 +251,8 @@ async def test_current_moves_from_an_older_version_only_under_its_precondition(
     await assert_holds_the_version(dest_url)
 
 
-async def test_an_unreachable_region_fails_alone(
-    tmp_path: Path, moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    source_url = f"file://{tmp_path}/source"
-    await seed(source_url)
+async def test_an_unreachable_region_fails_alone(tmp_path: Path, on_moto: str, file_source: str) -> None:
+    source_url = file_source
     eu = s3_bucket("models-eu-west")
     policy = load_policy(str(write_policy(tmp_path, source_url, eu, "s3://no-such-bucket/models")))
 
