@@ -100,7 +100,7 @@ async def file_source(tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=["file-s3", "s3-gcs", "gcs-s3", "s3-s3"])
-def route(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+def route(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """(source URL, EU destination URL) on real backends, both empty."""
     source_kind, dest_kind = request.param.split("-")
     if "s3" in (source_kind, dest_kind):
