@@ -46,6 +46,8 @@ import botocore.session
 from aiohttp import web
 from yarl import URL
 
+from chaos.loopback import serve_app, stop_app
+
 CONTROL_PREFIX = "/_faultproxy"
 # Route 53 takes at most 32,000 characters of record values per batch; its XML around 1,000 records stays
 # well below this. Anything larger is not a request this proxy exists to relay.
@@ -252,14 +254,10 @@ class FaultProxy:
         app.router.add_post(f"{CONTROL_PREFIX}/reset", self._post_reset)
         app.router.add_get(f"{CONTROL_PREFIX}/stats", self._get_stats)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app, self.host, self.port, shutdown_timeout=1.0)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await stop_app(self._runner)
         if self._session is not None:
             await self._session.close()
         self._runner = self._session = None

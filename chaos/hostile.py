@@ -17,7 +17,7 @@ from typing import Self
 import dns.message
 from aiohttp import web
 
-from chaos.loopback import SERVICE_NAME
+from chaos.loopback import SERVICE_NAME, serve_app, stop_app
 from probes.loop import LoopMonitor
 
 MiB = 1024 * 1024
@@ -104,18 +104,12 @@ class HostileRegion:
         app = web.Application()
         app.router.add_route("*", "/{hostility}/{path:.*}", self._answer)
         # handler_cancellation: a client that gives up ends its endless response at once.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(
+            app, self.host, self.port, handler_cancellation=True, shutdown_timeout=0.5
+        )
 
     async def stop(self) -> None:
-        if self._runner is None:
-            return
-        server = self._runner.server
-        for handler in server.connections if server is not None else ():
-            handler.force_close()
-        await self._runner.cleanup()
+        await stop_app(self._runner, drop_connections=True)
         self._runner = None
 
     async def __aenter__(self) -> Self:

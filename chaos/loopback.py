@@ -1,13 +1,16 @@
-"""The demo stack moved to free loopback ports, and a DNS client for it: shared by e2e tests and benches."""
+"""Loopback plumbing shared by tests, benches and drills: free ports, small HTTP servers started and stopped
+alike, the demo stack moved to free ports, and a DNS client for it."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import dns.asyncquery
 import dns.message
 import dns.rcode
+from aiohttp import web
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "demo.yaml"
 SERVICE_NAME = "chat.llm.internal"
@@ -25,6 +28,26 @@ def free_port() -> int:
                 except OSError:
                     continue
             return port
+
+
+async def serve_app(app: web.Application, host: str, port: int, **runner: Any) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0: a port the OS picks) until stop_app; the runner and the real port."""
+    started = web.AppRunner(app, access_log=None, **runner)
+    await started.setup()
+    await web.TCPSite(started, host, port).start()
+    return started, int(started.addresses[0][1])
+
+
+async def stop_app(runner: web.AppRunner | None, *, drop_connections: bool = False) -> None:
+    """Stop what serve_app started; `drop_connections` cuts open ones at once (endless answers) rather than
+    letting them finish within the runner's shutdown timeout."""
+    if runner is None:
+        return
+    server = runner.server
+    if drop_connections:
+        for handler in server.connections if server is not None else ():
+            handler.force_close()
+    await runner.cleanup()
 
 
 def loopback_policy(region_port: int, dns_port: int, haproxy_socket: str, slow_start: float = 1.0) -> str:

@@ -59,6 +59,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from chaos.loopback import serve_app, stop_app
+
 JsonObject = dict[str, Any]
 
 RRSET_KIND = "dns#resourceRecordSet"
@@ -241,15 +243,11 @@ class FakeCloudDns:
         app.router.add_get(base + "/rrsets/{name}/{type}", self._get_rrset)
         app.router.add_post(base + "/changes", self._create_change)
         app.router.add_get(base + "/changes/{change}", self._get_change)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app, self.host, self.port, shutdown_timeout=0.5)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await stop_app(self._runner)
+        self._runner = None
 
     async def __aenter__(self) -> Self:
         await self.start()

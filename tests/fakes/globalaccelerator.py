@@ -38,6 +38,8 @@ from aiohttp import web
 from botocore.model import ListShape, Shape, StringShape, StructureShape
 from botocore.validate import ParamValidator
 
+from chaos.loopback import serve_app, stop_app
+
 TARGET_PREFIX = "GlobalAccelerator_V20180706."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 # Global Accelerator's API lives in us-west-2 only; a client signing for another region is misconfigured.
@@ -137,19 +139,14 @@ class FakeGlobalAccelerator:
     async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        self._runner, port = await serve_app(app, "127.0.0.1", 0, shutdown_timeout=1.0)
         self.endpoint_url = f"http://127.0.0.1:{port}"
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await stop_app(self._runner)
 
     # --- test set-up and inspection ---
 
