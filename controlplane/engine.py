@@ -1,4 +1,11 @@
-"""decide(): the pure routing decision from policy, health, overrides and the previous plan."""
+"""decide(): the pure routing decision from policy, health, overrides, model weights and the previous plan.
+
+A service with a model routes only to regions holding that model's version verified (`ArtifactView`), and
+never to a region the model may not be stored in. Lacking weights is a fact, not a probe's doubt: such a
+region gets nothing in every mode, fail-open and freeze included (a frozen plan keeps only the regions that
+hold the weights; when none does, the group fails closed), and its weight leaves at once, undamped, like
+that of a region gone unhealthy.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ from operator import attrgetter, not_, sub
 
 from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
-from controlplane.policy import AllDown, ClientGroup, Mode, Policy, Region, Service
+from controlplane.policy import AllDown, ClientGroup, Mode, Model, Policy, Region, Service
+from controlplane.weights.artifacts import ArtifactView, forbidden
 from probes.health import HealthView, RegionHealth, State
 
 TOTAL = 100
@@ -29,6 +37,7 @@ class _Candidate:
     idle_reason: str  # why it gets nothing when it is not among the live regions
     weight: float  # active-active: (pinned weight or capacity) x score, before slow start and normalising
     weight_reason: str
+    lacking: str | None = None  # why it may not serve the service's model: then it never gets weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,7 @@ class _Candidates:
     unhealthy: tuple[int, ...]  # positions
     live: tuple[int, ...]  # positions of the regions that may get traffic
     drain_refused: bool
+    lacking: bool  # some member lacks the model's weights
 
 
 # Per region, in the order of _Candidates.members: exact (unrounded) target shares, and why.
@@ -71,21 +81,31 @@ class _Facts:
     """Per-call memo of what does not depend on the (service, group): with 1,000 services over the same
     regions, every region's health and overrides, and most target splits, are worked out once."""
 
-    def __init__(self, health: HealthView, overrides: Sequence[Override], now: float) -> None:
+    def __init__(
+        self,
+        health: HealthView,
+        overrides: Sequence[Override],
+        now: float,
+        models: Mapping[str, Model],
+        artifacts: ArtifactView | None,
+    ) -> None:
         self.health = health
+        self.models = models
+        self._lacks = forbidden if artifacts is None else artifacts.lacks
         self.overrides = overrides
         self.now = now
         self._scoped = any(o.service is not None for o in overrides)
         self._drains = any(o.action is OverrideAction.DRAIN for o in overrides)
-        self._candidates: dict[str, dict[str, _Candidate]] = {}  # by scope (service or ""), then region
-        self._candidate_sets: dict[tuple[str, int], _Candidates] = {}
+        # By scope (service or ""), then model (or None), then region.
+        self._candidates: dict[tuple[str, str | None], dict[str, _Candidate]] = {}
+        self._candidate_sets: dict[tuple[str, str | None, int], _Candidates] = {}
         self._targets: dict[tuple[object, ...], _Targets] = {}
         self.weighings: dict[tuple[object, ...], _Weighing] = {}
         self.damped: dict[tuple[object, ...], Weighing] = {}
         # Interned: building a frozen dataclass costs more than finding the equal one made for another service.
         self.interned: dict[tuple[str, int, str], RouteWeight] = {}
 
-    def _candidate(self, service: str, region: Region) -> _Candidate:
+    def _candidate(self, service: str, region: Region, model: Model | None) -> _Candidate:
         h = self.health.get(region.name)
         drained = pinned = None
         for o in self.overrides:
@@ -94,8 +114,11 @@ class _Facts:
                     drained = _newest(drained, o)
                 else:
                     pinned = _newest(pinned, o)
-        healthy = h.state is State.HEALTHY
-        if not healthy:
+        lacking = None if model is None else self._lacks(region, model)
+        healthy = h.state is State.HEALTHY and lacking is None
+        if lacking is not None:
+            idle = lacking
+        elif not healthy:
             idle = f"{h.state}: " + ("; ".join(h.reasons) or "not healthy")
         elif drained is not None:
             # A drain outranks a weight override on the same region whatever their ages: draining is the
@@ -120,17 +143,22 @@ class _Facts:
             idle,
             base * h.score,
             f"healthy: {what} x score {h.score:.2f}",
+            lacking,
         )
 
-    def candidates(self, service: str, allowed: tuple[Region, ...]) -> _Candidates:
+    def candidates(self, service: Service, allowed: tuple[Region, ...]) -> _Candidates:
         # Keyed by identity: the policy hands out one tuple per (service, group), alive for the whole call.
-        scope = service if self._scoped else ""
-        key = (scope, id(allowed))
+        scope = service.name if self._scoped else ""
+        key = (scope, service.model, id(allowed))
         found = self._candidate_sets.get(key)
         if found is None:
-            known = self._candidates.setdefault(scope, {})
+            known = self._candidates.setdefault(key[:2], {})
+            model = None if service.model is None else self.models[service.model]
             members = tuple(
-                [known.get(r.name) or known.setdefault(r.name, self._candidate(service, r)) for r in allowed]
+                [
+                    known.get(r.name) or known.setdefault(r.name, self._candidate(service.name, r, model))
+                    for r in allowed
+                ]
             )
             names = tuple(map(_NAME, members))
             flags = tuple(map(_HEALTHY, members))
@@ -146,6 +174,7 @@ class _Facts:
                 # Draining every healthy region would route nowhere; a drain is a wish, not an outage.
                 tuple(live or healthy),
                 bool(healthy) and not live,
+                model is not None and any(c.lacking is not None for c in members),
             )
         return found
 
@@ -275,12 +304,27 @@ def _before(previous: GroupPlan, names: tuple[str, ...]) -> tuple[list[int], int
 
 def _all_down(
     service: Service, candidates: _Candidates, before: Sequence[int] | None
+) -> tuple[GroupMode, list[int], list[str]]:
+    members, names = candidates.members, candidates.names
+    # Only regions holding the weights may be frozen or opened to; the others keep their own reason.
+    holding = [c for c in members if c.lacking is None] if candidates.lacking else members
+    mode, weights, why = _all_down_weights(service, candidates, holding, before)
+    if candidates.lacking:
+        return mode, weights, [why if c.lacking is None else c.idle_reason for c in members]
+    return mode, weights, [why] * len(names)
+
+
+def _all_down_weights(
+    service: Service, candidates: _Candidates, holding: Sequence[_Candidate], before: Sequence[int] | None
 ) -> tuple[GroupMode, list[int], str]:
     names = candidates.names
-    down = "; ".join(f"{c.name}: {c.health.state}" for c in candidates.members)
+    if not holding:
+        return GroupMode.FAIL_CLOSED, [0] * len(names), "fail-closed: no region holds the weights"
+    down = "; ".join(f"{c.name}: {c.health.state}" for c in holding)
     choice = service.when_all_down
     if choice is AllDown.FREEZE and before is not None:
-        kept = {n: float(b) for n, b in zip(names, before, strict=True) if b}
+        held = {c.name for c in holding}
+        kept = {n: float(b) for n, b in zip(names, before, strict=True) if b and n in held}
         if kept:
             frozen = largest_remainder(_normalise(kept))
             return (
@@ -289,10 +333,10 @@ def _all_down(
                 f"frozen at last good plan; all down ({down})",
             )
     if choice is AllDown.FAIL_OPEN:
-        shares = _normalise({c.name: float(c.region.capacity) for c in candidates.members})
+        shares = _normalise({c.name: float(c.region.capacity) for c in holding})
         return (
             GroupMode.FAIL_OPEN,
-            _round([shares[n] for n in names], candidates.alphabetical),
+            _round([shares.get(n, 0.0) for n in names], candidates.alphabetical),
             f"fail-open: all down ({down})",
         )
     why = "fail-closed" if choice is AllDown.FAIL_CLOSED else "freeze with no last good plan: fail-closed"
@@ -330,8 +374,7 @@ class _Weighing:
         self._undamped: Weighing | None = None
         self.weights: list[int] | None = None  # rounded on first use, unless all regions are down
         if not candidates.live:
-            self.mode, self.weights, why = _all_down(service, candidates, self.before)
-            self.reasons = [why] * len(candidates.names)
+            self.mode, self.weights, self.reasons = _all_down(service, candidates, self.before)
             self.target: list[float] = []
             self.start: Sequence[float] = []
             return
@@ -396,7 +439,7 @@ def _decide_group(
         held = previous is not None and any(w.weight for w in previous.weights)
         since = previous.since if previous is not None and not held else facts.now
         return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, (), since)
-    candidates = facts.candidates(service.name, allowed)
+    candidates = facts.candidates(service, allowed)
     # Services with the same settings, regions and last weights get the same answer: weigh once per call.
     key = (
         service.mode,
@@ -428,10 +471,15 @@ def decide(
     previous: RoutingPlan | None,
     now: float,
     overrides: Sequence[Override] = (),
+    artifacts: ArtifactView | None = None,
 ) -> RoutingPlan:
-    """Weights per (service, client group, region). Same inputs, same plan: no I/O, no clock."""
+    """Weights per (service, client group, region). Same inputs, same plan: no I/O, no clock.
+
+    `artifacts`: what each region's bucket holds. None means no bucket was looked at (a one-shot plan):
+    then only residency gates a service's model, never a version."""
     before = {(g.service, g.group): g for g in previous or ()}
-    facts = _Facts(health, tuple(o for o in overrides if now < o.until), now)
+    models = {m.name: m for m in policy.models}
+    facts = _Facts(health, tuple(o for o in overrides if now < o.until), now, models, artifacts)
     groups = tuple(
         _decide_group(policy, service, group, facts, before.get((service.name, group.name)))
         for service in policy.services

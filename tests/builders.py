@@ -14,6 +14,7 @@ from controlplane.changes import ChangeSet, diff
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers.base import Provider
+from controlplane.weights.artifacts import Artifact, ArtifactView
 from probes.health import HealthView, RegionHealth, State
 
 DEMO = DEMO_POLICY  # policies/demo.yaml, found where the demo stack finds it
@@ -164,3 +165,33 @@ def view(
 
 def all_healthy() -> HealthView:
     return view(dict.fromkeys(REGIONS, State.HEALTHY))
+
+
+MODEL = "llm"  # the model model_policy's service uses
+
+
+def model_policy(version: str = "v1", jurisdictions: Sequence[str] | None = None, **service: Any) -> Policy:
+    """policy(**service) whose service uses MODEL at `version` (stored only in `jurisdictions`, if given),
+    each region with a file:// bucket of its own; neither bucket is read by the engine."""
+    data = policy(**service).model_dump(mode="json", exclude_none=True)
+    for region in data["regions"]:
+        region["bucket"] = f"file:///tmp/buckets/{region['name']}"
+    model: dict[str, Any] = {"name": MODEL, "source": "file:///tmp/buckets/source", "version": version}
+    if jurisdictions is not None:
+        model["jurisdictions"] = list(jurisdictions)
+    data["models"] = [model]
+    data["services"][0]["model"] = MODEL
+    return Policy.model_validate(data)
+
+
+def artifacts(verified: Mapping[str, str | None], at: float = 1000.0) -> ArtifactView:
+    """MODEL's weights per region as last surveyed at `at`: region -> the version verified there, or None
+    for a bucket surveyed without it. Regions left out were never surveyed."""
+    return ArtifactView(
+        {
+            (region, MODEL): Artifact(
+                region, MODEL, version or "v1", verified=version is not None, surveyed_at=at, synced_at=at
+            )
+            for region, version in verified.items()
+        }
+    )
