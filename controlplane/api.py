@@ -1,4 +1,4 @@
-"""Admin HTTP API: health, readiness, status, Prometheus metrics, and token-guarded overrides."""
+"""Admin HTTP API: health, readiness, status, Prometheus metrics, and token-guarded overrides and syncs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
+from controlplane.policy import Model, Region
 from controlplane.providers.localdns import LocalDnsProvider
 from probes.health import RegionHealth
 
@@ -93,8 +94,37 @@ def alerts(daemon: Daemon) -> list[dict[str, Any]]:
     return found
 
 
+def _model_json(daemon: Daemon, region: Region, model: Model, now: float) -> dict[str, Any]:
+    found = daemon.artifacts.get(region.name, model.name)
+    why = daemon.artifacts.lacks(region, model)
+    seen = found.surveyed_at if found is not None else None
+    return {
+        "wanted": model.version,
+        "current": found.current if found is not None else None,  # None: not known to name `wanted`
+        "verified": why is None,
+        "why_not": why,
+        "surveyed_at": seen,
+        "age": None if seen is None else round(now - seen, 3),
+        "last_sync": found.synced_at if found is not None else None,
+        "last_error": found.error if found is not None else None,
+        "bytes_copied": found.bytes_copied if found is not None else 0,
+    }
+
+
+def _models_of(daemon: Daemon) -> dict[str, list[Model]]:
+    """Per region, the models it serves."""
+    policy = daemon.policy
+    out: dict[str, list[Model]] = {}
+    for model in policy.models:
+        for region in policy.model_regions(model):
+            out.setdefault(region.name, []).append(model)
+    return out
+
+
 def status(daemon: Daemon) -> dict[str, Any]:
     view = daemon.health()
+    now = time.time()
+    models = _models_of(daemon)
     services: dict[str, dict[str, Any]] = {}
     for g in daemon.plan or ():
         services.setdefault(g.service, {})[g.group] = {
@@ -112,8 +142,14 @@ def status(daemon: Daemon) -> dict[str, Any]:
                 **_health_json(view.get(r.name)),
                 "jurisdiction": r.jurisdiction,
                 "endpoint": redact(r.endpoint),
+                "models": {m.name: _model_json(daemon, r, m, now) for m in models.get(r.name, ())},
             }
             for r in daemon.policy.regions
+        },
+        "sync": {
+            "interval": daemon.policy.sync.interval,
+            "last": daemon.last_sync,
+            "surveyed": daemon.weights_surveyed.is_set(),
         },
         "services": services,
         "alerts": alerts(daemon),
@@ -218,6 +254,7 @@ class PlaneCollector(Collector):
                     dropped.add_metric([reason], n)
                 connections.add_metric([], provider.connections)
         yield from (dropped, connections)
+        yield from _weight_metrics(d)
         monitor = d.loop_monitor
         yield GaugeMetricFamily(
             "controlplane_loop_lag_seconds", "How late the event loop ran", value=monitor.lag
@@ -231,6 +268,40 @@ class PlaneCollector(Collector):
             "Probe results dropped: the plane could not look (loop stalled, out of descriptors)",
             value=d.scheduler.stats.inconclusive,
         )
+
+
+def _weight_metrics(d: Daemon) -> Iterator[Metric]:
+    labels = ["region", "model"]
+    verified = GaugeMetricFamily(
+        "controlplane_model_verified",
+        "1 when the region's bucket holds the policy's version of the model, verified",
+        labels=labels,
+    )
+    age = GaugeMetricFamily(
+        "controlplane_model_sync_age_seconds",
+        "Seconds since the region's bucket was last read",
+        labels=labels,
+    )
+    failing = GaugeMetricFamily(
+        "controlplane_model_sync_failing", "1 when the last sync attempt had an error", labels=labels
+    )
+    copied = CounterMetricFamily(
+        "controlplane_model_bytes_copied", "Bytes this daemon moved into the region's bucket", labels=labels
+    )
+    now = time.time()
+    for region, models in _models_of(d).items():
+        for model in models:
+            key = [region, model.name]
+            verified.add_metric(key, float(d.artifacts.lacks(d.policy.region(region), model) is None))
+            found = d.artifacts.get(region, model.name)
+            if found is None:
+                continue
+            if found.surveyed_at is not None:
+                age.add_metric(key, now - found.surveyed_at)
+            failing.add_metric(key, float(found.error is not None))
+            copied.add_metric(key, found.bytes_copied)
+    yield from (verified, age, failing, copied)
+    yield CounterMetricFamily("controlplane_syncs", "Weight surveys and syncs run", value=d.counters.syncs)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -349,6 +420,12 @@ async def _add_override(request: web.Request) -> web.Response:
     return web.json_response(override.to_json(), status=201, headers={"X-Persisted": persisted})
 
 
+async def _sync(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    daemon.request_sync()
+    return web.json_response({"sync": "requested", "last": daemon.last_sync}, status=202)
+
+
 async def _delete_overrides(request: web.Request) -> web.Response:
     region = request.match_info["region"]
     removed = await request.app[DAEMON_KEY].remove_overrides(region, request.query.get("service"))
@@ -368,6 +445,7 @@ def create_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/overrides", _list_overrides)
     app.router.add_post("/overrides", _add_override)
     app.router.add_delete("/overrides/{region}", _delete_overrides)
+    app.router.add_post("/sync", _sync)
     return app
 
 

@@ -1,4 +1,5 @@
-"""The daemon: supervised probe, reconcile and reload tasks around one event loop, with graceful shutdown."""
+"""The daemon: supervised probe, reconcile, reload and weight-sync tasks around one event loop, with graceful
+shutdown."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from controlplane.engine import decide
 from controlplane.errors import InvalidInput
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy, PolicyError, load_policy
+from controlplane.policy import Model, Policy, PolicyError, load_policy
 from controlplane.providers.base import ManagedProvider, ProviderError
 from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore
 from controlplane.telemetry import traced_probes
+from controlplane.weights.artifacts import ArtifactView
+from controlplane.weights.sync import SyncReport, sync_model
 from probes.health import (
     HealthTracker,
     HealthView,
@@ -47,6 +50,9 @@ RESTART_MAX = 5.0
 STABLE_AFTER = 10.0  # a task that ran this long before crashing starts its backoff afresh
 CRASH_LOOP_WINDOW = 60.0  # two crashes in a row within this long: not ready
 YOUNG_GC_THRESHOLD = 20_000  # see settle_heap()
+# A survey only lists buckets and reads small markers; one that takes longer is treated as a bucket that
+# could not be read (what was known stays), so a hung bucket API cannot hold routing's first decision.
+SURVEY_TIMEOUT = 30.0
 
 
 ProviderFactory = Callable[[Policy], list[ManagedProvider]]
@@ -81,6 +87,7 @@ class Counters:
     reloads_rejected: int = 0
     residency_blocks: int = 0
     task_restarts: Counter[str] = field(default_factory=Counter)
+    syncs: int = 0  # sync_model runs, surveys (dry runs) included
 
 
 @dataclass
@@ -148,6 +155,14 @@ class Daemon:
         self._last_errors: dict[str, str | None] = {}
         self._unstarted: set[str] = set()
         self._next_start_retry = 0.0
+        # What each region's bucket holds. Until every model was surveyed once the reconciler waits (as it
+        # waits for the first probe round) and a restart keeps serving the persisted plan.
+        self.artifacts = ArtifactView()
+        self.weights_surveyed = asyncio.Event()
+        if not policy.models:
+            self.weights_surveyed.set()
+        self.last_sync: float | None = None
+        self._sync_wanted = asyncio.Event()
 
     # ---------------------------------------------------------------- inputs
 
@@ -165,8 +180,12 @@ class Daemon:
 
     @property
     def ready(self) -> bool:
-        """Looked at every region once, and no task is crash-looping."""
-        return self.scheduler.first_round.is_set() and not any(t.crash_looping for t in self.tasks.values())
+        """Looked at every region and every bucket once, and no task is crash-looping."""
+        return (
+            self.scheduler.first_round.is_set()
+            and self.weights_surveyed.is_set()
+            and not any(t.crash_looping for t in self.tasks.values())
+        )
 
     def health(self, now: float | None = None) -> HealthView:
         return health_view(self.tracker.kinds, self.policy, time.time() if now is None else now)
@@ -211,7 +230,13 @@ class Daemon:
             # Judging thousands of regions and deciding for thousands of services take tens of milliseconds
             # that probes would otherwise wait out: both are pure, so they run off the loop, on a snapshot.
             view, plan = await asyncio.to_thread(
-                _judge_and_decide, dict(self.tracker.kinds), policy, previous, now, self.overrides
+                _judge_and_decide,
+                dict(self.tracker.kinds),
+                policy,
+                previous,
+                now,
+                self.overrides,
+                self.artifacts,
             )
             changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
@@ -295,6 +320,7 @@ class Daemon:
 
     async def _reconcile_loop(self) -> None:
         await self.scheduler.first_round.wait()
+        await self.weights_surveyed.wait()
         log.info("first probe round complete; reconciling")
         await self.audit.write(
             "ready", health={r: _health_summary(h) for r, h in self.health().regions.items()}
@@ -332,7 +358,12 @@ class Daemon:
         refused = await self._swap_providers(old, policy)
         if refused is not None:
             return await self._refuse_reload([refused])
-        self.policy = policy
+        # A model whose version (or source, or where it may live) changed is surveyed before the new policy
+        # routes: its regions' answers were about something else, and without a survey every one of them
+        # would lose its traffic at once, even those already holding the new version.
+        changed = _changed_models(old, policy)
+        reports = [await self._run_sync(policy, m, dry_run=True) for m in changed]
+        self._set_policy_and_weights(policy, reports)
         self.tracker.forget_regions(r.name for r in policy.regions)
         self.scheduler.update_policy(policy)
         settle_heap()
@@ -340,7 +371,19 @@ class Daemon:
         log.info("policy reloaded from %s", self.config.policy_path)
         await self.audit.write("policy_loaded", path=str(self.config.policy_path))
         self._wake.set()
+        if changed:
+            self._sync_wanted.set()
         return True
+
+    def _set_policy_and_weights(self, policy: Policy, reports: Sequence[SyncReport]) -> None:
+        """One step, no await: a decision never sees the new policy with the old policy's weights."""
+        view = self.artifacts
+        for report in reports:
+            view = view.with_report(report, _regions_of(policy, report.model), time.time())
+        self.policy = policy
+        self.artifacts = view.only((r.name, m.name) for m in policy.models for r in policy.model_regions(m))
+        if not policy.models:
+            self.weights_surveyed.set()
 
     async def _refuse_reload(self, problems: list[str]) -> bool:
         self.counters.reloads_rejected += 1
@@ -415,6 +458,78 @@ class Daemon:
             age=round(time.time() - plan.generated_at, 3),
             providers={o.provider: o.error or "ok" for o in outcomes},
         )
+
+    # ---------------------------------------------------------------- weights
+
+    def request_sync(self) -> None:
+        """Sync every model now rather than at the next interval (a sync under way finishes first)."""
+        self._sync_wanted.set()
+
+    async def sync_weights(self) -> None:
+        """Survey every model's buckets (a dry run: listings and markers only) and publish what each region
+        holds, so routing learns at once what is missing; then copy, verify and promote where needed. A
+        region that lost its files thus stops getting traffic while they are copied back, and gets it again
+        when they verify."""
+        policy = self.policy
+        surveys = [(m, await self._run_sync(policy, m, dry_run=True)) for m in policy.models]
+        for _, report in surveys:
+            self._publish(report)
+        self.weights_surveyed.set()
+        for model, survey in surveys:
+            todo = {d.plan.region for d in survey.destinations if not d.ok and d.plan.blocked is None}
+            if survey.error is None and todo:
+                self._publish(await self._run_sync(policy, model, dry_run=False, only=todo), todo)
+        self.last_sync = time.time()
+
+    async def _run_sync(
+        self, policy: Policy, model: Model, *, dry_run: bool, only: set[str] | None = None
+    ) -> SyncReport:
+        self.counters.syncs += 1
+        try:
+            # A real sync moves gigabytes: its bucket calls have their own timeouts, the whole has none.
+            async with asyncio.timeout(SURVEY_TIMEOUT if dry_run else None):
+                return await sync_model(policy, model, dry_run=dry_run, only_regions=only)
+        except TimeoutError:
+            error = f"survey took longer than {SURVEY_TIMEOUT:g}s"
+        except Exception as exc:
+            # One model's sync failing must not stop the others' (nor the next attempt): it is a report.
+            log.exception("syncing model %s failed", model.name)
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        return SyncReport(model.name, model.version, dry_run, error=error)
+
+    def _publish(self, report: SyncReport, only: set[str] | None = None) -> None:
+        policy = self.policy
+        model = next((m for m in policy.models if m.name == report.model), None)
+        if model is None or model.version != report.version:
+            return  # a reload moved on while it ran; the sync it requested will answer for the new version
+        regions = _regions_of(policy, model.name)
+        self.artifacts = self.artifacts.with_report(
+            report, [r for r in regions if only is None or r in only], time.time()
+        )
+        log_level = logging.WARNING if report.error or not report.ok else logging.INFO
+        log.log(
+            log_level,
+            "weights of %s %s (%s): %s",
+            model.name,
+            model.version,
+            "survey" if report.dry_run else "sync",
+            report.error
+            or ", ".join(
+                f"{d.plan.region} {'ok' if d.ok else '; '.join(d.failures) or 'needs sync'}"
+                for d in report.destinations
+            ),
+        )
+        self._wake.set()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            self._sync_wanted.clear()
+            await self.sync_weights()
+            try:
+                async with asyncio.timeout(self.policy.sync.interval):
+                    await self._sync_wanted.wait()
+            except TimeoutError:
+                pass
 
     async def _reload_loop(self) -> None:
         while True:
@@ -525,6 +640,7 @@ class Daemon:
                 ("probes", self.scheduler.run),
                 ("reconcile", self._reconcile_loop),
                 ("reload", self._reload_loop),
+                ("sync", self._sync_loop),
                 *extra,
             )
         ]
@@ -546,10 +662,26 @@ class Daemon:
 
 
 def _judge_and_decide(
-    kinds: Kinds, policy: Policy, previous: RoutingPlan | None, now: float, overrides: tuple[Override, ...]
+    kinds: Kinds,
+    policy: Policy,
+    previous: RoutingPlan | None,
+    now: float,
+    overrides: tuple[Override, ...],
+    artifacts: ArtifactView,
 ) -> tuple[HealthView, RoutingPlan]:
     view = health_view(kinds, policy, now)
-    return view, decide(policy, view, previous, now, overrides)
+    return view, decide(policy, view, previous, now, overrides, artifacts)
+
+
+def _regions_of(policy: Policy, model: str) -> list[str]:
+    return [r.name for r in policy.model_regions(policy.model(model))]
+
+
+def _changed_models(old: Policy, new: Policy) -> list[Model]:
+    """`new`'s models whose weights must be looked at again: new ones, and those whose source, version,
+    jurisdictions or serving regions changed."""
+    before = {m.name: (m, _regions_of(old, m.name)) for m in old.models}
+    return [m for m in new.models if before.get(m.name) != (m, _regions_of(new, m.name))]
 
 
 def _raise_descriptor_limit() -> None:
