@@ -12,15 +12,15 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
-import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from controlplane.errors import ControlPlaneError
@@ -35,8 +35,10 @@ REQUEST_TIMEOUT = 60.0  # one request carrying at most CHUNK bytes
 COPY_TIMEOUT = 900.0  # a server-side copy of up to COPY_OBJECT_LIMIT bytes, or one rewrite step
 LIST_LIMIT = 100_000  # a listing larger than this is refused rather than silently cut short
 LIST_PAGE = 1000
-COPY_OBJECT_LIMIT = 5 * 1024**3  # S3 CopyObject's ceiling; above it, UploadPartCopy
-COPY_PART = 512 * 1024**2
+PART_SIZE = CHUNK  # a resumable upload's parts (S3: at least 5 MiB, the last one excepted)
+MAX_PARTS = 10_000  # S3's ceiling on one upload's parts: a larger object gets larger parts
+RESUMABLE_COPY = 64 * 1024**2  # a server-side copy above this goes part by part (UploadPartCopy), resumable
+COPY_PART = 16 * 1024**2  # small enough that a killed copy loses little, large enough for few requests
 PARTIAL_DIR = ".partial"  # file buckets: writes in progress and the commit lock, never listed
 
 
@@ -69,6 +71,23 @@ class ObjectInfo:
 
 
 Listing = list[ObjectInfo]  # `list` is a method name inside Bucket
+Moved = Callable[[int], None]  # told each time bytes land in the destination (by this run, not found there)
+
+
+class Resumable(Protocol):
+    """What a resumable `put` reads: one file's source, checked against its manifest entry as it passes."""
+
+    async def held(self, chunk: bytes) -> None:
+        """Bytes the destination kept from an interrupted put, in order from offset 0, before `stream`:
+        the check then covers the whole file, kept and new bytes alike."""
+
+    def stream(self, start: int) -> AsyncIterator[bytes]:
+        """The source's bytes from `start` to the end; raises after the last chunk (before its end is
+        consumed) when the whole is not the manifest's."""
+
+
+def uncounted(moved: int) -> None:
+    pass
 
 
 class Bucket(ABC):
@@ -103,8 +122,30 @@ class Bucket(ABC):
         """Remove `key`; an absent key is not an error."""
 
     @abstractmethod
-    async def copy_within(self, src_key: str, dst: Bucket, dst_key: str) -> ObjectInfo | None:
-        """Copy server-side when `dst` is in the same cloud; None when it is not (the caller streams)."""
+    async def copy_within(
+        self, src_key: str, dst: Bucket, dst_key: str, moved: Moved = uncounted
+    ) -> ObjectInfo | None:
+        """Copy server-side when `dst` is in the same cloud; None when it is not (the caller streams).
+        A large S3 copy goes in parts and resumes an interrupted one (parts already there are not copied
+        again); the caller reads the result back, which also catches a resumed part of other bytes."""
+
+    async def put(
+        self, key: str, size: int, sha256: str, source: Resumable, moved: Moved = uncounted
+    ) -> ObjectInfo:
+        """Store `size` bytes whose SHA-256 is `sha256`, resuming what an interrupted put of the same
+        content left behind; an interrupted put leaves its progress in place for the next one. Here (GCS):
+        no resume below the file, a file either landed whole or is sent again."""
+
+        async def counted() -> AsyncIterator[bytes]:
+            async for chunk in source.stream(0):
+                yield chunk
+                moved(len(chunk))
+
+        return await self.write(key, counted())
+
+    async def abandon(self, key: str, sha256: str) -> None:
+        """Drop what interrupted puts of `key` left behind, after their source proved wrong."""
+        return None  # a GCS put leaves nothing behind: it is resumed, if at all, a whole file at a time
 
     @abstractmethod
     def _translate(self, exc: Exception, what: str) -> BucketError | None:
@@ -181,6 +222,7 @@ async def _parts(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes
 
 Part = dict[str, Any]  # one completed part of a multipart upload: {"PartNumber", "ETag"}
 Parts = list[Part]
+Uploads = list[dict[str, Any]]  # multipart uploads in progress: {"Key", "UploadId", "Initiated", ...}
 
 
 class S3Bucket(Bucket):
@@ -312,7 +354,9 @@ class S3Bucket(Bucket):
             lambda: s3.delete_object(Bucket=self.bucket, Key=self._path(key)), f"delete {self._name(key)}"
         )
 
-    async def copy_within(self, src_key: str, dst: Bucket, dst_key: str) -> ObjectInfo | None:
+    async def copy_within(
+        self, src_key: str, dst: Bucket, dst_key: str, moved: Moved = uncounted
+    ) -> ObjectInfo | None:
         if not isinstance(dst, S3Bucket):
             return None
         s3 = await dst._s3()
@@ -321,15 +365,23 @@ class S3Bucket(Bucket):
         what = f"copy {self._name(src_key)} to {dst._name(dst_key)}"
         head = await self._run(lambda: s3.head_object(**source), what)
         size = int(head["ContentLength"])
-        if size <= COPY_OBJECT_LIMIT:
+        if size <= RESUMABLE_COPY:
             reply = await self._run(lambda: s3.copy_object(**target, CopySource=source), what, COPY_TIMEOUT)
+            moved(size)
             return ObjectInfo(dst_key, size, reply["CopyObjectResult"]["ETag"].strip('"'))
-        # Pinned to the ETag read above, so parts of two versions never make one object.
+        step = part_size(size, COPY_PART)
 
-        async def upload(upload_id: str) -> list[dict[str, Any]]:
-            done: list[dict[str, Any]] = []
-            for number, offset in enumerate(range(0, size, COPY_PART), start=1):
-                last = min(offset + COPY_PART, size) - 1
+        async def fill(upload_id: str, recorded: dict[int, Part]) -> Parts:
+            done: Parts = []
+            for number, offset in enumerate(range(0, size, step), start=1):
+                length = min(step, size - offset)
+                kept = recorded.get(number)
+                # Only the size can be checked here without reading the source; the caller's read-back
+                # of the whole object catches a kept part of other bytes.
+                if kept is not None and kept["Size"] == length:
+                    done.append(_completed(kept))
+                    continue
+                # Pinned to the ETag read above, so parts of one run never mix two versions.
                 reply = await self._run(
                     partial(
                         s3.upload_part_copy,
@@ -337,16 +389,56 @@ class S3Bucket(Bucket):
                         UploadId=upload_id,
                         PartNumber=number,
                         CopySource=source,
-                        CopySourceRange=f"bytes={offset}-{last}",
+                        CopySourceRange=f"bytes={offset}-{offset + length - 1}",
                         CopySourceIfMatch=head["ETag"],
                     ),
                     what,
                     COPY_TIMEOUT,
                 )
                 done.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
+                moved(length)
             return done
 
-        return ObjectInfo(dst_key, size, await self._multipart(s3, target, what, upload))
+        return ObjectInfo(dst_key, size, await dst._resume(s3, target, what, fill))
+
+    async def put(
+        self, key: str, size: int, sha256: str, source: Resumable, moved: Moved = uncounted
+    ) -> ObjectInfo:
+        step = part_size(size)
+        if size <= step:
+            info = await self.write(key, source.stream(0))
+            moved(info.size)
+            return info
+        s3 = await self._s3()
+        target = {"Bucket": self.bucket, "Key": self._path(key)}
+        what = f"write {self._name(key)}"
+
+        async def fill(upload_id: str, recorded: dict[int, Part]) -> Parts:
+            done: Parts = []
+            # The source is read whole even when every part is there: its SHA-256 is what lets the upload
+            # complete. A kept part is trusted only when its ETag is the MD5 of the source's bytes for it.
+            async for part in _parts(source.stream(0), step):
+                number = len(done) + 1
+                kept = recorded.get(number)
+                if (
+                    kept is not None
+                    and kept["Size"] == len(part)
+                    and kept["ETag"].strip('"') == await _md5(part)
+                ):
+                    done.append(_completed(kept))
+                    continue
+                done.append(await self._upload_part(s3, target, upload_id, number, part, what))
+                moved(len(part))
+            return done
+
+        return ObjectInfo(key, size, await self._resume(s3, target, what, fill))
+
+    async def abandon(self, key: str, sha256: str) -> None:
+        s3 = await self._s3()
+        target = {"Bucket": self.bucket, "Key": self._path(key)}
+        what = f"abandon the uploads of {self._name(key)}"
+        for upload in await self._uploads(s3, target, what):
+            await self._abort(s3, target, upload["UploadId"], what)
 
     async def _upload_part(
         self, s3: Any, target: dict[str, str], upload_id: str, number: int, part: bytes, what: str
@@ -377,9 +469,81 @@ class S3Bucket(Bucket):
             )
         except BaseException:
             with contextlib.suppress(BucketError):
-                await self._run(lambda: s3.abort_multipart_upload(**target, UploadId=upload_id), what)
+                await self._abort(s3, target, upload_id, what)
             raise
         return str(reply["ETag"]).strip('"')
+
+    async def _resume(
+        self,
+        s3: Any,
+        target: dict[str, str],
+        what: str,
+        fill: Callable[[str, dict[int, Part]], Awaitable[Parts]],
+    ) -> str:
+        """Complete the key's newest upload in progress, or a new one: `fill` gets its recorded parts (by
+        number, with ETag and Size) and returns the whole list. Older uploads of the key are aborted, so
+        they do not pile up. A failure leaves the upload and its parts for the next run, to be resumed;
+        one nobody resumes is for the bucket's lifecycle rule (AbortIncompleteMultipartUpload) to clear.
+
+        S3 shows no metadata of an upload in progress, so an upload cannot be matched to its content by
+        a tag: each kept part is judged by its own evidence instead (`fill`)."""
+        uploads = sorted(await self._uploads(s3, target, what), key=lambda u: u["Initiated"])
+        for stale in uploads[:-1]:
+            await self._abort(s3, target, stale["UploadId"], what)
+        if uploads:
+            upload_id = uploads[-1]["UploadId"]
+            recorded = await self._recorded(s3, target, upload_id, what)
+        else:
+            upload_id = (await self._run(lambda: s3.create_multipart_upload(**target), what))["UploadId"]
+            recorded = {}
+        parts = await fill(upload_id, recorded)
+        reply = await self._run(
+            lambda: s3.complete_multipart_upload(
+                **target, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            ),
+            what,
+        )
+        return str(reply["ETag"]).strip('"')
+
+    async def _uploads(self, s3: Any, target: dict[str, str], what: str) -> Uploads:
+        """The uploads in progress for exactly this key."""
+        args: dict[str, Any] = {"Bucket": target["Bucket"], "Prefix": target["Key"]}
+        found: Uploads = []
+        while True:
+            page = await self._run(lambda: s3.list_multipart_uploads(**args), what)
+            found += [u for u in page.get("Uploads", []) if u["Key"] == target["Key"]]
+            if not page.get("IsTruncated"):
+                return found
+            args.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
+    async def _recorded(self, s3: Any, target: dict[str, str], upload_id: str, what: str) -> dict[int, Part]:
+        args: dict[str, Any] = {**target, "UploadId": upload_id}
+        found: dict[int, Part] = {}
+        while True:
+            page = await self._run(lambda: s3.list_parts(**args), what)
+            found.update((p["PartNumber"], p) for p in page.get("Parts", []))
+            if not page.get("IsTruncated"):
+                return found
+            args["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    async def _abort(self, s3: Any, target: dict[str, str], upload_id: str, what: str) -> None:
+        await self._run(lambda: s3.abort_multipart_upload(**target, UploadId=upload_id), what)
+
+
+def part_size(size: int, smallest: int | None = None) -> int:
+    """The part size for an object of `size` bytes: `smallest` (PART_SIZE by default), or more when that
+    would make more than MAX_PARTS parts. A function of the size alone, so a rerun cuts the same parts."""
+    return max(PART_SIZE if smallest is None else smallest, -(-size // MAX_PARTS))
+
+
+def _completed(part: Part) -> Part:
+    return {"PartNumber": part["PartNumber"], "ETag": part["ETag"]}
+
+
+async def _md5(data: bytes) -> str:
+    # Not a security use: S3's ETag of a part is the MD5 of its bytes (unless KMS-encrypted, and then a
+    # kept part merely looks different and is sent again).
+    return await asyncio.to_thread(lambda: hashlib.md5(data, usedforsecurity=False).hexdigest())
 
 
 class GcsBucket(Bucket):
@@ -501,7 +665,9 @@ class GcsBucket(Bucket):
         with contextlib.suppress(ObjectNotFound):
             await self._run(lambda: handle.delete_blob(self._path(key)), f"delete {self._name(key)}")
 
-    async def copy_within(self, src_key: str, dst: Bucket, dst_key: str) -> ObjectInfo | None:
+    async def copy_within(
+        self, src_key: str, dst: Bucket, dst_key: str, moved: Moved = uncounted
+    ) -> ObjectInfo | None:
         if not isinstance(dst, GcsBucket):
             return None
         source = (await self._gcs()).blob(self._path(src_key))
@@ -516,6 +682,7 @@ class GcsBucket(Bucket):
                 COPY_TIMEOUT,
             )
             if token is None:
+                moved(int(total))
                 return ObjectInfo(dst_key, int(total), str(target.generation))
 
 
@@ -635,17 +802,65 @@ class FileBucket(Bucket):
         path = self._file(key)
         await self._run(lambda: path.unlink(missing_ok=True), f"delete {self._name(key)}")
 
-    async def copy_within(self, src_key: str, dst: Bucket, dst_key: str) -> ObjectInfo | None:
-        if not isinstance(dst, FileBucket):
-            return None
-        source = self._file(src_key)
+    async def copy_within(
+        self, src_key: str, dst: Bucket, dst_key: str, moved: Moved = uncounted
+    ) -> ObjectInfo | None:
+        # Between folders the bytes stream through `put`: hashed as they move (read once, where a copy
+        # would be read back) and resumable.
+        return None
 
-        async def fill(file: BinaryIO) -> None:
-            # A copy, never a hard link: damage done to one file must not show in the other.
-            with source.open("rb") as original:
-                await self._run(lambda: shutil.copyfileobj(original, file, CHUNK), "copy", COPY_TIMEOUT)
+    def _partial(self, key: str, sha256: str) -> Path:
+        name = hashlib.sha256(f"{self._path(key)}\n{sha256}".encode()).hexdigest()
+        return self.root / PARTIAL_DIR / f"resume-{name}"
 
-        return await dst._land(dst_key, fill)
+    async def put(
+        self, key: str, size: int, sha256: str, source: Resumable, moved: Moved = uncounted
+    ) -> ObjectInfo:
+        """Appended to a partial file named after the key and the content, so a rerun finds what a killed
+        run wrote, hashes it again (local, cheap) and reads the source only from there on."""
+        path = self._file(key)
+        what = f"write {self._name(key)}"
+        partial_file = self._partial(key, sha256)
+        await self._run(lambda: partial_file.parent.mkdir(parents=True, exist_ok=True), what)
+        file = await self._run(lambda: partial_file.open("a+b"), what)
+        try:
+            await self._run(lambda: _lock_alone(file, what), what)
+            held = os.fstat(file.fileno()).st_size
+            if held > size:
+                await self._run(lambda: file.truncate(0), what)
+                held = 0
+            file.seek(0)
+            left = held
+            while left > 0 and (chunk := await self._run(partial(file.read, min(CHUNK, left)), what)):
+                left -= len(chunk)
+                await source.held(chunk)
+            async for chunk in source.stream(held):
+                await self._run(partial(file.write, chunk), what)
+                moved(len(chunk))
+            await self._run(partial(_flush, file), what)
+            await self._run(lambda: self._commit(partial_file, path, False, None, what), what)
+        finally:
+            file.close()
+        size_now, version = await self._run(lambda: _size_and_version(path), what)
+        return ObjectInfo(key, size_now, version)
+
+    async def abandon(self, key: str, sha256: str) -> None:
+        partial_file = self._partial(key, sha256)
+        await self._run(lambda: partial_file.unlink(missing_ok=True), f"abandon {self._name(key)}")
+
+
+def _flush(file: BinaryIO) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _lock_alone(file: BinaryIO, what: str) -> None:
+    """Two syncers appending to one partial file would interleave; the second one fails instead (the lock
+    goes with the file's closing, a killed process's too)."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise BucketError(f"{what}: another sync is writing it", transient=True) from exc
 
 
 def _size_and_version(path: Path) -> tuple[int, str]:

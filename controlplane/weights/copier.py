@@ -3,7 +3,8 @@
 Within one cloud the copy is server-side, and the destination's object is then read back and hashed: the
 provider's word is not taken for the bytes. Across clouds the bytes stream through, hashed as they pass;
 a stream whose bytes are not the manifest's fails before its last chunk is handed over, so the write is
-abandoned (multipart aborted, temporary file dropped) and never lands.
+abandoned and never lands. A transfer interrupted any other way (an error, a cancel, SIGKILL) leaves what
+it wrote for the next run to resume: S3 multipart parts, or a file bucket's partial file (buckets.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from controlplane.errors import ControlPlaneError
-from controlplane.weights.buckets import Bucket, BucketError, FileBucket, GcsBucket, ObjectInfo, S3Bucket
+from controlplane.weights.buckets import (
+    Bucket,
+    BucketError,
+    FileBucket,
+    GcsBucket,
+    Moved,
+    ObjectInfo,
+    S3Bucket,
+    uncounted,
+)
 from controlplane.weights.manifest import FileEntry, Hasher
+from controlplane.weights.progress import QUIET, TransferProgress
 
 
 class VerificationFailed(ControlPlaneError):
@@ -27,12 +38,17 @@ class Transfer:
     entry: FileEntry
     src_key: str
     dst_key: str
+    # What the destination holds under dst_key when it may already be the entry's bytes without evidence
+    # to skip it by (a file a killed run finished, before any marker recorded it): verified in place
+    # first, and copied only if that fails.
+    held: ObjectInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     transfer: Transfer
     landed: ObjectInfo | None  # what the destination holds now, verified; None when the copy failed
+    moved: int = 0  # bytes this copy landed in the destination, kept parts of an earlier run not counted
     error: str | None = None
 
 
@@ -46,8 +62,12 @@ def fingerprint(bucket: Bucket, info: ObjectInfo) -> dict[str, str]:
     return {**dict(info.checksums), kind: info.version}
 
 
-async def _checked(chunks: AsyncIterator[bytes], entry: FileEntry, what: str) -> AsyncIterator[bytes]:
-    hasher = Hasher()
+async def _checked(
+    chunks: AsyncIterator[bytes], entry: FileEntry, what: str, hasher: Hasher | None = None
+) -> AsyncIterator[bytes]:
+    """The chunks, hashed as they pass (after whatever `hasher` already holds); raises instead of ending
+    when the whole is not `entry`."""
+    hasher = hasher or Hasher()
     try:
         async for chunk in chunks:
             await hasher.update(chunk)
@@ -70,12 +90,44 @@ async def verify(bucket: Bucket, key: str, entry: FileEntry) -> None:
         pass
 
 
-async def copy_file(source: Bucket, dest: Bucket, transfer: Transfer) -> ObjectInfo:
+class _Source:
+    """One file's source as a resumable put reads it: bytes the destination kept count toward the hash
+    before the source is read from where they end."""
+
+    def __init__(self, bucket: Bucket, transfer: Transfer) -> None:
+        self.bucket = bucket
+        self.transfer = transfer
+        self.what = f"{bucket.url.rstrip('/')}/{transfer.src_key}"
+        self.hasher = Hasher()
+
+    async def held(self, chunk: bytes) -> None:
+        await self.hasher.update(chunk)
+
+    def stream(self, start: int) -> AsyncIterator[bytes]:
+        if start != self.hasher.size:
+            raise ValueError(f"{self.what}: read from {start}, but {self.hasher.size} bytes were kept")
+        chunks = self.bucket.read(self.transfer.src_key, start=start)
+        return _checked(chunks, self.transfer.entry, self.what, self.hasher)
+
+
+async def copy_file(source: Bucket, dest: Bucket, transfer: Transfer, moved: Moved = uncounted) -> ObjectInfo:
+    """Copy one file, resuming an interrupted copy of it; `moved` hears of every byte this call lands."""
     entry = transfer.entry
-    landed = await source.copy_within(transfer.src_key, dest, transfer.dst_key)
+    if transfer.held is not None:
+        with contextlib.suppress(VerificationFailed):
+            await verify(dest, transfer.dst_key, entry)
+            return transfer.held
+    landed = await source.copy_within(transfer.src_key, dest, transfer.dst_key, moved)
     if landed is None:
-        what = f"{source.url.rstrip('/')}/{transfer.src_key}"
-        return await dest.write(transfer.dst_key, _checked(source.read(transfer.src_key), entry, what))
+        try:
+            return await dest.put(
+                transfer.dst_key, entry.size, entry.sha256, _Source(source, transfer), moved
+            )
+        except VerificationFailed:
+            # What an interrupted put kept came from the same source, which is now known to be wrong.
+            with contextlib.suppress(BucketError):
+                await dest.abandon(transfer.dst_key, entry.sha256)
+            raise
     try:
         await verify(dest, transfer.dst_key, entry)
     except VerificationFailed:
@@ -87,17 +139,31 @@ async def copy_file(source: Bucket, dest: Bucket, transfer: Transfer) -> ObjectI
 
 
 async def copy_files(
-    source: Bucket, dest: Bucket, transfers: Iterable[Transfer], limit: asyncio.Semaphore
+    source: Bucket,
+    dest: Bucket,
+    transfers: Iterable[Transfer],
+    limit: asyncio.Semaphore,
+    progress: TransferProgress = QUIET,
 ) -> list[Outcome]:
     """Every transfer, at most `limit` at once (shared by the caller across destinations); a failed file
     is reported in its outcome and does not stop the others."""
 
     async def one(transfer: Transfer) -> Outcome:
+        moved = 0
+
+        def count(nbytes: int) -> None:
+            nonlocal moved
+            moved += nbytes
+            progress.moved(nbytes)
+
         async with limit:
             try:
-                return Outcome(transfer, await copy_file(source, dest, transfer))
+                landed = await copy_file(source, dest, transfer, count)
             except (BucketError, VerificationFailed) as exc:
-                return Outcome(transfer, None, str(exc))
+                progress.finished(transfer.entry.size, moved, ok=False)
+                return Outcome(transfer, None, moved, str(exc))
+            progress.finished(transfer.entry.size, moved, ok=True)
+            return Outcome(transfer, landed, moved)
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(t)) for t in transfers]

@@ -3,8 +3,9 @@
 Read (or compute once and store) the source manifest; list each allowed destination's version folder,
 its marker (its own manifest.json, written only after every file verified there) and CURRENT; plan
 (planner.py, pure); copy and repair (copier.py); write the marker; then move CURRENT with a precondition,
-so two syncers racing cannot both promote and a partial version is never current. A destination the
-model may not be stored in is never read or written.
+so two syncers racing cannot both promote and a partial version is never current: a run killed at any
+point before the marker leaves neither marker nor a moved CURRENT, and the next run resumes its transfers
+(copier.py). A destination the model may not be stored in is never read or written.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from controlplane.weights.manifest import (
     version_prefix,
 )
 from controlplane.weights.planner import CONTENT_CHECKSUMS, Destination, DestinationPlan, Held, plan_model
+from controlplane.weights.progress import QUIET, SyncProgress
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,8 @@ class DestinationResult:
     plan: DestinationPlan
     failures: tuple[str, ...] = ()
     promoted: bool = False  # this run wrote the marker and made CURRENT name the version
-    bytes_copied: int = 0
+    bytes_copied: int = 0  # moved into the destination by this run; what an interrupted run left, not
+    failed_files: tuple[str, ...] = ()  # paths whose copy failed (their errors are among `failures`)
 
     @property
     def ok(self) -> bool:
@@ -156,22 +159,38 @@ async def _survey(region: Region, model: Model) -> _Survey:
     return _Survey(region, bucket, destination, listing, current)
 
 
+def _unproven(held: ObjectInfo | None, entry: FileEntry) -> ObjectInfo | None:
+    """A held object that may well be the entry's bytes, no content checksum saying otherwise (a file a
+    killed run finished): reading it back is cheaper than sending it again."""
+    if held is None or held.size != entry.size or any(k in CONTENT_CHECKSUMS for k, _ in held.checksums):
+        return None
+    return held
+
+
 async def _apply(
-    source: Bucket, manifest: Manifest, survey: _Survey, plan: DestinationPlan, limit: asyncio.Semaphore
+    source: Bucket,
+    manifest: Manifest,
+    survey: _Survey,
+    plan: DestinationPlan,
+    limit: asyncio.Semaphore,
+    progress: SyncProgress,
 ) -> DestinationResult:
     bucket = survey.bucket
     if bucket is None or not plan.promote:
         return DestinationResult(plan)
     model, version = manifest.model, manifest.version
+    keys = {e.path: file_key("", model, version, e.path) for e in plan.transfer}
     transfers = [
-        Transfer(e, file_key("", model, version, e.path), file_key("", model, version, e.path))
+        Transfer(e, keys[e.path], keys[e.path], _unproven(survey.listing.get(e.path), e))
         for e in plan.transfer
     ]
-    outcomes = await copy_files(source, bucket, transfers, limit)
-    copied = sum(o.transfer.entry.size for o in outcomes if o.landed is not None)
+    bar = progress.destination(model, plan.region, len(transfers), plan.transfer_bytes)
+    outcomes = await copy_files(source, bucket, transfers, limit, bar)
+    copied = sum(o.moved for o in outcomes)
     failures = tuple(o.error for o in outcomes if o.error is not None)
     if failures:
-        return DestinationResult(plan, failures, bytes_copied=copied)
+        failed = tuple(o.transfer.entry.path for o in outcomes if o.error is not None)
+        return DestinationResult(plan, failures, bytes_copied=copied, failed_files=failed)
     landed = {o.transfer.entry.path: o.landed for o in outcomes if o.landed is not None}
     files = tuple(
         e.model_copy(update={"checksums": fingerprint(bucket, landed.get(e.path) or survey.listing[e.path])})
@@ -198,9 +217,15 @@ async def _apply(
 
 
 async def sync_model(
-    policy: Policy, model: Model, *, dry_run: bool = False, only_regions: Collection[str] | None = None
+    policy: Policy,
+    model: Model,
+    *,
+    dry_run: bool = False,
+    only_regions: Collection[str] | None = None,
+    progress: SyncProgress = QUIET,
 ) -> SyncReport:
-    """Plan, and unless `dry_run` copy, verify and promote, `model.version` in every region serving it."""
+    """Plan, and unless `dry_run` copy, verify and promote, `model.version` in every region serving it;
+    `progress` hears of every destination's transfers as they go."""
     limit = asyncio.Semaphore(policy.sync.concurrency)
     regions = [r for r in policy.model_regions(model) if only_regions is None or r.name in only_regions]
     try:
@@ -224,7 +249,7 @@ async def sync_model(
     else:
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(_apply(source, manifest, by_region[p.region], p, limit))
+                group.create_task(_apply(source, manifest, by_region[p.region], p, limit, progress))
                 for p in plan.destinations
             ]
         results = [t.result() for t in tasks]

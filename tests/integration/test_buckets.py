@@ -4,6 +4,7 @@ and fake-gcs-server, all through the same suite."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from controlplane.weights.buckets import (
     PreconditionFailed,
     open_bucket,
 )
+from controlplane.weights.copier import Transfer, VerificationFailed, copy_file
+from controlplane.weights.manifest import FileEntry
 
 BIG = os.urandom(CHUNK + CHUNK // 2)  # more than one part and one read chunk: the multipart/resumable paths
 
@@ -168,23 +171,32 @@ async def test_delete(pair: tuple[Bucket, Bucket]) -> None:
         await content(bucket, "llama/v1/a")
 
 
-async def test_copy_within_one_cloud(pair: tuple[Bucket, Bucket], tmp_path: Path) -> None:
-    source, destination = pair
+@pytest.fixture(params=["s3", "gs"])
+def cloud_pair(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Bucket, Bucket]:
+    """Two buckets of one cloud, where copies are server-side."""
+    return make_pair(request, tmp_path, monkeypatch)
+
+
+async def test_copy_within_one_cloud(cloud_pair: tuple[Bucket, Bucket], tmp_path: Path) -> None:
+    source, destination = cloud_pair
     await source.write("llama/v1/shard-0", stream(BIG))
     copied = await source.copy_within("llama/v1/shard-0", destination, "llama/v1/shard-0")
     assert copied is not None and copied.size == len(BIG)
     assert [(o.key, o.version) for o in await destination.list()] == [("llama/v1/shard-0", copied.version)]
     assert await content(destination, "llama/v1/shard-0") == BIG
 
-    elsewhere = open_bucket("s3://elsewhere/x" if source.url.startswith("file:") else f"file://{tmp_path}/c")
+    elsewhere = open_bucket(f"file://{tmp_path}/c")
     assert await source.copy_within("llama/v1/shard-0", elsewhere, "llama/v1/shard-0") is None
+    assert await elsewhere.copy_within("x", open_bucket(f"file://{tmp_path}/d"), "x") is None
 
 
 async def test_s3_copies_above_the_copy_object_limit_in_parts(
     aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, destination = s3_pair(moto, monkeypatch)
-    monkeypatch.setattr(buckets, "COPY_OBJECT_LIMIT", 5 * 1024 * 1024)
+    monkeypatch.setattr(buckets, "RESUMABLE_COPY", 5 * 1024 * 1024)
     monkeypatch.setattr(buckets, "COPY_PART", 5 * 1024 * 1024)
     await source.write("big", stream(BIG))
     copied = await source.copy_within("big", destination, "big")
@@ -213,3 +225,160 @@ async def test_keys_cannot_leave_the_prefix(key: str, tmp_path: Path) -> None:
     bucket = open_bucket(f"file://{tmp_path}/a")
     with pytest.raises(BucketError, match="invalid object key"):
         await bucket.write(key, stream(b"x"))
+
+
+MiB = 1024 * 1024
+SHARD = os.urandom(13 * MiB)  # with 5 MiB parts: 5 + 5 + 3
+
+
+class Counted:
+    """The bytes a transfer reports as moved into the destination."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.total += nbytes
+
+
+def shard_transfer(key: str = "llama/v1/shard") -> Transfer:
+    entry = FileEntry(path="shard", size=len(SHARD), sha256=hashlib.sha256(SHARD).hexdigest())
+    return Transfer(entry, key, key)
+
+
+def in_progress(bucket: str, key: str) -> list[str]:
+    uploads = boto3.client("s3", region_name="us-east-1").list_multipart_uploads(Bucket=bucket, Prefix=key)
+    return [u["UploadId"] for u in uploads.get("Uploads", [])]
+
+
+async def test_s3_put_resends_only_the_parts_a_killed_upload_lacks(
+    aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, destination = s3_pair(moto, monkeypatch)
+    monkeypatch.setattr(buckets, "PART_SIZE", 5 * MiB)
+    source = open_bucket(f"file://{tmp_path}/source")
+    await source.write("llama/v1/shard", stream(SHARD))
+    # What killed runs leave: an older upload, and a newer one with part 1 right and part 2 of the right
+    # size but other bytes (its ETag is not the MD5 of the source's part 2).
+    s3 = boto3.client("s3", region_name="us-east-1")
+    target = {"Bucket": "models-eu", "Key": "weights/llama/v1/shard"}
+    stale = s3.create_multipart_upload(**target)["UploadId"]
+    upload = s3.create_multipart_upload(**target)["UploadId"]
+    s3.upload_part(**target, UploadId=upload, PartNumber=1, Body=SHARD[: 5 * MiB])
+    s3.upload_part(**target, UploadId=upload, PartNumber=2, Body=bytes(5 * MiB))
+
+    moved = Counted()
+    landed = await copy_file(source, destination, shard_transfer(), moved)
+    assert moved.total == len(SHARD) - 5 * MiB  # parts 2 and 3
+    assert landed.version.endswith("-3")
+    assert await content(destination, "llama/v1/shard") == SHARD
+    assert stale not in in_progress("models-eu", target["Key"])
+    assert in_progress("models-eu", target["Key"]) == []
+
+
+async def test_s3_put_keeps_its_parts_when_interrupted_and_drops_them_when_the_source_is_wrong(
+    aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, destination = s3_pair(moto, monkeypatch)
+    monkeypatch.setattr(buckets, "PART_SIZE", 5 * MiB)
+    source = open_bucket(f"file://{tmp_path}/source")
+    await source.write("llama/v1/shard", stream(SHARD))
+    await source.write("llama/v1/short", stream(SHARD[: 11 * MiB]))
+
+    # A source shorter than its manifest entry fails verification after two parts landed: parts of the
+    # wrong bytes, dropped.
+    with pytest.raises(VerificationFailed):
+        await copy_file(source, destination, Transfer(shard_transfer().entry, "llama/v1/short", "llama/v1/x"))
+    assert in_progress("models-eu", "weights/llama/v1/x") == []  # a wrong source's parts are dropped
+
+    class Interrupted(BucketError):
+        pass
+
+    original = buckets.FileBucket.read
+
+    async def breaks_after_11_mib(
+        self: buckets.FileBucket, key: str, *, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in original(self, key, start=start, length=length):
+            if sent >= 11 * MiB:
+                raise Interrupted("the source's connection dropped")
+            sent += len(chunk)
+            yield chunk
+
+    monkeypatch.setattr(buckets, "CHUNK", MiB)
+    monkeypatch.setattr(buckets.FileBucket, "read", breaks_after_11_mib)
+    first = Counted()
+    with pytest.raises(Interrupted):
+        await copy_file(source, destination, shard_transfer(), first)
+    assert first.total == 10 * MiB
+    assert len(in_progress("models-eu", "weights/llama/v1/shard")) == 1  # kept for the rerun
+    monkeypatch.setattr(buckets.FileBucket, "read", original)
+
+    again = Counted()
+    await copy_file(source, destination, shard_transfer(), again)
+    assert again.total == 3 * MiB
+    assert await content(destination, "llama/v1/shard") == SHARD
+
+
+async def test_a_large_s3_copy_copies_only_the_parts_a_killed_copy_lacks(
+    aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, destination = s3_pair(moto, monkeypatch)
+    monkeypatch.setattr(buckets, "RESUMABLE_COPY", 5 * MiB)
+    monkeypatch.setattr(buckets, "COPY_PART", 5 * MiB)
+    await source.write("llama/v1/shard", stream(SHARD))
+    s3 = boto3.client("s3", region_name="us-east-1")
+    target = {"Bucket": "models-eu", "Key": "weights/llama/v1/shard"}
+    upload = s3.create_multipart_upload(**target)["UploadId"]
+    s3.upload_part_copy(
+        **target,
+        UploadId=upload,
+        PartNumber=1,
+        CopySource={"Bucket": "models-us", "Key": "models/llama/v1/shard"},
+        CopySourceRange=f"bytes=0-{5 * MiB - 1}",
+    )
+
+    moved = Counted()
+    landed = await copy_file(source, destination, shard_transfer(), moved)
+    assert moved.total == len(SHARD) - 5 * MiB
+    assert landed.version.endswith("-3")
+    assert await content(destination, "llama/v1/shard") == SHARD
+    assert in_progress("models-eu", target["Key"]) == []
+
+
+async def test_a_file_put_appends_to_what_a_killed_put_left(tmp_path: Path) -> None:
+    source = open_bucket(f"file://{tmp_path}/source")
+    destination = open_bucket(f"file://{tmp_path}/dest")
+    assert isinstance(destination, buckets.FileBucket)
+    await source.write("llama/v1/shard", stream(SHARD))
+    transfer = shard_transfer()
+    partial = destination._partial(transfer.dst_key, transfer.entry.sha256)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(SHARD[: 6 * MiB])
+
+    moved = Counted()
+    await copy_file(source, destination, transfer, moved)
+    assert moved.total == len(SHARD) - 6 * MiB
+    assert await content(destination, "llama/v1/shard") == SHARD
+    assert not partial.exists()
+
+
+async def test_a_damaged_partial_file_fails_verification_once_then_is_copied_whole(tmp_path: Path) -> None:
+    source = open_bucket(f"file://{tmp_path}/source")
+    destination = open_bucket(f"file://{tmp_path}/dest")
+    assert isinstance(destination, buckets.FileBucket)
+    await source.write("llama/v1/shard", stream(SHARD))
+    transfer = shard_transfer()
+    partial = destination._partial(transfer.dst_key, transfer.entry.sha256)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(bytes(6 * MiB))
+
+    with pytest.raises(VerificationFailed):
+        await copy_file(source, destination, transfer)
+    assert not partial.exists()
+    assert await destination.list() == []
+    moved = Counted()
+    await copy_file(source, destination, transfer, moved)
+    assert moved.total == len(SHARD)
+    assert await content(destination, "llama/v1/shard") == SHARD
