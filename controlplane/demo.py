@@ -7,14 +7,17 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
@@ -26,7 +29,7 @@ from controlplane.api import serve
 from controlplane.daemon import Daemon, DaemonConfig
 from controlplane.haproxy_process import HaproxyProcess, haproxy_available, render_config
 from controlplane.logs import LOG_FORMAT, OneLineFormatter
-from controlplane.policy import Policy, load_policy
+from controlplane.policy import Model, Policy, Region, load_policy, parse_policy
 from controlplane.providers.factory import build_providers
 from controlplane.telemetry import setup_tracing
 from probes.observation import ProbeKind
@@ -35,6 +38,45 @@ from probes.scheduler import DEFAULT_PROBES, ProbeFunction
 log = logging.getLogger(__name__)
 HAPROXY_FRONTEND = "127.0.0.1:9000"
 STATE_STYLE = {"healthy": "green", "unhealthy": "bold red", "unknown": "yellow"}
+DEMO_MODEL = "demo-llm"
+DEMO_VERSIONS = ("2026-11-01", "2026-12-01")  # the source holds both; the policy starts on the first
+DEMO_SYNC_INTERVAL = 20.0
+# A few small files, so a sync lands in well under a second: what matters is seeing routing wait for it.
+DEMO_FILES = {"config.json": 256, "tokenizer.json": 4096, "model-00001.safetensors": 65536}
+
+
+def with_weights(policy_path: Path, state_dir: Path) -> Path:
+    """The demo's policy with model weights: file:// buckets under STATE_DIR/buckets, a source holding
+    DEMO_MODEL and empty region buckets, so that no region gets traffic until the first sync lands its
+    weights. Written to STATE_DIR/policy.yaml (bucket URLs are absolute, so they cannot be in the shipped
+    file); that copy is the one the daemon reloads. A policy that declares models already is used as is."""
+    text = policy_path.read_text(encoding="utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
+    if data.get("models"):
+        return policy_path
+    buckets = state_dir.resolve() / "buckets"
+    for region in data["regions"]:
+        folder = buckets / region["name"]
+        shutil.rmtree(folder, ignore_errors=True)  # each start shows weights arriving
+        region["bucket"] = folder.as_uri()
+    for version in DEMO_VERSIONS:
+        source = buckets / "source" / DEMO_MODEL / version
+        source.mkdir(parents=True, exist_ok=True)
+        for name, size in DEMO_FILES.items():
+            if not (source / name).exists():
+                (source / name).write_bytes(f"{DEMO_MODEL} {version} {name}\n".encode() * (size // 64 + 1))
+    data["models"] = [
+        {"name": DEMO_MODEL, "source": (buckets / "source").as_uri(), "version": DEMO_VERSIONS[0]}
+    ]
+    for service in data["services"]:
+        service["model"] = DEMO_MODEL
+    data["sync"] = {"interval": DEMO_SYNC_INTERVAL, "concurrency": 4}
+    out = state_dir / "policy.yaml"
+    header = f"# Written by `controlplane demo` from {policy_path}; edit this copy while the demo runs.\n"
+    rendered = header + yaml.safe_dump(data, sort_keys=False)
+    parse_policy(rendered, str(out))  # refuse here, with positions in the shipped file's terms, not later
+    out.write_text(rendered, encoding="utf-8")
+    return out
 
 
 def guide(policy: Policy, state_dir: Path, token: str, with_haproxy: bool) -> str:
@@ -56,6 +98,21 @@ def guide(policy: Policy, state_dir: Path, token: str, with_haproxy: bool) -> st
         '-d \'{"region": "eu-west", "action": "drain", "duration": 60}\'',
         "  curl -s 127.0.0.1:8080/status",
     ]
+    for model in policy.models:
+        region = policy.model_regions(model)[-1]
+        bucket = region.bucket_url
+        folder = f"{bucket.prefix}/{model.name}" if bucket is not None and bucket.scheme == "file" else None
+        sync = f"  curl -s -XPOST -H 'Authorization: Bearer {token}' 127.0.0.1:8080/sync"
+        lines += [
+            f"Weights: a region gets traffic only once {model.name} {model.version} is verified in its bucket"
+            f" (synced every {policy.sync.interval:g} s). Take {region.name}'s away, sync, watch it drop"
+            " to 0 and come back:",
+            *([f"  rm -r {folder}"] if folder else []),
+            sync,
+            f"  curl -s 127.0.0.1:8080/status | python3 -m json.tool | grep -A10 '\"{model.name}\"'",
+            f"Or move every region to a new version: edit version: in {state_dir / 'policy.yaml'}"
+            f" (the source also holds {', '.join(DEMO_VERSIONS[1:])}).",
+        ]
     if with_haproxy:
         lines += ["Through HAProxy:", f"  curl -s {HAPROXY_FRONTEND}/v1/models"]
     lines += [
@@ -70,8 +127,12 @@ def render_view(daemon: Daemon) -> Table:
     table = Table(
         title=f"regions - {'ready' if daemon.ready else 'waiting for the first probe round'}", expand=True
     )
+    service = daemon.policy.services[0]
+    model = daemon.policy.model(service.model) if service.model is not None else None
     for column in ("region", "jurisdiction", "state", "score", "ttft ms", "queue", "kv %"):
         table.add_column(column)
+    if model is not None:
+        table.add_column(f"{model.name} {model.version}")
     for g in groups:
         table.add_column(f"{g.group} % ({g.mode.value})", justify="right")
     for region in daemon.policy.regions:
@@ -84,6 +145,7 @@ def render_view(daemon: Daemon) -> Table:
             f"{h.ttft_s * 1000:.0f}" if h.ttft_s is not None else "-",
             f"{h.queue_depth:.0f}" if h.queue_depth is not None else "-",
             f"{h.kv_cache_usage * 100:.0f}" if h.kv_cache_usage is not None else "-",
+            *([_weights_cell(daemon, region, model)] if model is not None else []),
             *(str(g.weight(region.name)) if region.name in g.as_dict() else "-" for g in groups),
         )
     troubled = [
@@ -91,8 +153,18 @@ def render_view(daemon: Daemon) -> Table:
         for r in daemon.policy.regions
         if view.get(r.name).reasons
     ]
+    if model is not None:
+        troubled += [
+            f"{r.name}: {why}" for r in daemon.policy.regions if (why := daemon.artifacts.lacks(r, model))
+        ]
     table.caption = "\n".join(troubled) or None
     return table
+
+
+def _weights_cell(daemon: Daemon, region: Region, model: Model) -> Text:
+    if daemon.artifacts.lacks(region, model) is None:
+        return Text("verified", style="green")
+    return Text("missing", style="bold red")
 
 
 async def _live_view(daemon: Daemon, text: str) -> None:
@@ -182,6 +254,7 @@ def prepare_demo(policy_path: Path, state_dir: Path, haproxy: bool) -> tuple[Pol
 
 
 async def run_demo(policy_path: Path, state_dir: Path, *, view: bool = True, haproxy: bool = True) -> int:
+    policy_path = await asyncio.to_thread(with_weights, policy_path, state_dir)
     policy, token = await asyncio.to_thread(prepare_demo, policy_path, state_dir, haproxy)
     async with demo_stack(policy_path, state_dir, haproxy=haproxy, token=token) as stack:
         text = guide(policy, state_dir, token, stack.haproxy is not None)

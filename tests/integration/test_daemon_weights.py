@@ -7,7 +7,9 @@ from typing import Any
 
 import aiohttp
 
+from chaos.loopback import free_port, loopback_policy
 from chaos.simregion import SimFleet
+from controlplane.demo import DEMO_MODEL, DEMO_VERSIONS, demo_stack, guide, with_weights
 from tests.conftest import until
 from tests.integration.daemon_helpers import FULL, TOKEN, Plane, policy_data, running_plane, write_policy
 
@@ -96,10 +98,12 @@ async def test_a_new_version_takes_weight_from_regions_without_it_until_they_are
         )
         assert "model llm version v2" in reason(plane, "eu-central")
         await until(
-            lambda: (buckets / "us-east" / MODEL / "CURRENT").read_text() == "v2",
-            what="v2 to land in us-east",
+            lambda: all(plane.weights()[r] > 0 for r in ("us-east", "us-west", "eu-west")),
+            within=8,
+            what="the regions v2 landed in to get traffic back",
         )
-        assert all(plane.weights()[r] > 0 for r in ("us-east", "us-west", "eu-west"))
+        assert (buckets / "us-east" / MODEL / "CURRENT").read_text() == "v2"
+        assert plane.weights()["eu-central"] == 0
         _, body = await plane.get("/status")
         held = body["regions"]["eu-central"]["models"][MODEL]
         assert held["wanted"] == "v2" and held["verified"] is False and held["last_error"]
@@ -114,3 +118,31 @@ async def test_a_new_version_takes_weight_from_regions_without_it_until_they_are
         assert status == 202
         await plane.settled({"global": FULL["global"]})
         assert (buckets / "eu-central" / MODEL / "CURRENT").read_text() == "v2"
+
+
+async def test_the_demo_starts_with_empty_region_buckets_and_routes_once_the_sync_landed_them(
+    tmp_path: Path,
+) -> None:
+    shipped = tmp_path / "demo.yaml"
+    shipped.write_text(loopback_policy(free_port(), free_port(), f"127.0.0.1:{free_port()}"))
+    state = tmp_path / "state"
+    state.mkdir()
+    policy_path = with_weights(shipped, state)
+    assert policy_path == state / "policy.yaml"
+    buckets = state / "buckets"
+    assert not any((buckets / r).exists() for r in REGIONS)
+    async with demo_stack(
+        policy_path, state, haproxy=False, api_port=free_port(), handle_signals=False
+    ) as demo:
+        daemon = demo.daemon
+
+        def routed() -> bool:
+            group = daemon.plan.group("chat", "global") if daemon.plan else None
+            return group is not None and all(w.weight > 0 for w in group.weights)
+
+        await until(routed, within=10, what="every region to get traffic")
+        for region in REGIONS:
+            assert (buckets / region / DEMO_MODEL / "CURRENT").read_text() == DEMO_VERSIONS[0]
+        text = guide(daemon.policy, state, demo.token, with_haproxy=False)
+        assert f"rm -r {buckets.resolve() / 'eu-central' / DEMO_MODEL}" in text
+        assert "127.0.0.1:8080/sync" in text
