@@ -281,6 +281,11 @@ class LoadGenerator:
         self._started = 0.0
 
     @property
+    def started_at(self) -> float:
+        """The event loop's time (time.monotonic) at start(), from which every Outcome.at counts."""
+        return self._started
+
+    @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 

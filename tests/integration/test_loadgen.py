@@ -38,10 +38,13 @@ EU_BY_SUBNET = GroupLoad("eu-by-subnet", rate=50, subnet="127.0.1.0/24", group="
 REQUEST_LABELS = frozenset({("model_name", "demo-llm"), ("finished_reason", "length")})
 
 
-def fleet_policy(fleet: SimFleet, dns_port: int, client_groups: Sequence[Mapping[str, Any]] = ()) -> Policy:
+def fleet_policy(
+    fleet: SimFleet, dns_port: int, client_groups: Sequence[Mapping[str, Any]] = (), ttl: int = 5
+) -> Policy:
     data = policy_data(fleet, dns_port=dns_port, memory=False)
     if client_groups:
         data["client_groups"] = [dict(g) for g in client_groups]
+    data["services"][0]["ttl"] = ttl
     return Policy.model_validate(data)
 
 
@@ -62,8 +65,13 @@ def settings(provider: LocalDnsProvider, policy: Policy, *groups: GroupLoad, **e
 
 
 async def run(generator: LoadGenerator, seconds: float = 1.0) -> LoadReport:
-    async with generator:
+    """What `generator` saw in `seconds` of load, every request it started included."""
+    await generator.start()
+    try:
         await asyncio.sleep(seconds)
+    finally:
+        await generator.stop(grace=2.0)
+    assert generator.in_flight == 0
     return generator.report()
 
 
@@ -162,12 +170,28 @@ async def test_a_group_sent_outside_its_jurisdictions_is_a_residency_violation(f
     assert not any(o.violation for o in report.outcomes if o.region != "us-east" or o.group == "global")
 
 
-def _own_tasks() -> list[asyncio.Task[Any]]:
+def queries(provider: LocalDnsProvider, group: str) -> int:
+    return sum(count for (_, asked_as, _), count in provider.stats.items() if asked_as == group)
+
+
+async def test_a_client_keeps_its_answer_for_the_ttl_and_no_longer_than_the_cap(fleet: SimFleet) -> None:
+    one_client = GroupLoad("global", rate=40, clients=1)
+    async with dns_server(fleet, FULL, ttl=1) as (policy, provider):
+        cached = await run(LoadGenerator(settings(provider, policy, one_client, max_ttl=60.0)), 1.5)
+        asked = queries(provider, "global")
+        # Asked at the start and once more when the 1 s TTL ran out, for some 60 requests.
+        assert 2 <= asked <= 3 and len(cached.outcomes) > 30, (asked, len(cached.outcomes))
+        assert len({o.address for o in cached.outcomes}) <= asked
+        capped = await run(LoadGenerator(settings(provider, policy, one_client, max_ttl=0.0)), 0.5)
+        assert queries(provider, "global") - asked == len(capped.outcomes) > 5
+
+
+def own_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks running a coroutine of chaos.loadgen: the drivers and the clients."""
     return [
-        t
-        for t in asyncio.all_tasks()
-        if getattr(t.get_coro(), "cr_code", None) is not None
-        and t.get_coro().cr_code.co_filename == chaos.loadgen.__file__  # type: ignore[union-attr]
+        task
+        for task in asyncio.all_tasks()
+        if getattr(getattr(task.get_coro(), "cr_code", None), "co_filename", None) == chaos.loadgen.__file__
     ]
 
 
@@ -177,11 +201,11 @@ async def test_stop_leaves_no_task_behind_even_with_requests_hanging(fleet: SimF
         generator = LoadGenerator(settings(provider, policy, GLOBAL, request_timeout=30.0), policy)
         await generator.start()
         await asyncio.sleep(0.5)
-        assert generator.in_flight > 5 and _own_tasks()
+        assert generator.in_flight > 5 and own_tasks()
         async with asyncio.timeout(5):
             await generator.stop()
     assert generator.in_flight == 0
-    assert _own_tasks() == []
+    assert own_tasks() == []
     assert generator.report().outcomes == ()  # cancelled requests are not counted as anything
 
 
