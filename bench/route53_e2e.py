@@ -26,13 +26,14 @@ import boto3
 import yaml
 from botocore.config import Config
 
-from bench.failover import MODES, REGIONS, quantile, settled
+from bench.failover import MODES, REGIONS, settled
 from chaos.emulators import moto_on_path
 from chaos.faultproxy import FaultProxy
 from chaos.loopback import free_port, loopback_policy
 from chaos.simregion import FaultMode, FaultSpec
 from controlplane.demo import DemoStack, demo_stack
 from controlplane.providers.route53 import Layout, Route53Provider, route53_weight
+from controlplane.stats import quantile
 
 REGION_PORT = 18600  # demo regions use 8000, the e2e tests 18400, bench.failover 18500
 ZONE = "llm.internal"  # the demo service's chat.llm.internal lies in it
@@ -167,7 +168,7 @@ async def bench(url: str, trials: int) -> None:
     )
     print(
         f"  all        p50 {statistics.median(everything) * 1000:5.0f} ms  "
-        f"p99 {quantile(everything, 0.99) * 1000:5.0f} ms  max {max(everything) * 1000:5.0f} ms"
+        f"p99 {(quantile(everything, 0.99) or 0.0) * 1000:5.0f} ms  max {max(everything) * 1000:5.0f} ms"
         f"   (goal p99 <= 2000 ms; {deferred} deferred by min_interval)"
     )
     for name, ts in results.items():

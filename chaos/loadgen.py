@@ -16,7 +16,7 @@ import ipaddress
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -31,8 +31,9 @@ import dns.rcode
 import dns.rdatatype
 
 from controlplane.policy import Policy
+from controlplane.stats import quantile
 from probes.http import RefusedBody, make_session, refuse_encoded
-from probes.inference import _read_stream, _Stream
+from probes.inference import StreamReading, read_stream
 
 NO_REGION = "-"
 """The region of an outcome that never reached one (the name did not resolve, or to an unknown address)."""
@@ -166,13 +167,6 @@ class LoadReport:
     outcomes: tuple[Outcome, ...]  # the newest max_outcomes, oldest first
     residency_violations: int
     skipped: int  # arrivals not sent because max_in_flight requests were running
-
-
-def quantile(samples: Iterable[float], q: float) -> float | None:
-    ordered = sorted(samples)
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass(slots=True)
@@ -427,7 +421,7 @@ class LoadGenerator:
         }
         if self._settings.model:
             payload["model"] = self._settings.model
-        stream = _Stream()
+        stream = StreamReading()
         answered = False
         started = time.perf_counter()
         try:
@@ -439,7 +433,7 @@ class LoadGenerator:
                     raise _Failed(Reason.HTTP_STATUS, resp.status)
                 answered = True
                 refuse_encoded(resp)
-                await _read_stream(resp.content, stream)
+                await read_stream(resp.content, stream)
         except TimeoutError:
             raise _Failed(Reason.TIMEOUT) from None
         except RefusedBody:

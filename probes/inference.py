@@ -22,7 +22,7 @@ INFERENCE_STREAM_CAP = 4 * 1024 * 1024
 INFERENCE_LINE_CAP = 64 * 1024
 
 
-class _Stream:
+class StreamReading:
     """What an OpenAI-style SSE stream has shown so far, fed one line at a time as it arrives."""
 
     __slots__ = ("done", "error", "first_at", "last_at", "model", "tokens")
@@ -78,7 +78,7 @@ class _Stream:
         return None
 
 
-async def _read_stream(content: aiohttp.StreamReader, stream: _Stream) -> None:
+async def read_stream(content: aiohttp.StreamReader, stream: StreamReading) -> None:
     """Feed `stream` line by line until it is done or the body ends; RefusedBody past either cap.
 
     Lines are split here rather than by aiohttp's readline, whose own limit varies across versions and
@@ -124,7 +124,7 @@ async def probe_inference(
     }
     if expected:
         payload["model"] = expected
-    stream = _Stream()
+    stream = StreamReading()
     error: str | None = None
     inconclusive = False
     started = time.perf_counter()
@@ -145,7 +145,7 @@ async def probe_inference(
                 error = f"HTTP {resp.status}"
             else:
                 refuse_encoded(resp)
-                await _read_stream(resp.content, stream)
+                await read_stream(resp.content, stream)
     except PROBE_ERRORS as exc:
         error = describe_error(exc, inference.timeout)
         inconclusive = out_of_resources(exc)

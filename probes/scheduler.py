@@ -17,6 +17,7 @@ from types import MappingProxyType
 import aiohttp
 
 from controlplane.policy import Policy, ProbeSettings, Region
+from controlplane.stats import quantile
 from probes.http import Clock, make_session, probe_liveness
 from probes.inference import probe_inference
 from probes.loop import LoopMonitor
@@ -68,10 +69,7 @@ class ScheduleStats:
 
     def quantile(self, q: float) -> float:
         """Lag in seconds at quantile q (0..1) of the window; 0.0 before any launch."""
-        if not self._lags:
-            return 0.0
-        ordered = sorted(self._lags)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return quantile(self._lags, q) or 0.0
 
     @property
     def p50(self) -> float:
