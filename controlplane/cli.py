@@ -206,7 +206,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from controlplane.weights.sync import sync_model
+    from rich.console import Console
+
+    from controlplane.weights.progress import QUIET, Bars, SyncProgress, summary
+    from controlplane.weights.sync import SyncReport, sync_model
 
     policy = load_policy(args.policy)
     models = [m for m in policy.models if args.model is None or m.name == args.model]
@@ -214,11 +217,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"controlplane sync: no model {args.model!r} in the policy", file=sys.stderr)
         return 1
 
-    async def everything() -> bool:
-        ok = True
+    async def everything(progress: SyncProgress) -> list[SyncReport]:
+        reports = []
         for model in models:
-            report = await sync_model(policy, model, dry_run=args.dry_run)
-            ok = ok and report.ok
+            report = await sync_model(policy, model, dry_run=args.dry_run, progress=progress)
+            reports.append(report)
             computed = " (manifest computed)" if report.manifest_computed else ""
             print(f"{report.model} {report.version}{computed}{' [dry run]' if report.dry_run else ''}")
             if report.error is not None:
@@ -245,9 +248,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     print(f"    repair {r.entry.path}: {r.why}")
                 for failure in d.failures:
                     print(f"    ! {failure}")
-        return ok
+        return reports
 
-    return 0 if asyncio.run(everything()) else 1
+    started = time.monotonic()
+    if sys.stderr.isatty():
+        with Bars(Console(stderr=True), capture_stdout=sys.stdout.isatty()) as bars:
+            reports = asyncio.run(everything(bars))
+    else:
+        reports = asyncio.run(everything(QUIET))
+    print(summary(reports, time.monotonic() - started))
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-CHUNK = 8 * 1024 * 1024  # one read, one multipart part: what a transfer holds in memory at a time
-REQUEST_TIMEOUT = 60.0  # one request carrying at most CHUNK bytes
-COPY_TIMEOUT = 900.0  # a server-side copy of up to COPY_OBJECT_LIMIT bytes, or one rewrite step
+CHUNK = 8 * 1024 * 1024  # one read: with a part, what a transfer holds in memory at a time
+REQUEST_TIMEOUT = 60.0  # one request carrying at most a part or a CHUNK
+COPY_TIMEOUT = 900.0  # a server-side copy of up to RESUMABLE_COPY bytes or one part, or one rewrite step
 LIST_LIMIT = 100_000  # a listing larger than this is refused rather than silently cut short
 LIST_PAGE = 1000
 PART_SIZE = CHUNK  # a resumable upload's parts (S3: at least 5 MiB, the last one excepted)
@@ -317,7 +317,7 @@ class S3Bucket(Bucket):
         if if_match is not None:
             conditions["IfMatch"] = if_match
         what = f"write {self._name(key)}"
-        parts = _parts(chunks, CHUNK)
+        parts = _parts(chunks, PART_SIZE)
         first = await anext(parts)
         second = await anext(parts, None)
         try:

@@ -60,7 +60,9 @@ QUIET = _Quiet()
 class Bars:
     """A bar per model and region (bytes, files, rate), drawn on `console` while in use (`with Bars(...)`)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, capture_stdout: bool) -> None:
+        """`capture_stdout`: lines printed meanwhile go through `console`, above the bars (for a stdout on
+        the same terminal; one piped elsewhere is left alone)."""
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -68,6 +70,8 @@ class Bars:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=console,
+            redirect_stdout=capture_stdout,
+            redirect_stderr=False,
         )
 
     def __enter__(self) -> Bars:
