@@ -157,7 +157,7 @@ class Daemon:
         self._next_start_retry = 0.0
         # What each region's bucket holds. Until every model was surveyed once the reconciler waits (as it
         # waits for the first probe round) and a restart keeps serving the persisted plan.
-        self.artifacts = ArtifactView()
+        self.artifacts = persisted.artifacts.only(_model_pairs(policy))
         self.weights_surveyed = asyncio.Event()
         if not policy.models:
             self.weights_surveyed.set()
@@ -198,7 +198,7 @@ class Daemon:
                 f"{len(kept)} overrides are active, the most this daemon keeps; remove some"
             )
         self.overrides = (*kept, override)
-        await self.store.save(self.plan, self.overrides)
+        await self.store.save(self.plan, self.overrides, self.artifacts)
         await self.audit.write("override_added", override=override.to_json())
         self._wake.set()
 
@@ -211,7 +211,7 @@ class Daemon:
         removed = len(self.overrides) - len(kept)
         if removed:
             self.overrides = kept
-            await self.store.save(self.plan, self.overrides)
+            await self.store.save(self.plan, self.overrides, self.artifacts)
             await self.audit.write("override_removed", region=region, service=service, count=removed)
             self._wake.set()
         return removed
@@ -298,7 +298,7 @@ class Daemon:
                     changes=[o.changes.to_json() for o in reported if o.changes],
                 )
             if (changed and held) or expired:
-                await self.store.save(self.plan, self.overrides)
+                await self.store.save(self.plan, self.overrides, self.artifacts)
             return plan
 
     def _unseen_stall(self) -> int | None:
@@ -381,7 +381,7 @@ class Daemon:
         for report in reports:
             view = view.with_report(report, _regions_of(policy, report.model), time.time())
         self.policy = policy
-        self.artifacts = view.only((r.name, m.name) for m in policy.models for r in policy.model_regions(m))
+        self.artifacts = view.only(_model_pairs(policy))
         if not policy.models:
             self.weights_surveyed.set()
 
@@ -480,6 +480,7 @@ class Daemon:
             if survey.error is None and todo:
                 self._publish(await self._run_sync(policy, model, dry_run=False, only=todo), todo)
         self.last_sync = time.time()
+        await self.store.save(self.plan, self.overrides, self.artifacts)
 
     async def _run_sync(
         self, policy: Policy, model: Model, *, dry_run: bool, only: set[str] | None = None
@@ -653,7 +654,7 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.scheduler.close()
             await self._close_providers()
-            await self.store.save(self.plan, self.overrides)
+            await self.store.save(self.plan, self.overrides, self.artifacts)
             await self.audit.write("stop")
             await self.store.close()
             await self.audit.close()
@@ -671,6 +672,11 @@ def _judge_and_decide(
 ) -> tuple[HealthView, RoutingPlan]:
     view = health_view(kinds, policy, now)
     return view, decide(policy, view, previous, now, overrides, artifacts)
+
+
+def _model_pairs(policy: Policy) -> list[tuple[str, str]]:
+    """Every (region, model) the policy has weights for."""
+    return [(r.name, m.name) for m in policy.models for r in policy.model_regions(m)]
 
 
 def _regions_of(policy: Policy, model: str) -> list[str]:

@@ -136,6 +136,8 @@ async def apply_once(
         outcomes = await Reconciler(list(providers)).reconcile(policy, plan)
     store = StateStore(state_dir)
     persisted = await asyncio.to_thread(store.load)
-    await store.save(plan, persisted.overrides)  # the daemon resumes from what was applied
+    await store.save(
+        plan, persisted.overrides, persisted.artifacts
+    )  # the daemon resumes from what was applied
     await store.close()
     return survey, outcomes

@@ -1,10 +1,11 @@
-"""Durable state: the last plan and overrides (survive restarts) and the append-only audit log, both written
+"""Durable state: the last plan, overrides and what each bucket was last seen to hold (survive restarts) and the append-only audit log, both written
 best-effort off the reconcile path: a full, read-only or hung disk raises an alert, never stops routing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -21,10 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode, RoutingPlan
+from controlplane.weights.artifacts import Artifact, ArtifactView
 
 log = logging.getLogger(__name__)
 
 MAX_OVERRIDES = 1000  # more than any team keeps by hand; the API refuses the next one
+MAX_ARTIFACTS = 100_000  # (region, model) pairs: far beyond any fleet
 MAX_STATE_BYTES = 64 * 1024 * 1024  # a state file over this is not ours: refused, kept aside
 MAX_AUDIT_LINE = 1024 * 1024  # one decision of 10,000 services fits; beyond, the line says it was cut
 AUDIT_ROTATE_BYTES = 64 * 1024 * 1024
@@ -196,6 +199,9 @@ class PersistedState:
     plan: RoutingPlan | None
     overrides: tuple[Override, ...]
     problems: tuple[str, ...] = ()  # what was dropped on load, and why
+    # What the buckets held at the last survey: a restart while a bucket API is down keeps routing to the
+    # weights that had landed, as the running daemon would, instead of waiting for a survey that cannot answer.
+    artifacts: ArtifactView = field(default_factory=ArtifactView)
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -240,6 +246,18 @@ class _StoredGroup(_Stored):
     @classmethod
     def _mode(cls, value: object) -> object:
         return GroupMode(value) if isinstance(value, str) else value
+
+
+class _StoredArtifact(_Stored):
+    region: Label
+    model: Label
+    version: Label
+    verified: bool = False
+    blocked: Text | None = None
+    surveyed_at: Finite | None = None
+    synced_at: Finite | None = None
+    error: Text | None = None
+    bytes_copied: Annotated[int, Field(ge=0)] = 0
 
 
 def _clamped(weights: Sequence[_StoredWeight]) -> list[dict[str, Any]]:
@@ -303,7 +321,27 @@ def parse_state(data: object) -> PersistedState:
             plan = RoutingPlan.from_json({"generated_at": float(generated_at), "groups": groups})
     elif raw_plan is not None:
         problems.append("plan: not an object; dropped")
-    return PersistedState(plan, tuple(overrides), tuple(problems))
+    artifacts = _artifacts(data.get("artifacts"), problems)
+    return PersistedState(plan, tuple(overrides), tuple(problems), artifacts)
+
+
+def _artifacts(raw: object, problems: list[str]) -> ArtifactView:
+    if raw is None:
+        return ArtifactView()
+    if not isinstance(raw, list):
+        problems.append("artifacts: not a list")
+        return ArtifactView()
+    entries: dict[tuple[str, str], Artifact] = {}
+    for i, item in enumerate(raw[:MAX_ARTIFACTS]):
+        try:
+            stored = _StoredArtifact.model_validate(item)
+        except ValidationError as exc:
+            problems.append(_problem(f"artifacts.{i}", exc))
+            continue
+        entries[(stored.region, stored.model)] = Artifact(**stored.model_dump())
+    if len(raw) > MAX_ARTIFACTS:
+        problems.append(f"artifacts: {len(raw) - MAX_ARTIFACTS} beyond {MAX_ARTIFACTS} dropped")
+    return ArtifactView(entries)
 
 
 class StateStore:
@@ -362,10 +400,16 @@ class StateStore:
                 tmp.unlink()
             raise
 
-    async def save(self, plan: RoutingPlan | None, overrides: tuple[Override, ...]) -> None:
+    async def save(
+        self, plan: RoutingPlan | None, overrides: tuple[Override, ...], artifacts: ArtifactView
+    ) -> None:
         """Best-effort and in call order: the newest snapshot is the one that lands."""
         payload = json.dumps(
-            {"plan": plan.to_json() if plan else None, "overrides": [o.to_json() for o in overrides]},
+            {
+                "plan": plan.to_json() if plan else None,
+                "overrides": [o.to_json() for o in overrides],
+                "artifacts": [dataclasses.asdict(a) for a in artifacts.entries.values()],
+            },
             sort_keys=True,
         )
         await self._spool.submit(payload)

@@ -23,6 +23,7 @@ from controlplane.providers.base import ManagedProvider
 from controlplane.providers.factory import build_providers
 from controlplane.providers.memory import MemoryProvider
 from controlplane.state import StateStore
+from controlplane.weights.artifacts import ArtifactView
 from probes.observation import ProbeKind
 from tests.conftest import until
 from tests.fakes.providers import BrokenProvider
@@ -240,12 +241,12 @@ async def test_state_saves_never_overlap_even_when_a_saver_is_cancelled(tmp_path
     for trial in range(30):
         store = StateStore(tmp_path / str(trial))
         if trial % 2:
-            await asyncio.gather(*(store.save(None, big[:n]) for n in (3000, 2000, 1000, 1)))
+            await asyncio.gather(*(store.save(None, big[:n], ArtifactView()) for n in (3000, 2000, 1000, 1)))
         else:
-            first = asyncio.create_task(store.save(None, big))
+            first = asyncio.create_task(store.save(None, big, ArtifactView()))
             await asyncio.sleep(0.0005 * (trial % 3 + 1))
             first.cancel()  # most likely mid-write by now
-            await store.save(None, big[:1])  # the shutdown save
+            await store.save(None, big[:1], ArtifactView())  # the shutdown save
         assert store.load().overrides == big[:1]
 
 

@@ -146,3 +146,23 @@ async def test_the_demo_starts_with_empty_region_buckets_and_routes_once_the_syn
         text = guide(daemon.policy, state, demo.token, with_haproxy=False)
         assert f"rm -r {buckets.resolve() / 'eu-central' / DEMO_MODEL}" in text
         assert "127.0.0.1:8080/sync" in text
+
+
+async def test_a_restart_while_a_bucket_is_unreadable_keeps_routing_to_the_weights_that_had_landed(
+    fleet: SimFleet, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    buckets = tmp_path / "buckets"
+    source_version(buckets, "v1")
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, weights_policy(fleet, buckets))
+    async with running_plane(policy, tmp_path / "state") as plane:
+        await plane.settled({"global": FULL["global"]})
+    # The bucket API is down across the restart: a plain file stands where us-west's bucket was.
+    (buckets / "us-west").rename(tmp_path / "us-west-aside")
+    (buckets / "us-west").write_text("not a folder")
+    async with running_plane(policy, tmp_path / "state") as plane:
+        await plane.ready()
+        await plane.settled({"global": FULL["global"]})
+        _, body = await plane.get("/status")
+        held = body["regions"]["us-west"]["models"][MODEL]
+        assert held["verified"] is True and held["last_error"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.state import AuditLog, StateStore, parse_state
+from controlplane.weights.artifacts import Artifact, ArtifactView
 
 GOOD_OVERRIDE = {"region": "us-west", "action": "drain", "until": 4_000_000_000.0, "reason": "upgrade"}
 
@@ -98,10 +99,28 @@ async def test_the_kept_copy_outlives_a_save(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.path.write_text("{")
     store.load()
-    await store.save(None, ())
+    await store.save(None, (), ArtifactView())
     await store.close()
     assert kept_aside(tmp_path) == ["{"]
-    assert json.loads(store.path.read_text()) == {"overrides": [], "plan": None}
+    assert json.loads(store.path.read_text()) == {"artifacts": [], "overrides": [], "plan": None}
+
+
+async def test_what_the_buckets_held_survives_a_restart(tmp_path: Path) -> None:
+    held = Artifact("eu-west", "llm", "v2", verified=True, surveyed_at=10.0, synced_at=11.0, bytes_copied=7)
+    store = StateStore(tmp_path)
+    await store.save(None, (), ArtifactView({("eu-west", "llm"): held}))
+    await store.close()
+    state = StateStore(tmp_path).load()
+    assert state.problems == ()
+    assert state.artifacts.get("eu-west", "llm") == held
+
+
+def test_a_bad_artifact_costs_only_itself() -> None:
+    good = {"region": "eu-west", "model": "llm", "version": "v1", "verified": True, "surveyed_at": 1.0}
+    bad = {**good, "region": "us-east", "verified": "yes"}
+    state = parse_state({"plan": None, "artifacts": [bad, good]})
+    assert state.problems and state.problems[0].startswith("artifacts.0.verified")
+    assert set(state.artifacts.entries) == {("eu-west", "llm")}
 
 
 def test_a_valid_file_round_trips_without_problems(tmp_path: Path) -> None:
@@ -183,7 +202,7 @@ async def test_writes_to_an_unwritable_place_never_raise(tmp_path: Path) -> None
     blocker.write_text("")
     store = StateStore(blocker)  # its directory is a file: every write fails
     audit = AuditLog(blocker / "audit.jsonl")
-    await store.save(None, ())
+    await store.save(None, (), ArtifactView())
     await audit.write("x")
     assert store.health.failing and audit.health.failing
     assert store.health.last_error and audit.health.last_error
