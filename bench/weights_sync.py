@@ -1,6 +1,7 @@
 """Model-weight sync against `aws s3 sync`, in one run against one moto_server (issue 7).
 
-Run from the project root: python -m bench.weights_sync [--size-mib 1024] [--shards 8] [--files 1000].
+Run from the project root: python -m bench.weights_sync [--size-mib 1024] [--shards 8] [--files 1000]
+[--rounds 3].
 Prints figures; asserts nothing beyond each run succeeding. Needs moto_server (pip's moto[server]) and PyPI
 once: awscli pins botocore, so it lives in its own venv (~/.cache/controlplane-bench/awscli), made on the
 first run and reused; exit 2 when it cannot be installed.
@@ -16,10 +17,11 @@ Concurrency as shipped: awscli's 10 requests, the policy's default sync.concurre
 1. Copy: the model, timed each way; ours also reads every byte back from the destination and checks it
    against the manifest's SHA-256, then writes the marker and promotes CURRENT. Goal: >= 1.5x faster.
    `aws s3 sync` runs twice: with its defaults (above 8 MiB, a multipart copy of 8 MiB UploadPartCopy
-   parts) and with multipart_threshold = 5GB (one CopyObject per file, as ours does). Read the first
-   ratio with care: moto (5.x) serves every UploadPartCopy, like every ranged GET, by reading the whole
-   source object and slicing it, so on moto a multipart copy costs parts x object size, which S3 does not.
-   The second ratio is like for like on moto: the same server-side copies, plus our read-back.
+   parts) and with multipart_threshold = 5GB (one CopyObject per file). Read the ratios with care: moto
+   (5.x) serves every UploadPartCopy, like every ranged GET, by reading the whole source object and
+   slicing it, so on moto a multipart copy costs parts x object size, which S3 does not. aws's defaults
+   and our resumable copy (UploadPartCopy, above weights.buckets.RESUMABLE_COPY) pay that; aws's one
+   request per file does not. `--rounds` interleaved rounds of the three; medians, every run in brackets.
 2. No-op re-sync: `--files` small files synced once, then again with nothing changed: wall time of the
    whole CLI and bytes copied (goal: 0 bytes, under 2 s); `aws s3 sync` doing the same, for scale.
 3. SIGKILL at 50 %: the destination is polled (objects, plus the parts of multipart uploads in progress)
@@ -36,6 +38,7 @@ import hashlib
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,52 +245,74 @@ def rate(size: int, seconds: float) -> str:
     return f"{size / MIB / seconds:7.1f} MiB/s"
 
 
-def copy_figures(s3: Any, aws: Path, scratch: Path, manifest: Manifest) -> None:
+def median_line(label: str, seconds: list[float], note: str, size: int | None = None) -> str:
+    runs = ", ".join(f"{t:.2f}" for t in seconds)
+    speed = f"  {rate(size, statistics.median(seconds))}" if size is not None else ""
+    return f"  {label:22s}{statistics.median(seconds):7.2f} s{speed}  {note}  [{runs}]"
+
+
+def copy_figures(s3: Any, aws: Path, scratch: Path, manifest: Manifest, rounds: int) -> None:
     total = sum(f.size for f in manifest.files)
     single = scratch / "aws-one-copy-per-file.ini"
     single.write_text("[default]\ns3 =\n  multipart_threshold = 5GB\n", encoding="utf-8")
-    make_bucket(s3, "aws-dest", "eu-west-1")
-    aws_seconds: list[float] = []
-    for env in (None, {"AWS_CONFIG_FILE": str(single)}):
-        seconds, _ = run(aws_sync(aws, MODEL, "aws-dest"), env)
-        if landed(s3, "aws-dest", manifest) != total:
-            sys.exit("aws s3 sync did not copy the whole model")
-        empty(s3, "aws-dest")
-        aws_seconds.append(seconds)
-    parts, whole = aws_seconds
-    make_bucket(s3, "ours-dest", "eu-west-1")
-    our_seconds, output = run(ours(write_policy(scratch, MODEL, "s3://ours-dest/models"), MODEL))
-    if current(s3, "ours-dest", MODEL) != VERSION:
-        sys.exit("controlplane sync did not promote the version")
-    empty(s3, "ours-dest")
-    print(f"copy {total / MIB:.0f} MiB in {len(manifest.files)} files, us-east-1 -> eu-west-1:")
-    print(f"  aws s3 sync, defaults   {parts:7.2f} s  {rate(total, parts)}  (UploadPartCopy, 8 MiB parts)")
+    make_bucket(s3, "copy-dest", "eu-west-1")
+    policy = write_policy(scratch, MODEL, "s3://copy-dest/models")
+    parts: list[float] = []
+    whole: list[float] = []
+    our: list[float] = []
+    moved: set[int] = set()
+    # Interleaved rounds, so that whatever else loads the machine weighs on all three alike.
+    for _ in range(rounds):
+        for times, env in ((parts, None), (whole, {"AWS_CONFIG_FILE": str(single)})):
+            seconds, _ = run(aws_sync(aws, MODEL, "copy-dest"), env)
+            if landed(s3, "copy-dest", manifest) != total:
+                sys.exit("aws s3 sync did not copy the whole model")
+            times.append(seconds)
+            empty(s3, "copy-dest")
+        seconds, output = run(ours(policy, MODEL))
+        if current(s3, "copy-dest", MODEL) != VERSION:
+            sys.exit("controlplane sync did not promote the version")
+        our.append(seconds)
+        moved.add(bytes_copied(output))
+        empty(s3, "copy-dest")
     print(
-        f"  aws s3 sync, one copy   {whole:7.2f} s  {rate(total, whole)}  (multipart_threshold 5GB: CopyObject)"
+        f"copy {total / MIB:.0f} MiB in {len(manifest.files)} files, us-east-1 -> eu-west-1, median of {rounds}:"
     )
+    print(median_line("aws s3 sync, defaults", parts, "(multipart: UploadPartCopy, 8 MiB parts)", total))
+    print(median_line("aws s3 sync, one copy", whole, "(multipart_threshold 5GB: CopyObject)", total))
     print(
-        f"  controlplane sync       {our_seconds:7.2f} s  {rate(total, our_seconds)}  "
-        f"(CopyObject, then every byte read back and SHA-256 checked; {bytes_copied(output)} bytes copied)"
+        median_line(
+            "controlplane sync",
+            our,
+            f"(server-side copy, every byte read back, SHA-256 checked; bytes copied {sorted(moved)})",
+            total,
+        )
     )
-    print(f"  ours faster by          {parts / our_seconds:7.2f}x than aws's defaults (goal >= 1.5x)")
-    print(f"                          {whole / our_seconds:7.2f}x than aws copying each file in one request")
+    ratio = statistics.median(parts) / statistics.median(our)
+    print(f"  ours faster by        {ratio:7.2f}x than aws's defaults (goal >= 1.5x)")
+    ratio = statistics.median(whole) / statistics.median(our)
+    print(f"                        {ratio:7.2f}x than aws copying each file in one request")
 
 
-def noop_figures(s3: Any, aws: Path, scratch: Path, files: int) -> None:
+def noop_figures(s3: Any, aws: Path, scratch: Path, files: int, rounds: int) -> None:
     sizes = {f"tokenizer/part-{i:05d}.json": 1024 + (i * 7919) % (15 * 1024) for i in range(files)}
     publish(s3, SMALL_MODEL, sizes, workers=8)
     make_bucket(s3, "small-dest", "eu-west-1")
+    make_bucket(s3, "small-aws", "eu-west-1")
     policy = write_policy(scratch, SMALL_MODEL, "s3://small-dest/models")
     first, _ = run(ours(policy, SMALL_MODEL))
-    again, output = run(ours(policy, SMALL_MODEL))
-    make_bucket(s3, "small-aws", "eu-west-1")
     run(aws_sync(aws, SMALL_MODEL, "small-aws"))
-    aws_again, _ = run(aws_sync(aws, SMALL_MODEL, "small-aws"))
-    print(f"re-sync, nothing changed, {files} files:")
-    print(
-        f"  controlplane sync    {again:7.2f} s  {bytes_copied(output)} bytes copied  (goal: 0 bytes, < 2 s)"
-    )
-    print(f"  aws s3 sync          {aws_again:7.2f} s  (for scale; first copy of ours: {first:.2f} s)")
+    again: list[float] = []
+    moved: set[int] = set()
+    aws_again: list[float] = []
+    for _ in range(rounds):
+        seconds, output = run(ours(policy, SMALL_MODEL))
+        again.append(seconds)
+        moved.add(bytes_copied(output))
+        aws_again.append(run(aws_sync(aws, SMALL_MODEL, "small-aws"))[0])
+    print(f"re-sync, nothing changed, {files} files, median of {rounds} (first copy of ours: {first:.2f} s):")
+    print(median_line("controlplane sync", again, f"bytes copied {sorted(moved)}  (goal: 0 bytes, < 2 s)"))
+    print(median_line("aws s3 sync", aws_again, "(for scale)"))
 
 
 def kill_figures(s3: Any, scratch: Path, manifest: Manifest) -> None:
@@ -325,6 +350,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024, help="the model's size")
     parser.add_argument("--shards", type=int, default=8, help="files the model is cut into")
     parser.add_argument("--files", type=int, default=1000, help="small files for the no-op re-sync")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each timed sync; medians are printed")
     args = parser.parse_args()
     aws = awscli()
     os.environ.update(ENVIRONMENT)
@@ -343,8 +369,8 @@ def main() -> None:
         print(
             f"source filled: {args.size_mib} MiB in {args.shards} shards, {time.perf_counter() - start:.1f} s"
         )
-        copy_figures(s3, aws, Path(scratch), manifest)
-        noop_figures(s3, aws, Path(scratch), args.files)
+        copy_figures(s3, aws, Path(scratch), manifest, args.rounds)
+        noop_figures(s3, aws, Path(scratch), args.files, args.rounds)
         kill_figures(s3, Path(scratch), manifest)
 
 
