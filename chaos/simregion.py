@@ -32,6 +32,8 @@ KV_PER_RUNNING = 0.01
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 REPLY = ("ok", ",", " simulated", " reply", " from", " region")
 DEFAULT_MAX_TOKENS = 16
+# A drill's faults last seconds to minutes; an hour is the most a forgotten one may break a region for.
+MAX_FAULT_TTL = 3600.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -53,6 +55,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "model": ((str,), "a string"),
     "queue_depth": ((int,), "an integer"),
     "kv_cache": _NUMBER,
+    "ttl": ((int, float, type(None)), "a number of seconds or null"),
 }
 
 
@@ -66,6 +69,9 @@ class FaultSpec:
     model: str = "wrong-model"
     queue_depth: int = 0
     kv_cache: float = 0.0
+    # Seconds until the region itself reverts to OK; None: until the next fault. A drill runner that dies
+    # mid-drill cannot leave a region broken for longer than this.
+    ttl: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -85,6 +91,10 @@ class FaultSpec:
             raise ValueError(f"queue_depth: must be 0 or more, got {self.queue_depth!r}")
         if not 0.0 <= self.kv_cache <= 1.0:
             raise ValueError(f"kv_cache: must be between 0 and 1, got {self.kv_cache!r}")
+        if self.ttl is not None and not 0.0 < self.ttl <= MAX_FAULT_TTL:
+            raise ValueError(
+                f"ttl: must be more than 0 and at most {MAX_FAULT_TTL:g} seconds, got {self.ttl!r}"
+            )
 
     @classmethod
     def from_json(cls, data: object) -> FaultSpec:
@@ -108,6 +118,7 @@ class SimRegion:
     """One simulated region: an OpenAI-compatible server on host:port, its control API on control_port.
 
     Port 0 lets the OS pick a free port (tests); `port` and `control_port` hold the real ones after start().
+    A fault with a `ttl` reverts to OK by itself when it runs out (logged); GET /fault shows `expires_in`.
     """
 
     def __init__(
@@ -132,6 +143,8 @@ class SimRegion:
         self._running = 0
         self._hung: set[RequestHandler] = set()
         self._transition = asyncio.Lock()
+        self._revert: asyncio.Task[None] | None = None
+        self._expires_at: float | None = None  # loop.time() at which the fault's ttl runs out
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._control: web.AppRunner | None = None
@@ -189,6 +202,12 @@ class SimRegion:
     def fault(self) -> FaultSpec:
         return self._fault
 
+    def expires_in(self) -> float | None:
+        """Seconds until the fault reverts by itself; None when it lasts until changed."""
+        if self._expires_at is None:
+            return None
+        return max(0.0, self._expires_at - asyncio.get_running_loop().time())
+
     @property
     def served_model(self) -> str:
         return self._fault.model if self._fault.mode is FaultMode.WRONG_MODEL else self.model
@@ -221,6 +240,7 @@ class SimRegion:
             await self._listen()
 
     async def stop(self) -> None:
+        await self._cancel_revert()
         self._drop_connections()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -239,17 +259,45 @@ class SimRegion:
         """Apply a fault; returns once the listening socket really is closed or open again."""
         # Serialised: two control requests racing must not both open, or close, the listening socket.
         async with self._transition:
-            previous, self._fault = self._fault, spec
-            log.info("region %s: fault %s", self.name, spec)
-            if previous.mode is FaultMode.HANG and spec.mode is not FaultMode.HANG:
-                self._drop_connections(list(self._hung))
-            if spec.mode is FaultMode.DOWN and self._site is not None:
-                site, self._site = self._site, None
-                await site.stop()
-                # A dead server also loses its established connections, keep-alive ones included.
-                self._drop_connections()
-            elif spec.mode is not FaultMode.DOWN and self._site is None and self._runner is not None:
-                await self._listen()
+            await self._cancel_revert()
+            await self._apply(spec)
+            if spec.ttl is not None:
+                self._expires_at = asyncio.get_running_loop().time() + spec.ttl
+                self._revert = asyncio.create_task(self._revert_after(spec.ttl), name=f"{self.name}-revert")
+
+    async def _cancel_revert(self) -> None:
+        revert, self._revert, self._expires_at = self._revert, None, None
+        if revert is not None:
+            revert.cancel()
+            # Wait: a revert mid-way through reopening the socket must finish or stop before the next fault.
+            await asyncio.gather(revert, return_exceptions=True)
+
+    async def _revert_after(self, ttl: float) -> None:
+        await asyncio.sleep(ttl)
+        async with self._transition:
+            # Past the lock no set_fault can cancel this task any more: it is no longer the pending revert.
+            self._revert = self._expires_at = None
+            log.info(
+                "region %s: fault %s expired after %gs, reverting to ok", self.name, self._fault.mode, ttl
+            )
+            try:
+                await self._apply(FaultSpec())
+            except OSError:
+                # Another process took the port while the region was down; the next set_fault tries again.
+                log.exception("region %s: could not listen again after the fault expired", self.name)
+
+    async def _apply(self, spec: FaultSpec) -> None:
+        previous, self._fault = self._fault, spec
+        log.info("region %s: fault %s", self.name, spec)
+        if previous.mode is FaultMode.HANG and spec.mode is not FaultMode.HANG:
+            self._drop_connections(list(self._hung))
+        if spec.mode is FaultMode.DOWN and self._site is not None:
+            site, self._site = self._site, None
+            await site.stop()
+            # A dead server also loses its established connections, keep-alive ones included.
+            self._drop_connections()
+        elif spec.mode is not FaultMode.DOWN and self._site is None and self._runner is not None:
+            await self._listen()
 
     async def _listen(self) -> None:
         assert self._runner is not None
@@ -435,8 +483,11 @@ class SimRegion:
 
     # ------------------------------------------------------------------ control API
 
+    def _fault_json(self) -> dict[str, Any]:
+        return {**self._fault.to_json(), "expires_in": self.expires_in()}
+
     async def _get_fault(self, request: web.Request) -> web.Response:
-        return web.json_response(self._fault.to_json())
+        return web.json_response(self._fault_json())
 
     async def _post_fault(self, request: web.Request) -> web.Response:
         try:
@@ -444,7 +495,7 @@ class SimRegion:
         except ValueError as exc:  # JSONDecodeError is a ValueError too
             return _bad_request(str(exc))
         await self.set_fault(spec)
-        return web.json_response(spec.to_json())
+        return web.json_response(self._fault_json())
 
 
 def _bad_request(message: str) -> web.Response:

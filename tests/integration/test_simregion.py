@@ -130,6 +130,8 @@ async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, session: a
                 "model": "wrong-model",
                 "queue_depth": 3,
                 "kv_cache": 0.0,
+                "ttl": None,
+                "expires_in": None,
             }
         )
 
@@ -144,6 +146,9 @@ async def test_control_api_sets_and_reports_the_fault(sim: SimRegion, session: a
         ({"queue_depth": 1.5}, "queue_depth: must be an integer"),
         ({"kv_cache": "full"}, "kv_cache: must be a number"),
         ([1], "body must be a JSON object"),
+        ({"mode": "down", "ttl": 0}, "ttl: must be more than 0 and at most 3600 seconds"),
+        ({"mode": "down", "ttl": 3601}, "ttl: must be more than 0 and at most 3600 seconds"),
+        ({"mode": "down", "ttl": "5s"}, "ttl: must be a number of seconds or null"),
     ],
 )
 async def test_control_api_rejects_bad_input_clearly(
@@ -225,6 +230,60 @@ async def test_wrong_model_is_served_everywhere(sim: SimRegion, session: aiohttp
         assert [m["id"] for m in (await resp.json())["data"]] == ["other-model"]
     async with session.post(f"{sim.endpoint}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
         assert {c["model"] for c in await sse_chunks(resp)} == {"other-model"}
+
+
+async def serves(session: aiohttp.ClientSession, sim: SimRegion) -> bool:
+    try:
+        async with asyncio.timeout(0.3), session.get(f"{sim.endpoint}/v1/models") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def serves_within(session: aiohttp.ClientSession, sim: SimRegion, tries: int) -> bool:
+    for _ in range(tries):
+        if await serves(session, sim):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("mode", ["down", "hang", "errors"])
+async def test_a_fault_with_a_ttl_reverts_by_itself(
+    sim: SimRegion, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    caplog.set_level("INFO", logger="chaos.simregion")
+    status, body = await post_fault(session, sim, {"mode": mode, "ttl": 1})
+    assert status == 200
+    assert (body["mode"], body["ttl"]) == (mode, 1)
+    assert 0 < body["expires_in"] <= 1
+    assert not await serves(session, sim)
+    # Nobody sends "ok": the region mends itself, well within a bound generous for a loaded CI machine.
+    assert await serves_within(session, sim, tries=100)
+    async with session.get(f"{sim.control_url}/fault") as resp:
+        shown = await resp.json()
+    assert (shown["mode"], shown["ttl"], shown["expires_in"]) == ("ok", None, None)
+    assert sim.fault == FaultSpec()
+    assert any("expired" in r.getMessage() and mode in r.getMessage() for r in caplog.records)
+
+
+async def test_the_next_fault_replaces_the_ttl(sim: SimRegion, session: aiohttp.ClientSession) -> None:
+    await sim.set_fault(FaultSpec(FaultMode.DOWN, ttl=0.2))
+    await sim.set_fault(FaultSpec(FaultMode.SLOW, factor=2))
+    assert sim.expires_in() is None
+    await asyncio.sleep(0.5)  # past the first fault's ttl: its timer must not mend the second fault
+    assert sim.fault == FaultSpec(FaultMode.SLOW, factor=2)
+    await sim.set_fault(FaultSpec(FaultMode.ERRORS, ttl=60))
+    expires_in = sim.expires_in()
+    assert expires_in is not None and 59 < expires_in <= 60
+
+
+async def test_stop_cancels_a_pending_revert() -> None:
+    region = SimRegion("ttl", "127.0.0.21", port=0, control_port=0)
+    async with region:
+        await region.set_fault(FaultSpec(FaultMode.DOWN, ttl=30))
+        assert any(t.get_name() == "ttl-revert" for t in asyncio.all_tasks())
+    assert not any(t.get_name() == "ttl-revert" for t in asyncio.all_tasks())
 
 
 async def test_fleet_for_policy_starts_every_region_and_cleans_up_on_failure(
