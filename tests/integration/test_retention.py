@@ -1,0 +1,95 @@
+"""weights/retention.py against real backends (a folder and moto_server): the promotion history a bucket
+keeps, and the old versions deleted once enough newer ones have been current."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from controlplane.policy import load_policy
+from controlplane.weights.buckets import Bucket, open_bucket
+from controlplane.weights.retention import history_key, retain
+from controlplane.weights.sync import sync_model
+from tests.integration.test_sync import MODEL, VERSION, on_moto, s3_bucket, stream, write_policy  # noqa: F401 - a fixture
+
+FILES = {"config.json": b'{"layers": 2}\n', "shards/00001.bin": b"weights " * 1000}
+
+
+async def seed_version(source: Bucket, version: str) -> None:
+    for path, data in FILES.items():
+        await source.write(f"{MODEL}/{version}/{path}", stream(data + version.encode()))
+
+
+async def promote(tmp_path: Path, source_url: str, dest_url: str, version: str, keep: int) -> tuple[str, ...]:
+    """Sync `version` as a policy naming it would, then what retention does once it is current; returns the
+    versions it deleted."""
+    path = write_policy(tmp_path, source_url, dest_url)
+    path.write_text(path.read_text().replace(f"version: '{VERSION}'", f"version: '{version}'"))
+    policy = load_policy(str(path))
+    report = await sync_model(policy, policy.models[0])
+    assert report.ok, report
+    retention = await retain(open_bucket(dest_url), MODEL, version, keep, asyncio.Semaphore(2))
+    assert retention.failures == (), retention
+    return retention.deleted
+
+
+async def versions_held(bucket: Bucket) -> dict[str, set[str]]:
+    held: dict[str, set[str]] = {}
+    for info in await bucket.list(f"{MODEL}/"):
+        parts = info.key.split("/", 2)
+        if len(parts) == 3:
+            held.setdefault(parts[1], set()).add(parts[2])
+    return held
+
+
+@pytest.fixture(params=["file", "s3"])
+def destination(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "s3":
+        request.getfixturevalue("on_moto")
+        return s3_bucket("models-eu-west")
+    return f"file://{tmp_path}/dest"
+
+
+async def test_an_old_version_goes_once_keep_newer_ones_have_been_current(
+    destination: str, tmp_path: Path
+) -> None:
+    source_url = f"file://{tmp_path}/source"
+    source = open_bucket(source_url)
+    for version in ("v1", "v2", "v3"):
+        await seed_version(source, version)
+    dest = open_bucket(destination)
+    # A folder that was never current here: another syncer may be copying it right now.
+    await dest.write(f"{MODEL}/v9/shards/00001.bin", stream(b"half a copy"))
+
+    assert await promote(tmp_path, source_url, destination, "v1", keep=1) == ()
+    assert await promote(tmp_path, source_url, destination, "v2", keep=1) == ()
+    assert await promote(tmp_path, source_url, destination, "v3", keep=1) == ("v1",)
+
+    everything = {"manifest.json", *FILES}
+    assert await versions_held(dest) == {"v2": everything, "v3": everything, "v9": {"shards/00001.bin"}}
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv2\nv3\n"
+    assert await dest.read_small(f"{MODEL}/CURRENT", 256) == b"v3"
+
+    # Rolled back to v2: v3 stays as the version to roll forward to; with keep=0 it would go.
+    assert await promote(tmp_path, source_url, destination, "v2", keep=1) == ()
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv3\nv2\n"
+    assert await promote(tmp_path, source_url, destination, "v2", keep=0) == ("v3",)
+    assert set(await versions_held(dest)) == {"v2", "v9"}
+
+
+async def test_retention_records_nothing_and_deletes_nothing_for_a_version_not_current(
+    destination: str, tmp_path: Path
+) -> None:
+    source_url = f"file://{tmp_path}/source"
+    source = open_bucket(source_url)
+    for version in ("v1", "v2"):
+        await seed_version(source, version)
+    await promote(tmp_path, source_url, destination, "v1", keep=0)
+    await promote(tmp_path, source_url, destination, "v2", keep=0)
+    dest = open_bucket(destination)
+    # A syncer that lost the race for CURRENT (it names v2) must not record v1 nor collect on its behalf.
+    retention = await retain(dest, MODEL, "v1", 0, asyncio.Semaphore(2))
+    assert retention.history == ("v1", "v2") and retention.deleted == () and retention.failures == ()
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv2\n"
