@@ -22,6 +22,7 @@ from controlplane.weights.buckets import (
     GcsBucket,
     Moved,
     ObjectInfo,
+    ObjectNotFound,
     S3Bucket,
     uncounted,
 )
@@ -114,7 +115,8 @@ async def copy_file(source: Bucket, dest: Bucket, transfer: Transfer, moved: Mov
     """Copy one file, resuming an interrupted copy of it; `moved` hears of every byte this call lands."""
     entry = transfer.entry
     if transfer.held is not None:
-        with contextlib.suppress(VerificationFailed):
+        # Gone meanwhile, or not the bytes: copied below like any other.
+        with contextlib.suppress(VerificationFailed, ObjectNotFound):
             await verify(dest, transfer.dst_key, entry)
             return transfer.held
     landed = await source.copy_within(transfer.src_key, dest, transfer.dst_key, moved)
@@ -124,7 +126,7 @@ async def copy_file(source: Bucket, dest: Bucket, transfer: Transfer, moved: Mov
                 transfer.dst_key, entry.size, entry.sha256, _Source(source, transfer), moved
             )
         except VerificationFailed:
-            # What an interrupted put kept came from the same source, which is now known to be wrong.
+            # Kept bytes or source, something is not the manifest's: nothing of it is worth resuming.
             with contextlib.suppress(BucketError):
                 await dest.abandon(transfer.dst_key, entry.sha256)
             raise
