@@ -4,6 +4,9 @@ keeps, and the old versions deleted once enough newer ones have been current."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,39 @@ async def test_retention_records_nothing_and_deletes_nothing_for_a_version_not_c
     retention = await retain(dest, MODEL, "v1", 0, asyncio.Semaphore(2))
     assert retention.history == ("v1", "v2") and retention.deleted == () and retention.failures == ()
     assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv2\n"
+
+
+@contextlib.contextmanager
+def undeletable(folder: Path) -> Iterator[None]:
+    """Nothing in `folder` can be deleted, not even by root, while the block runs (chattr +i)."""
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False).returncode != 0:
+        pytest.skip(
+            "chattr +i is not available here (needs CAP_LINUX_IMMUTABLE and a filesystem that has it)"
+        )
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+async def test_a_failed_delete_is_reported_and_the_marker_went_first(tmp_path: Path) -> None:
+    source_url, dest_url = f"file://{tmp_path}/source", f"file://{tmp_path}/dest"
+    source, dest = open_bucket(source_url), open_bucket(dest_url)
+    for version in ("v1", "v2"):
+        await seed_version(source, version)
+    await promote(tmp_path, source_url, dest_url, "v1", keep=0)
+    path = write_policy(tmp_path, source_url, dest_url)
+    path.write_text(path.read_text().replace(f"version: '{VERSION}'", "version: 'v2'"))
+    policy = load_policy(str(path))
+    assert (await sync_model(policy, policy.models[0])).ok
+
+    with undeletable(tmp_path / "dest" / MODEL / "v1" / "shards"):
+        retention = await retain(dest, MODEL, "v2", 0, asyncio.Semaphore(2))
+    assert retention.deleted == ()
+    assert len(retention.failures) == 1 and "shards/00001.bin" in retention.failures[0], retention
+    # What is left of v1 has no marker: no sync or server takes it for a verified version.
+    assert (await versions_held(dest))["v1"] == {"shards/00001.bin"}
+
+    again = await retain(dest, MODEL, "v2", 0, asyncio.Semaphore(2))
+    assert again.deleted == ("v1",) and again.failures == ()
+    assert set(await versions_held(dest)) == {"v2"}
