@@ -23,6 +23,7 @@ from controlplane.cli import main
 from controlplane.policy import Policy
 from controlplane.weights import buckets
 from controlplane.weights.buckets import PARTIAL_DIR, Bucket, BucketError, FileBucket, open_bucket
+from controlplane.weights.progress import TransferProgress
 from controlplane.weights.sync import sync_model
 from tests.integration.test_sync import MODEL, VERSION, on_moto, s3_bucket, stream, the_policy
 
@@ -78,6 +79,25 @@ def source_reads_break_after(monkeypatch: pytest.MonkeyPatch, limit: int) -> Non
     monkeypatch.setattr(FileBucket, "read", breaking)
 
 
+class Heard:
+    """What a sync tells its progress."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str, int, int]] = []
+        self.bytes_moved = 0
+        self.done: list[tuple[int, int, bool]] = []
+
+    def destination(self, model: str, region: str, files: int, total: int) -> TransferProgress:
+        self.started.append((model, region, files, total))
+        return self
+
+    def moved(self, nbytes: int) -> None:
+        self.bytes_moved += nbytes
+
+    def finished(self, size: int, moved: int, *, ok: bool) -> None:
+        self.done.append((size, moved, ok))
+
+
 async def assert_not_promoted(dest_url: str) -> None:
     dest = open_bucket(dest_url)
     assert await dest.read_small(f"{MODEL}/CURRENT", 64) == b"v0"
@@ -108,10 +128,14 @@ async def test_a_streamed_upload_to_s3_resumes_from_its_recorded_parts(
     parts = s3.list_parts(Bucket="models-eu-west", Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
     assert [p["Size"] for p in parts] == [5 * MiB, 5 * MiB]
 
-    again = await sync_model(policy, policy.models[0])
+    heard = Heard()
+    again = await sync_model(policy, policy.models[0], progress=heard)
     assert again.ok and again.destinations[0].promoted, again
     # The last part only: the config the first run landed is verified in place, not sent again.
     assert again.bytes_copied == 3 * MiB
+    assert heard.started == [("llama", "eu-west", 2, TOTAL)]
+    assert heard.bytes_moved == 3 * MiB
+    assert sorted(heard.done) == [(len(CONFIG), 0, True), (len(SHARD), 3 * MiB, True)]
     assert first.bytes_copied + again.bytes_copied == TOTAL
     await assert_promoted(dest_url)
     assert "Uploads" not in s3.list_multipart_uploads(Bucket="models-eu-west")
