@@ -1,9 +1,11 @@
 """What a region's bucket remembers of its promotions, and the deletion of versions no longer needed.
 
-`<model>/HISTORY` lists, oldest first, one per line, the versions CURRENT has named in that bucket, each
-once, at the place it last became current (a rollback moves the older version to the end). It is appended
-after CURRENT moves, under a precondition like CURRENT itself, and only while CURRENT still names the
-version, so two syncers record promotions in the order CURRENT took them.
+`<model>/HISTORY` lists, oldest first, one per line, the versions CURRENT has named in that bucket and
+whose folders have not been deleted since, each once, at the place it last became current (a rollback moves
+the older version to the end). It is appended after CURRENT moves, under a precondition like CURRENT
+itself, and only while CURRENT still names the version, so two syncers record promotions in the order
+CURRENT took them. A deleted version leaves it: should its folder be copied again, it is a version never
+current there until it is promoted again.
 
 A version folder is garbage when it was current once, more than `keep` other versions have been current
 after it, and it is neither what CURRENT names nor the policy's version. A folder never current in this
@@ -18,7 +20,7 @@ the files. What cannot be deleted is reported, never raised: the weights the reg
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from controlplane.weights.buckets import Bucket, BucketError, PreconditionFailed
@@ -104,10 +106,12 @@ async def current_version(bucket: Bucket, model: str) -> str | None:
         return None
 
 
-async def record_promotion(bucket: Bucket, model: str, version: str) -> tuple[str, ...]:
-    """Make `version` the newest entry of the bucket's history of `model` if CURRENT names it, and return
-    the history. A lost race re-reads and tries again. A HISTORY that does not parse is started anew: the
-    versions it named are then never collected, which keeps them rather than losing them."""
+async def _update_history(
+    bucket: Bucket, model: str, change: Callable[[tuple[str, ...]], Awaitable[tuple[str, ...]]]
+) -> tuple[str, ...]:
+    """Rewrite the history as `change` makes it, under a precondition, re-reading after a lost race; the
+    history as left. A HISTORY that does not parse counts as empty: the versions it named are then never
+    collected, which keeps them rather than losing them."""
     key = history_key(model)
     for _ in range(HISTORY_ATTEMPTS):
         # The object's version before its content: a write landing in between then fails the precondition
@@ -118,11 +122,7 @@ async def record_promotion(bucket: Bucket, model: str, version: str) -> tuple[st
             history = parse_history(data) if data is not None else ()
         except ManifestError:
             history = ()
-        # Read after the history: a promotion already recorded there is seen here as well, so this one is
-        # never recorded after a newer one.
-        if await current_version(bucket, model) != version:
-            return history
-        updated = after_promotion(history, version)
+        updated = await change(history)
         if updated == history:
             return history
         try:
@@ -135,9 +135,20 @@ async def record_promotion(bucket: Bucket, model: str, version: str) -> tuple[st
         except PreconditionFailed:
             continue
         return updated
-    raise PreconditionFailed(
-        f"{bucket.url}: {key} changed {HISTORY_ATTEMPTS} times while recording {version}"
-    )
+    raise PreconditionFailed(f"{bucket.url}: {key} changed {HISTORY_ATTEMPTS} times while being rewritten")
+
+
+async def record_promotion(bucket: Bucket, model: str, version: str) -> tuple[str, ...]:
+    """Make `version` the newest entry of the bucket's history of `model` if CURRENT names it; the history."""
+
+    async def promoted(history: tuple[str, ...]) -> tuple[str, ...]:
+        # CURRENT is read after the history: a newer promotion already recorded there is seen here as well,
+        # so this one is never recorded after it.
+        return (
+            after_promotion(history, version) if await current_version(bucket, model) == version else history
+        )
+
+    return await _update_history(bucket, model, promoted)
 
 
 async def collect(
@@ -148,13 +159,17 @@ async def collect(
     target: str,
     keep: int,
     limit: asyncio.Semaphore,
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Delete the garbage version folders of `model` (see `garbage`); (versions deleted, failures)."""
+) -> Retention:
+    """Delete the garbage version folders of `model` (see `garbage`), then drop them from the history, so
+    that in the steady state there is nothing to list."""
+    history = tuple(history)
     try:
         current = await current_version(bucket, model)
+        if not garbage(history, current=current, target=target, keep=keep, present=history):
+            return Retention(history)
         listing = await bucket.list(f"{model}/")
     except BucketError as exc:
-        return (), (f"old versions not collected: {exc}",)
+        return Retention(history, failures=(f"old versions not collected: {exc}",))
     folders: dict[str, list[str]] = {}
     for info in listing:
         parts = info.key.split("/")
@@ -162,7 +177,9 @@ async def collect(
             folders.setdefault(parts[1], []).append(info.key)
     deleted: list[str] = []
     failures: list[str] = []
-    for version in garbage(history, current=current, target=target, keep=keep, present=folders):
+    candidates = garbage(history, current=current, target=target, keep=keep, present=history)
+    gone = {v for v in candidates if v not in folders}
+    for version in (v for v in candidates if v in folders):
         marker = manifest_key("", model, version)
         try:
             # Someone may have rolled back to it since CURRENT was read above.
@@ -176,7 +193,17 @@ async def collect(
         failures += (f"version {version}: {e}" for e in errors)
         if not errors:
             deleted.append(version)
-    return tuple(deleted), tuple(failures)
+            gone.add(version)
+    if gone:
+
+        async def forget(history: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(v for v in history if v not in gone)
+
+        try:
+            history = await _update_history(bucket, model, forget)
+        except BucketError as exc:
+            failures.append(f"deleted versions not dropped from the history (collected again later): {exc}")
+    return Retention(history, tuple(deleted), tuple(failures))
 
 
 async def _delete_each(bucket: Bucket, keys: Sequence[str], limit: asyncio.Semaphore) -> list[str]:
@@ -202,5 +229,4 @@ async def retain(bucket: Bucket, model: str, version: str, keep: int, limit: asy
         history = await record_promotion(bucket, model, version)
     except BucketError as exc:
         return Retention(failures=(f"promotion history not recorded, old versions kept: {exc}",))
-    deleted, failures = await collect(bucket, model, history, target=version, keep=keep, limit=limit)
-    return Retention(history, deleted, failures)
+    return await collect(bucket, model, history, target=version, keep=keep, limit=limit)

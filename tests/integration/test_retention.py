@@ -72,14 +72,16 @@ async def test_an_old_version_goes_once_keep_newer_ones_have_been_current(
 
     everything = {"manifest.json", *FILES}
     assert await versions_held(dest) == {"v2": everything, "v3": everything, "v9": {"shards/00001.bin"}}
-    assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv2\nv3\n"
+    # v1 is gone from the history too: were it copied again, it would be a version never current here.
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v2\nv3\n"
     assert await dest.read_small(f"{MODEL}/CURRENT", 256) == b"v3"
 
     # Rolled back to v2: v3 stays as the version to roll forward to; with keep=0 it would go.
     assert await promote(tmp_path, source_url, destination, "v2", keep=1) == ()
-    assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv3\nv2\n"
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v3\nv2\n"
     assert await promote(tmp_path, source_url, destination, "v2", keep=0) == ("v3",)
     assert set(await versions_held(dest)) == {"v2", "v9"}
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v2\n"
 
 
 async def test_retention_records_nothing_and_deletes_nothing_for_a_version_not_current(
@@ -94,8 +96,8 @@ async def test_retention_records_nothing_and_deletes_nothing_for_a_version_not_c
     dest = open_bucket(destination)
     # A syncer that lost the race for CURRENT (it names v2) must not record v1 nor collect on its behalf.
     retention = await retain(dest, MODEL, "v1", 0, asyncio.Semaphore(2))
-    assert retention.history == ("v1", "v2") and retention.deleted == () and retention.failures == ()
-    assert await dest.read_small(history_key(MODEL), 1024) == b"v1\nv2\n"
+    assert retention.history == ("v2",) and retention.deleted == () and retention.failures == ()
+    assert await dest.read_small(history_key(MODEL), 1024) == b"v2\n"
 
 
 @contextlib.contextmanager
@@ -126,9 +128,11 @@ async def test_a_failed_delete_is_reported_and_the_marker_went_first(tmp_path: P
         retention = await retain(dest, MODEL, "v2", 0, asyncio.Semaphore(2))
     assert retention.deleted == ()
     assert len(retention.failures) == 1 and "shards/00001.bin" in retention.failures[0], retention
-    # What is left of v1 has no marker: no sync or server takes it for a verified version.
+    # What is left of v1 has no marker: no sync or server takes it for a verified version. It stays in the
+    # history, so the next run finishes the job.
     assert (await versions_held(dest))["v1"] == {"shards/00001.bin"}
+    assert retention.history == ("v1", "v2")
 
     again = await retain(dest, MODEL, "v2", 0, asyncio.Semaphore(2))
-    assert again.deleted == ("v1",) and again.failures == ()
+    assert again.deleted == ("v1",) and again.failures == () and again.history == ("v2",)
     assert set(await versions_held(dest)) == {"v2"}
