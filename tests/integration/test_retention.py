@@ -1,4 +1,4 @@
-"""weights/retention.py against real backends (a folder and moto_server): the promotion history a bucket
+"""weights/retention.py against real backends (a folder, moto_server and fake-gcs-server): the promotion history a bucket
 keeps, and the old versions deleted once enough newer ones have been current."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from controlplane.policy import load_policy
 from controlplane.weights.buckets import Bucket, open_bucket
 from controlplane.weights.retention import history_key, retain
 from controlplane.weights.sync import sync_model
-from tests.integration.test_sync import MODEL, VERSION, on_moto, s3_bucket, stream, write_policy  # noqa: F401 - a fixture
+from tests.integration.test_sync import MODEL, VERSION, gcs_bucket, on_moto, s3_bucket, stream, write_policy  # noqa: F401 - a fixture
 
 FILES = {"config.json": b'{"layers": 2}\n', "shards/00001.bin": b"weights " * 1000}
 
@@ -47,11 +47,14 @@ async def versions_held(bucket: Bucket) -> dict[str, set[str]]:
     return held
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "gs"])
 def destination(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "s3":
         request.getfixturevalue("on_moto")
         return s3_bucket("models-eu-west")
+    if request.param == "gs":
+        request.getfixturevalue("gcs")
+        return gcs_bucket()
     return f"file://{tmp_path}/dest"
 
 
