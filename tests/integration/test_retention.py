@@ -1,5 +1,5 @@
-"""weights/retention.py against real backends (a folder, moto_server and fake-gcs-server): the promotion history a bucket
-keeps, and the old versions deleted once enough newer ones have been current."""
+"""weights/retention.py against real backends (a folder, moto_server and fake-gcs-server): the promotion
+history a bucket keeps, and the old versions deleted once enough newer ones have been current."""
 
 from __future__ import annotations
 
