@@ -27,8 +27,8 @@ from controlplane.providers.base import ManagedProvider, ProviderError
 from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore
 from controlplane.telemetry import traced_probes
-from controlplane.weights.artifacts import ArtifactView
-from controlplane.weights.sync import SyncReport, sync_model
+from controlplane.weights.artifacts import ArtifactView, model_pairs
+from controlplane.weights.sync import SyncReport, attempt_sync
 from probes.health import (
     HealthTracker,
     HealthView,
@@ -50,9 +50,6 @@ RESTART_MAX = 5.0
 STABLE_AFTER = 10.0  # a task that ran this long before crashing starts its backoff afresh
 CRASH_LOOP_WINDOW = 60.0  # two crashes in a row within this long: not ready
 YOUNG_GC_THRESHOLD = 20_000  # see settle_heap()
-# A survey only lists buckets and reads small markers; one that takes longer is treated as a bucket that
-# could not be read (what was known stays), so a hung bucket API cannot hold routing's first decision.
-SURVEY_TIMEOUT = 30.0
 
 
 ProviderFactory = Callable[[Policy], list[ManagedProvider]]
@@ -157,7 +154,7 @@ class Daemon:
         self._next_start_retry = 0.0
         # What each region's bucket holds. Until every model was surveyed once the reconciler waits (as it
         # waits for the first probe round) and a restart keeps serving the persisted plan.
-        self.artifacts = persisted.artifacts.only(_model_pairs(policy))
+        self.artifacts = persisted.artifacts.only(model_pairs(policy))
         self.weights_surveyed = asyncio.Event()
         if not policy.models:
             self.weights_surveyed.set()
@@ -381,7 +378,7 @@ class Daemon:
         for report in reports:
             view = view.with_report(report, _regions_of(policy, report.model), time.time())
         self.policy = policy
-        self.artifacts = view.only(_model_pairs(policy))
+        self.artifacts = view.only(model_pairs(policy))
         if not policy.models:
             self.weights_surveyed.set()
 
@@ -486,17 +483,7 @@ class Daemon:
         self, policy: Policy, model: Model, *, dry_run: bool, only: set[str] | None = None
     ) -> SyncReport:
         self.counters.syncs += 1
-        try:
-            # A real sync moves gigabytes: its bucket calls have their own timeouts, the whole has none.
-            async with asyncio.timeout(SURVEY_TIMEOUT if dry_run else None):
-                return await sync_model(policy, model, dry_run=dry_run, only_regions=only)
-        except TimeoutError:
-            error = f"survey took longer than {SURVEY_TIMEOUT:g}s"
-        except Exception as exc:
-            # One model's sync failing must not stop the others' (nor the next attempt): it is a report.
-            log.exception("syncing model %s failed", model.name)
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        return SyncReport(model.name, model.version, dry_run, error=error)
+        return await attempt_sync(policy, model, dry_run=dry_run, only_regions=only)
 
     def _publish(self, report: SyncReport, only: set[str] | None = None) -> None:
         policy = self.policy
@@ -672,11 +659,6 @@ def _judge_and_decide(
 ) -> tuple[HealthView, RoutingPlan]:
     view = health_view(kinds, policy, now)
     return view, decide(policy, view, previous, now, overrides, artifacts)
-
-
-def _model_pairs(policy: Policy) -> list[tuple[str, str]]:
-    """Every (region, model) the policy has weights for."""
-    return [(r.name, m.name) for m in policy.models for r in policy.model_regions(m)]
 
 
 def _regions_of(policy: Policy, model: str) -> list[str]:

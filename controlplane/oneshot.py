@@ -18,6 +18,8 @@ from controlplane.providers.base import ManagedProvider, ProviderError
 from controlplane.providers.factory import build_providers
 from controlplane.reconciler import Outcome, Reconciler
 from controlplane.state import StateStore
+from controlplane.weights.artifacts import ArtifactView, model_pairs
+from controlplane.weights.sync import attempt_sync
 from probes.health import HealthTracker, health_view
 from probes.scheduler import ProbeScheduler
 
@@ -57,11 +59,24 @@ class OneShot:
     in_process: list[str]  # providers whose state only the daemon holds: left out
 
 
+async def survey_weights(policy: Policy, known: ArtifactView) -> ArtifactView:
+    """`known` (what the daemon last saw) after one survey of every model's buckets: a bucket that cannot be
+    read now keeps its last answer, as in the daemon, so a one-shot plan agrees with it."""
+    view = known.only(model_pairs(policy))
+    for model in policy.models:
+        report = await attempt_sync(policy, model, dry_run=True)
+        view = view.with_report(report, [r.name for r in policy.model_regions(model)], time.time())
+    return view
+
+
 async def _decide(policy: Policy, state_dir: Path) -> RoutingPlan:
-    tracker = await observe_once(policy)
     persisted = await asyncio.to_thread(StateStore(state_dir).load)
+    tracker, artifacts = await asyncio.gather(
+        observe_once(policy), survey_weights(policy, persisted.artifacts)
+    )
     now = time.time()
-    return decide(policy, health_view(tracker.kinds, policy, now), persisted.plan, now, persisted.overrides)
+    health = health_view(tracker.kinds, policy, now)
+    return decide(policy, health, persisted.plan, now, persisted.overrides, artifacts)
 
 
 @contextlib.asynccontextmanager

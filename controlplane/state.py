@@ -258,6 +258,7 @@ class _StoredArtifact(_Stored):
     synced_at: Finite | None = None
     error: Text | None = None
     bytes_copied: Annotated[int, Field(ge=0)] = 0
+    current: Label | None = None
 
 
 def _clamped(weights: Sequence[_StoredWeight]) -> list[dict[str, Any]]:

@@ -17,11 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from controlplane.policy import Model, Region
+from controlplane.policy import Model, Policy, Region
 from controlplane.weights.planner import residency_rule
 
 if TYPE_CHECKING:  # the engine imports this module: it must not pull in the cloud SDKs
-    from controlplane.weights.sync import DestinationResult, SyncReport
+    from controlplane.weights.sync import SyncReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +35,12 @@ class Artifact:
     synced_at: float | None = None  # wall time of the last attempt, whatever came of it
     error: str | None = None  # what the last attempt could not do; None when it went through
     bytes_copied: int = 0  # moved into this bucket by this daemon, every sync of this model summed
+    current: str | None = None  # what the bucket's CURRENT named when last read (any version); None: absent
 
-    @property
-    def current(self) -> str | None:
-        """What CURRENT names, as far as known: a sync report only says whether it names `version`."""
-        return self.version if self.verified else None
+
+def model_pairs(policy: Policy) -> list[tuple[str, str]]:
+    """Every (region, model) the policy has weights for: what an ArtifactView is kept `only` to."""
+    return [(r.name, m.name) for m in policy.models for r in policy.model_regions(m)]
 
 
 def forbidden(region: Region, model: Model) -> str | None:
@@ -47,13 +48,6 @@ def forbidden(region: Region, model: Model) -> str | None:
     decides this, so it holds even where no bucket was looked at."""
     rule = residency_rule(model.name, model.jurisdictions, region.name, region.jurisdiction)
     return None if rule is None else f"weights may not be stored here: {rule}"
-
-
-def _unread(result: DestinationResult) -> bool:
-    """The destination could not be surveyed: sync_model reports that as an empty plan with failures (a
-    surveyed one names at least one file of the manifest, which is never empty)."""
-    p = result.plan
-    return bool(result.failures) and not (p.copy or p.skip or p.repair or p.blocked or p.current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +81,7 @@ class ArtifactView:
             old = entries.get(key)
             same = old if old is not None and old.version == report.version else None
             result = results.get(region)
-            if result is None or _unread(result):
+            if result is None or not result.surveyed:
                 # Nothing read: the source (report.error) or this bucket failed. Keep what was known.
                 error = report.error or ("; ".join(result.failures) if result else "not surveyed")
                 kept = same or Artifact(region, report.model, report.version)
@@ -103,6 +97,7 @@ class ArtifactView:
                 synced_at=now,
                 error="; ".join(result.failures) or None,
                 bytes_copied=(old.bytes_copied if old is not None else 0) + result.bytes_copied,
+                current=report.version if result.promoted else result.plan.holds,
             )
         return ArtifactView(entries)
 

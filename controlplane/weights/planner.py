@@ -63,6 +63,7 @@ class DestinationPlan:
     extra: tuple[str, ...] = ()  # held objects the manifest does not name; never deleted by the planner
     blocked: str | None = None  # the residency rule that refuses this destination, in words
     current: bool = False  # holds the version verified and CURRENT names it: nothing at all to do
+    holds: str | None = None  # what the destination's CURRENT names (any version), None when absent
 
     @property
     def transfer(self) -> tuple[FileEntry, ...]:
@@ -173,6 +174,7 @@ def plan_destination(
         repair=tuple(repair),
         extra=extra,
         current=whole and verified_marker and destination.current == manifest.version,
+        holds=destination.current,
     )
 
 

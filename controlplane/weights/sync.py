@@ -11,6 +11,7 @@ point before the marker leaves neither marker nor a moved CURRENT, and the next 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
@@ -34,6 +35,12 @@ from controlplane.weights.manifest import (
 from controlplane.weights.planner import CONTENT_CHECKSUMS, Destination, DestinationPlan, Held, plan_model
 from controlplane.weights.progress import QUIET, SyncProgress
 
+log = logging.getLogger(__name__)
+
+# A survey only lists buckets and reads small markers; one that takes longer is treated as a bucket that
+# could not be read (what was known stays), so a hung bucket API cannot hold routing's first decision.
+SURVEY_TIMEOUT = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class DestinationResult:
@@ -42,6 +49,7 @@ class DestinationResult:
     promoted: bool = False  # this run wrote the marker and made CURRENT name the version
     bytes_copied: int = 0  # moved into the destination by this run; what an interrupted run left, not
     failed_files: tuple[str, ...] = ()  # paths whose copy failed (their errors are among `failures`)
+    surveyed: bool = True  # False: the bucket could not be listed, so the plan is empty and says nothing
 
     @property
     def ok(self) -> bool:
@@ -241,7 +249,7 @@ async def sync_model(
         except (BucketError, ManifestError) as exc:
             # One unreachable region must not keep the others from their weights.
             empty = DestinationPlan(region.name, region.jurisdiction, region.bucket or "")
-            unreadable.append(DestinationResult(empty, (str(exc),)))
+            unreadable.append(DestinationResult(empty, (str(exc),), surveyed=False))
     plan = plan_model(manifest, [s.destination for s in surveys], model.jurisdictions)
     by_region = {s.region.name: s for s in surveys}
     if dry_run:
@@ -255,3 +263,21 @@ async def sync_model(
         results = [t.result() for t in tasks]
     ordered = tuple(sorted([*results, *unreadable], key=lambda r: r.plan.region))
     return SyncReport(model.name, model.version, dry_run, ordered, computed)
+
+
+async def attempt_sync(
+    policy: Policy, model: Model, *, dry_run: bool, only_regions: Collection[str] | None = None
+) -> SyncReport:
+    """`sync_model` for a caller that must go on whatever happens (the daemon, a one-shot plan): every
+    failure becomes the report's error, and a survey (dry run) is bounded by SURVEY_TIMEOUT."""
+    try:
+        # A real sync moves gigabytes: its bucket calls have their own timeouts, the whole has none.
+        async with asyncio.timeout(SURVEY_TIMEOUT if dry_run else None):
+            return await sync_model(policy, model, dry_run=dry_run, only_regions=only_regions)
+    except TimeoutError:
+        error = f"survey took longer than {SURVEY_TIMEOUT:g}s"
+    except Exception as exc:
+        # One model's sync failing must not stop the others' (nor the next attempt): it is a report.
+        log.exception("syncing model %s failed", model.name)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+    return SyncReport(model.name, model.version, dry_run, error=error)

@@ -122,12 +122,14 @@ def result(region: str, **plan_fields: object) -> DestinationResult:
     failures = plan_fields.pop("failures", ())
     promoted = bool(plan_fields.pop("promoted", False))
     copied = int(plan_fields.pop("bytes_copied", 0))  # type: ignore[call-overload]
+    surveyed = bool(plan_fields.pop("surveyed", True))
     jurisdiction = REGIONS[region]
     return DestinationResult(
         DestinationPlan(region, jurisdiction, f"file:///b/{region}", **plan_fields),  # type: ignore[arg-type]
         tuple(failures),  # type: ignore[arg-type]
         promoted,
         copied,
+        surveyed=surveyed,
     )
 
 
@@ -138,24 +140,26 @@ def report(*results: DestinationResult, version: str = "v1", error: str | None =
 def test_a_survey_showing_the_version_current_verifies_it_and_a_sync_that_promoted_it_too():
     view_ = ArtifactView().with_report(
         report(
-            result("us-east", skip=(ENTRY,), current=True),
-            result("us-west", copy=(ENTRY,), promoted=True, bytes_copied=3),
-            result("eu-west", copy=(ENTRY,), failures=("boom",)),
+            result("us-east", skip=(ENTRY,), current=True, holds="v1"),
+            result("us-west", copy=(ENTRY,), promoted=True, bytes_copied=3, holds="v0"),
+            result("eu-west", copy=(ENTRY,), failures=("boom",), holds="v0"),
         ),
         ["us-east", "us-west", "eu-west"],
         NOW,
     )
     east, west, eu = (view_.get(r, MODEL) for r in ("us-east", "us-west", "eu-west"))
     assert east is not None and east.verified and east.current == "v1"
-    assert west is not None and west.verified and west.bytes_copied == 3
-    assert eu is not None and not eu.verified and eu.error == "boom" and eu.current is None
+    assert west is not None and west.verified and west.bytes_copied == 3 and west.current == "v1"
+    assert eu is not None and not eu.verified and eu.error == "boom" and eu.current == "v0"
 
 
 def test_an_unreachable_bucket_keeps_the_last_verified_answer_with_its_age():
     surveyed = ArtifactView().with_report(
         report(result("us-east", current=True, skip=(ENTRY,))), ["us-east"], NOW
     )
-    later = surveyed.with_report(report(result("us-east", failures=("timed out",))), ["us-east"], NOW + 60)
+    later = surveyed.with_report(
+        report(result("us-east", failures=("timed out",), surveyed=False)), ["us-east"], NOW + 60
+    )
     kept = later.get("us-east", MODEL)
     assert kept is not None
     assert kept.verified and kept.surveyed_at == NOW and kept.synced_at == NOW + 60
@@ -170,7 +174,7 @@ def test_an_unreachable_bucket_proves_nothing_about_a_new_version():
         report(result("us-east", current=True, skip=(ENTRY,))), ["us-east"], NOW
     )
     bumped = surveyed.with_report(
-        report(result("us-east", failures=("timed out",)), version="v2"), ["us-east"], NOW + 1
+        report(result("us-east", failures=("timed out",), surveyed=False), version="v2"), ["us-east"], NOW + 1
     )
     p = model_policy(version="v2")
     why = bumped.lacks(p.region("us-east"), p.models[0])
