@@ -20,7 +20,7 @@ the files. What cannot be deleted is reported, never raised: the weights the reg
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from controlplane.weights.buckets import Bucket, BucketError, PreconditionFailed
@@ -65,22 +65,15 @@ def after_promotion(history: Sequence[str], version: str) -> tuple[str, ...]:
     return (*(v for v in history if v != version), version)[-MAX_HISTORY:]
 
 
-def garbage(
-    history: Sequence[str],
-    *,
-    current: str | None,
-    target: str,
-    keep: int,
-    present: Collection[str],
-) -> tuple[str, ...]:
-    """The version folders to delete, oldest first: of those `present` in the bucket, the ones once current
-    with more than `keep` others current after them, other than `current` and `target`. Nothing while
-    CURRENT is unknown or is not the newest entry (a promotion not yet recorded)."""
+def garbage(history: Sequence[str], *, current: str | None, target: str, keep: int) -> tuple[str, ...]:
+    """The versions to delete, oldest first: those of the history with more than `keep` others current
+    after them, other than `current` and `target`. Nothing while CURRENT is unknown or is not the newest
+    entry (a promotion not yet recorded)."""
     if current is None or not history or history[-1] != current:
         return ()
     newest_first = list(dict.fromkeys(reversed(history)))
     expired = reversed(newest_first[keep + 1 :])
-    return tuple(v for v in expired if v in present and v not in (current, target))
+    return tuple(v for v in expired if v not in (current, target))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +158,8 @@ async def collect(
     history = tuple(history)
     try:
         current = await current_version(bucket, model)
-        if not garbage(history, current=current, target=target, keep=keep, present=history):
+        candidates = garbage(history, current=current, target=target, keep=keep)
+        if not candidates:
             return Retention(history)
         listing = await bucket.list(f"{model}/")
     except BucketError as exc:
@@ -177,8 +171,7 @@ async def collect(
             folders.setdefault(parts[1], []).append(info.key)
     deleted: list[str] = []
     failures: list[str] = []
-    candidates = garbage(history, current=current, target=target, keep=keep, present=history)
-    gone = {v for v in candidates if v not in folders}
+    gone = {v for v in candidates if v not in folders}  # deleted by hand, or by another syncer
     for version in (v for v in candidates if v in folders):
         marker = manifest_key("", model, version)
         try:
@@ -196,8 +189,8 @@ async def collect(
             gone.add(version)
     if gone:
 
-        async def forget(history: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(v for v in history if v not in gone)
+        async def forget(recorded: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(v for v in recorded if v not in gone)
 
         try:
             history = await _update_history(bucket, model, forget)

@@ -46,22 +46,19 @@ def test_history_encoding_round_trips_and_refuses_what_is_not_versions() -> None
 
 def test_the_current_one_and_keep_previous_ones_stay() -> None:
     history = ("v1", "v2", "v3")
-    present = {"v1", "v2", "v3", "v4"}
-    assert garbage(history, current="v3", target="v3", keep=1, present=present) == ("v1",)
-    assert garbage(history, current="v3", target="v3", keep=0, present=present) == ("v1", "v2")
-    assert garbage(history, current="v3", target="v3", keep=2, present=present) == ()
+    assert garbage(history, current="v3", target="v3", keep=1) == ("v1",)
+    assert garbage(history, current="v3", target="v3", keep=0) == ("v1", "v2")
+    assert garbage(history, current="v3", target="v3", keep=2) == ()
     # The policy already names v1 again (a rollback not yet synced): it is about to be needed.
-    assert garbage(history, current="v3", target="v1", keep=0, present=present) == ("v2",)
-    assert garbage(history, current="v3", target="v3", keep=0, present={"v2", "v3"}) == ("v2",)
+    assert garbage(history, current="v3", target="v1", keep=0) == ("v2",)
 
 
 def test_nothing_is_garbage_while_current_is_unknown_or_not_yet_recorded() -> None:
     history = ("v1", "v2", "v3")
-    present = {"v1", "v2", "v3", "v4"}
-    assert garbage(history, current=None, target="v3", keep=0, present=present) == ()
+    assert garbage(history, current=None, target="v3", keep=0) == ()
     # Another syncer made v4 current and has not recorded it yet.
-    assert garbage(history, current="v4", target="v4", keep=0, present=present) == ()
-    assert garbage((), current="v3", target="v3", keep=0, present=present) == ()
+    assert garbage(history, current="v4", target="v4", keep=0) == ()
+    assert garbage((), current="v3", target="v3", keep=0) == ()
 
 
 VERSIONS = st.sampled_from([f"v{n}" for n in range(8)])
@@ -71,25 +68,23 @@ VERSIONS = st.sampled_from([f"v{n}" for n in range(8)])
     promotions=st.lists(VERSIONS, min_size=1, max_size=20),
     target=VERSIONS,
     keep=st.integers(min_value=0, max_value=4),
-    present=st.sets(VERSIONS),
     stale=st.booleans(),
 )
 @settings(max_examples=300)
-def test_garbage_properties(
-    promotions: list[str], target: str, keep: int, present: set[str], stale: bool
-) -> None:
+def test_garbage_properties(promotions: list[str], target: str, keep: int, stale: bool) -> None:
     history: tuple[str, ...] = ()
     for version in promotions:
         history = after_promotion(history, version)
     current = history[-2] if stale and len(history) > 1 else history[-1]
-    collected = garbage(history, current=current, target=target, keep=keep, present=present)
+    collected = garbage(history, current=current, target=target, keep=keep)
 
     assert current not in collected and target not in collected
-    assert set(collected) <= set(history) & present  # never current here: never garbage
+    # A version never current here (perhaps another syncer's copy in progress) is never garbage.
+    assert set(collected) <= set(history)
     if current != history[-1]:
         assert collected == ()
         return
-    survivors = (set(history) & present) - set(collected) - {target}
+    survivors = set(history) - set(collected) - {target}
     assert len(survivors) <= keep + 1
-    # And nothing more than needed goes: every one of the keep+1 newest that is present survives.
-    assert set(history[-(keep + 1) :]) & present <= survivors | {target}
+    # And nothing more than needed goes: the keep+1 newest survive.
+    assert set(history[-(keep + 1) :]) <= survivors | {target}
