@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -239,6 +240,30 @@ async def test_an_unreachable_upstream_resets_the_client_fast() -> None:
         finally:
             writer.close()
         assert proxy.stats().dropped == 1
+
+
+async def test_an_upstream_that_never_answers_the_handshake_times_out() -> None:
+    # A listener that never accepts: once its backlog is full, Linux drops further SYNs without an answer.
+    silent = socket.create_server((HOST, 0), backlog=0)
+    fillers = []
+    try:
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(silent.getsockname())
+            fillers.append(filler)
+        async with TcpFaultProxy(
+            HOST, silent.getsockname()[1], HOST, free_port(), connect_timeout=0.3
+        ) as proxy:
+            reader, writer = await asyncio.open_connection(HOST, proxy.port)
+            try:
+                assert await ends(reader, within=3)
+            finally:
+                writer.close()
+            assert proxy.stats().dropped == 1
+    finally:
+        for sock in [*fillers, silent]:
+            sock.close()
 
 
 async def test_stop_closes_every_connection_and_leaves_no_task(proxy: TcpFaultProxy, sim: SimRegion) -> None:
