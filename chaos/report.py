@@ -362,6 +362,7 @@ def render_combined(drills: Sequence[DrillFigures]) -> str:
 
 _STATE_COLOURS = {HEALTHY: "tab:green", "unhealthy": "tab:red"}
 _OTHER_STATE = "tab:gray"  # unknown, or a state this report does not know
+_MAX_SLOTS = 10_000  # client error bins drawn at most, whatever the buckets' width
 
 
 def timeline(journal: Journal, group: str | None = None) -> Figure:
@@ -398,20 +399,21 @@ def timeline(journal: Journal, group: str | None = None) -> Figure:
     health_ax.set_yticks(range(len(names)), names)
     health_ax.set_ylabel("health")
 
-    bottoms: defaultdict[float, int] = defaultdict(int)
-    buckets = [b for b in journal.of(ClientBucket) if b.failures]
-    for region in sorted({b.region for b in buckets}):
-        mine = [b for b in buckets if b.region == region]
-        errors_ax.bar(
-            [b.at for b in mine],
-            [b.failures for b in mine],
-            width=[b.width for b in mine],
-            bottom=[bottoms[b.at] for b in mine],
-            align="edge",
-            label=region,
-        )
-        for b in mine:
-            bottoms[b.at] += b.failures
+    buckets = journal.of(ClientBucket)
+    if buckets:
+        # A stacked step area per region, not a bar per bucket: thousands of bars take seconds to draw.
+        first, last = buckets[0].at, buckets[-1].at
+        width = max(min(b.width for b in buckets), (last - first) / _MAX_SLOTS)
+        slots = int((last - first) // width) + 1
+        edges = [first + i * width for i in range(slots + 1)]
+        below = [0] * slots
+        for region in sorted({b.region for b in buckets if b.failures}):
+            above = list(below)
+            for b in buckets:
+                if b.region == region:
+                    above[min(slots - 1, int((b.at - first) // width))] += b.failures
+            errors_ax.stairs(above, edges, baseline=below, fill=True, label=region)
+            below = above
     errors_ax.set_ylabel("client errors")
     errors_ax.set_xlabel("seconds since the drill started")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle, StepPatch
 
 from chaos.journal import (
     ClientBucket,
@@ -264,12 +265,12 @@ def test_the_timeline_draws_three_panels_with_faults_shaded_and_saves_a_png(tmp_
     assert sum(tuple(c) == red for c in east_band.get_facecolors()) == 11
     assert not any(tuple(c) == red for c in west_band.get_facecolors())
     assert [t.get_text() for t in health.get_yticklabels()] == [EAST, WEST]
-    bars = [p for p in errors.patches if p.get_alpha() is None]  # the shading has its alpha
-    assert [p.get_height() for p in bars] == [1] * 7  # a bar per bucket with a failure
+    (failed,) = (p for p in errors.patches if isinstance(p, StepPatch))
+    values, _, below = failed.get_data()
+    assert failed.get_label() == EAST and sum(values) - sum(below) == 7
     for ax in figure.axes:
-        shaded = [
-            p for p in ax.patches if p.get_x() == 10.0 and p.get_width() == 10.0 and p.get_alpha() == 0.15
-        ]
+        spans = [p for p in ax.patches if isinstance(p, Rectangle)]
+        shaded = [p for p in spans if (p.get_x(), p.get_width(), p.get_alpha()) == (10.0, 10.0, 0.15)]
         assert len(shaded) == 1, ax.get_ylabel()
     assert any("f1: region down us-east" in t.get_text() for t in weights.texts)
 
