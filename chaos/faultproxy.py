@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import ipaddress
 import json
 import time
 import uuid
@@ -46,7 +45,7 @@ import botocore.session
 from aiohttp import web
 from yarl import URL
 
-from chaos.loopback import serve_app, stop_app
+from chaos.loopback import require_loopback, serve_app, stop_app
 
 CONTROL_PREFIX = "/_faultproxy"
 # Route 53 takes at most 32,000 characters of record values per batch; its XML around 1,000 records stays
@@ -187,15 +186,6 @@ def peak_rate(times: Iterable[float], window: float = 1.0) -> int:
     return best
 
 
-def _require_loopback(host: str, what: str) -> None:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(f"{what} must be a loopback address, got {host!r}")
-
-
 def _operations(value: object) -> frozenset[str] | None:
     if value is None:
         return None
@@ -223,8 +213,8 @@ class FaultProxy:
         clock: Callable[[], float] = time.monotonic,
         upstream_timeout: float = UPSTREAM_TIMEOUT,
     ) -> None:
-        _require_loopback(host, "host")
-        _require_loopback(urlsplit(upstream).hostname or "", "upstream")
+        require_loopback(host, "host")
+        require_loopback(urlsplit(upstream).hostname or "", "upstream")
         self.upstream = upstream.rstrip("/")
         self.host = host
         self.port = port

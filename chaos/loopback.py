@@ -3,6 +3,7 @@ alike, the demo stack moved to free ports, and a DNS client for it."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,13 @@ async def resolve(
             raise RuntimeError(f"DNS answered {dns.rcode.to_text(response.rcode())} for {name}")
         answers += [item.address for rrset in response.answer for item in rrset] or [""]
     return answers
+
+
+def require_loopback(host: str, what: str) -> None:
+    """ValueError unless `host` is a loopback address: the chaos tools break things, only here."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"{what} must be a loopback address, got {host!r}")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Self, TypeVar
 
-from chaos.faultproxy import _require_loopback
+from chaos.loopback import require_loopback
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class TcpFaultProxy:
         max_connections: int = MAX_CONNECTIONS,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        _require_loopback(host, "host")
+        require_loopback(host, "host")
         if max_connections < 1:
             raise ValueError(f"max_connections: must be at least 1, got {max_connections!r}")
         self.upstream_host = upstream_host
