@@ -348,11 +348,24 @@ class Model(_Frozen):
         return self.jurisdictions is None or jurisdiction in self.jurisdictions
 
 
+# Well below the promotion history's length (weights/retention.py MAX_HISTORY), so a version that drops off
+# its end was collectable long before and no leftover folder is forgotten.
+MAX_KEEP_VERSIONS = 16
+
+
 class SyncSettings(_Frozen):
     interval: Annotated[float, Field(gt=0, le=86400)] = Field(
         default=300.0, description="Seconds between the daemon's weight syncs"
     )
     concurrency: Annotated[int, Field(ge=1, le=64)] = Field(default=8, description="Transfers at once")
+    keep_versions: Annotated[int, Field(ge=0, le=MAX_KEEP_VERSIONS)] = Field(
+        default=1,
+        description=(
+            "Versions kept in a region's bucket besides the current one, for rollback: the ones most recently"
+            " current before it. Older ones that were once current are deleted after a promotion; a version"
+            " never current there (perhaps being copied by another syncer) and the policy's version never are"
+        ),
+    )
 
 
 class Service(_Frozen):

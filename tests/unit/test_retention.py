@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from controlplane.policy import MAX_KEEP_VERSIONS, SyncSettings
 from controlplane.weights.manifest import ManifestError
 from controlplane.weights.retention import (
     MAX_HISTORY,
@@ -16,6 +18,16 @@ from controlplane.weights.retention import (
     garbage,
     parse_history,
 )
+
+
+def test_keep_versions_defaults_to_one_previous_version_and_is_bounded() -> None:
+    assert SyncSettings().keep_versions == 1
+    assert SyncSettings.model_validate({"keep_versions": 0}).keep_versions == 0
+    for bad in (-1, MAX_KEEP_VERSIONS + 1):
+        with pytest.raises(ValidationError):
+            SyncSettings.model_validate({"keep_versions": bad})
+    # A version drops off the history only long after it could have been collected.
+    assert MAX_HISTORY > 2 * (MAX_KEEP_VERSIONS + 1)
 
 
 def test_a_promotion_becomes_the_newest_entry_once() -> None:
