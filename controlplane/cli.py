@@ -248,6 +248,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     print(f"    repair {r.entry.path}: {r.why}")
                 for failure in d.failures:
                     print(f"    ! {failure}")
+                if d.retention is not None:
+                    for deleted in d.retention.deleted:
+                        print(f"    deleted old version {deleted}")
+                    for problem in d.retention.failures:
+                        print(f"    warning: {problem}")
         return reports
 
     started = time.monotonic()

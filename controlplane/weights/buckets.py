@@ -191,6 +191,11 @@ class Bucket(ABC):
             raise translated from exc
 
 
+async def whole(data: bytes) -> AsyncIterator[bytes]:
+    """A small object's bytes as the stream `Bucket.write` takes."""
+    yield data
+
+
 def open_bucket(url: str) -> Bucket:
     """The bucket at `s3://bucket/prefix`, `gs://bucket/prefix` or `file:///path`."""
     parts = urlsplit(url)

@@ -20,10 +20,10 @@ the files. What cannot be deleted is reported, never raised: the weights the reg
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from controlplane.weights.buckets import Bucket, BucketError, PreconditionFailed
+from controlplane.weights.buckets import Bucket, BucketError, PreconditionFailed, whole
 from controlplane.weights.manifest import (
     MAX_CURRENT_BYTES,
     ManifestError,
@@ -86,10 +86,6 @@ class Retention:
     failures: tuple[str, ...] = ()
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 async def current_version(bucket: Bucket, model: str) -> str | None:
     """The version CURRENT names; None when it is absent or names nothing valid."""
     data = await bucket.read_small(current_key("", model), MAX_CURRENT_BYTES)
@@ -121,7 +117,7 @@ async def _update_history(
         try:
             await bucket.write(
                 key,
-                _one(encode_history(updated)),
+                whole(encode_history(updated)),
                 if_absent=info is None,
                 if_match=None if info is None else info.version,
             )

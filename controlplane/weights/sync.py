@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from controlplane.policy import Model, Policy, Region
-from controlplane.weights.buckets import Bucket, BucketError, ObjectInfo, PreconditionFailed, open_bucket
+from controlplane.weights.buckets import (
+    Bucket,
+    BucketError,
+    ObjectInfo,
+    PreconditionFailed,
+    open_bucket,
+    whole,
+)
 from controlplane.weights.copier import Transfer, copy_files, fingerprint
 from controlplane.weights.manifest import (
-    MAX_CURRENT_BYTES,
     MAX_MANIFEST_BYTES,
     FileEntry,
     Manifest,
@@ -28,12 +34,12 @@ from controlplane.weights.manifest import (
     file_key,
     hash_stream,
     manifest_key,
-    parse_current,
     parse_manifest,
     version_prefix,
 )
 from controlplane.weights.planner import CONTENT_CHECKSUMS, Destination, DestinationPlan, Held, plan_model
 from controlplane.weights.progress import QUIET, SyncProgress
+from controlplane.weights.retention import Retention, current_version, retain
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +52,12 @@ SURVEY_TIMEOUT = 30.0
 class DestinationResult:
     plan: DestinationPlan
     failures: tuple[str, ...] = ()
-    promoted: bool = False  # this run wrote the marker and made CURRENT name the version
+    # This run wrote the marker and CURRENT names the version: this run moved it, or another syncer of the
+    # same version did between this run's survey and its own conditional write.
+    promoted: bool = False
     bytes_copied: int = 0  # moved into the destination by this run; what an interrupted run left, not
     failed_files: tuple[str, ...] = ()  # paths whose copy failed (their errors are among `failures`)
+    retention: Retention | None = None  # the history recorded and old versions deleted once current
     surveyed: bool = True  # False: the bucket could not be listed, so the plan is empty and says nothing
 
     @property
@@ -84,10 +93,6 @@ class _CurrentState:
         self.names = names
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 async def _read_manifest(bucket: Bucket, model: str, version: str) -> Manifest | None:
     data = await bucket.read_small(manifest_key("", model, version), MAX_MANIFEST_BYTES)
     if data is None:
@@ -117,7 +122,7 @@ async def source_manifest(
     manifest = Manifest(model=model, version=version, files=tuple(t.result() for t in tasks))
     if not dry_run:
         try:
-            await source.write(manifest_key("", model, version), _one(manifest.encode()), if_absent=True)
+            await source.write(manifest_key("", model, version), whole(manifest.encode()), if_absent=True)
         except PreconditionFailed:
             # Another syncer stored one meanwhile: theirs is the source's manifest from now on.
             theirs = await _read_manifest(source, model, version)
@@ -132,12 +137,7 @@ async def _current(bucket: Bucket, model: str) -> _CurrentState:
     info = next((i for i in await bucket.list(key) if i.key == key), None)
     if info is None:
         return _CurrentState(None, None)
-    data = await bucket.read_small(key, MAX_CURRENT_BYTES)
-    try:
-        names = parse_current(data) if data is not None else None
-    except ManifestError:
-        names = None
-    return _CurrentState(info, names)
+    return _CurrentState(info, await current_version(bucket, model))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +182,14 @@ async def _apply(
     plan: DestinationPlan,
     limit: asyncio.Semaphore,
     progress: SyncProgress,
+    keep: int,
 ) -> DestinationResult:
     bucket = survey.bucket
-    if bucket is None or not plan.promote:
-        return DestinationResult(plan)
     model, version = manifest.model, manifest.version
+    if bucket is None:
+        return DestinationResult(plan)
+    if plan.current:
+        return DestinationResult(plan, retention=await retain(bucket, model, version, keep, limit))
     keys = {e.path: file_key("", model, version, e.path) for e in plan.transfer}
     transfers = [
         Transfer(e, keys[e.path], keys[e.path], _unproven(survey.listing.get(e.path), e))
@@ -206,22 +209,29 @@ async def _apply(
     )
     marker = Manifest(model=model, version=version, files=files)
     try:
-        await bucket.write(manifest_key("", model, version), _one(marker.encode()))
+        await bucket.write(manifest_key("", model, version), whole(marker.encode()))
         current = survey.current
         if current.names != version:
             await bucket.write(
                 current_key("", model),
-                _one(version.encode()),
+                whole(version.encode()),
                 if_absent=current.info is None,
                 if_match=None if current.info is None else current.info.version,
             )
     except PreconditionFailed as exc:
-        return DestinationResult(
-            plan, (f"CURRENT changed while syncing, not promoted: {exc}",), bytes_copied=copied
-        )
+        # Lost to another syncer: fine if it promoted this same version (this run's marker verifies it).
+        try:
+            names = await current_version(bucket, model)
+        except BucketError:
+            names = None
+        if names != version:
+            return DestinationResult(
+                plan, (f"CURRENT changed while syncing, not promoted: {exc}",), bytes_copied=copied
+            )
     except BucketError as exc:
         return DestinationResult(plan, (str(exc),), bytes_copied=copied)
-    return DestinationResult(plan, promoted=True, bytes_copied=copied)
+    retention = await retain(bucket, model, version, keep, limit)
+    return DestinationResult(plan, promoted=True, bytes_copied=copied, retention=retention)
 
 
 async def sync_model(
@@ -257,7 +267,11 @@ async def sync_model(
     else:
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(_apply(source, manifest, by_region[p.region], p, limit, progress))
+                group.create_task(
+                    _apply(
+                        source, manifest, by_region[p.region], p, limit, progress, policy.sync.keep_versions
+                    )
+                )
                 for p in plan.destinations
             ]
         results = [t.result() for t in tasks]

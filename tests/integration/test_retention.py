@@ -26,16 +26,19 @@ async def seed_version(source: Bucket, version: str) -> None:
 
 
 async def promote(tmp_path: Path, source_url: str, dest_url: str, version: str, keep: int) -> tuple[str, ...]:
-    """Sync `version` as a policy naming it would, then what retention does once it is current; returns the
-    versions it deleted."""
+    """Sync `version` as a policy naming it and keeping `keep` older versions would; returns the versions
+    the sync's retention deleted once `version` was current."""
     path = write_policy(tmp_path, source_url, dest_url)
-    path.write_text(path.read_text().replace(f"version: '{VERSION}'", f"version: '{version}'"))
+    text = path.read_text().replace(f"version: '{VERSION}'", f"version: '{version}'")
+    path.write_text(
+        text.replace("sync: {concurrency: 2}", f"sync: {{concurrency: 2, keep_versions: {keep}}}")
+    )
     policy = load_policy(str(path))
     report = await sync_model(policy, policy.models[0])
     assert report.ok, report
-    retention = await retain(open_bucket(dest_url), MODEL, version, keep, asyncio.Semaphore(2))
-    assert retention.failures == (), retention
-    return retention.deleted
+    (result,) = report.destinations
+    assert result.retention is not None and result.retention.failures == (), result
+    return result.retention.deleted
 
 
 async def versions_held(bucket: Bucket) -> dict[str, set[str]]:
