@@ -324,8 +324,26 @@ def _path_segment(value: str) -> str:
     return value
 
 
+# The objects beside a model's version folders in a bucket (weights/manifest.py CURRENT_NAME,
+# weights/retention.py HISTORY_NAME, weights/lease.py LEASE_NAME): a version folder of one of these names
+# would be taken for them. Compared without case, as a folder on a case-insensitive disk would.
+RESERVED_VERSIONS = frozenset({"CURRENT", "HISTORY", "LEASE"})
+
+
+def _not_reserved(value: str) -> str:
+    if value.upper() in RESERVED_VERSIONS:
+        raise ValueError(
+            f"is not one of {', '.join(sorted(RESERVED_VERSIONS))}: the bucket keeps those beside the versions"
+        )
+    return value
+
+
 Version = Annotated[
-    str, Field(min_length=1, max_length=128), BeforeValidator(_version), AfterValidator(_path_segment)
+    str,
+    Field(min_length=1, max_length=128),
+    BeforeValidator(_version),
+    AfterValidator(_path_segment),
+    AfterValidator(_not_reserved),
 ]
 Jurisdiction = Annotated[str, Field(min_length=1, max_length=32)]
 

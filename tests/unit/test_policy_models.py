@@ -25,6 +25,7 @@ FORMS = "s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path"
 S3_NAME = "an S3 bucket name is 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit"
 SEGMENTS = "a bucket URL's path has no empty, '.' or '..' segments"
 VERSION = "is one path segment: no '/', no '..', not '.', no control characters"
+RESERVED = "is not one of CURRENT, HISTORY, LEASE: the bucket keeps those beside the versions"
 
 
 def edited(old: str, new: str) -> str:
@@ -143,6 +144,14 @@ def test_a_gcs_name_with_dots_may_be_long() -> None:
         ('version: "v2"', 'version: "a/b"', [f"m.yaml:31:14: models.1.version: {VERSION}, got 'a/b'"]),
         ('version: "v2"', 'version: "v..2"', [f"m.yaml:31:14: models.1.version: {VERSION}, got 'v..2'"]),
         ('version: "v2"', 'version: "."', [f"m.yaml:31:14: models.1.version: {VERSION}, got '.'"]),
+        *(
+            (
+                'version: "v2"',
+                f'version: "{name}"',
+                [f"m.yaml:31:14: models.1.version: {RESERVED}, got '{name}'"],
+            )
+            for name in ("CURRENT", "HISTORY", "LEASE", "Lease")
+        ),
         (
             'version: "v2"',
             'version: ""',
