@@ -11,7 +11,8 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from controlplane.policy import MAX_ALIAS_NODES, MAX_NODES, MAX_POLICY_BYTES, PolicyError, load_policy
+from controlplane.policy import PolicyError, load_policy
+from controlplane.yamldoc import MAX_ALIAS_NODES, MAX_DOCUMENT_BYTES, MAX_NODES
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS = 10_000
@@ -73,7 +74,7 @@ def measure(name: str, path: Path, runs: int) -> None:
 
 def main() -> None:
     print(
-        f"caps: {MAX_POLICY_BYTES:,} bytes, {MAX_NODES:,} values, "
+        f"caps: {MAX_DOCUMENT_BYTES:,} bytes, {MAX_NODES:,} values, "
         f"{MAX_ALIAS_NODES:,} values built through aliases (best of N runs; peak by tracemalloc)"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +82,7 @@ def main() -> None:
             ("policies/demo.yaml", lambda p: p.write_text((ROOT / "policies" / "demo.yaml").read_text()), 20),
             (f"{REGIONS:,} regions", lambda p: p.write_text(many_regions(REGIONS)), 3),
             ("billion laughs (9 x 9 aliases)", lambda p: p.write_text(laughs()), 5),
-            ("one byte over the size cap", lambda p: p.write_text("#" * MAX_POLICY_BYTES + "\n"), 5),
+            ("one byte over the size cap", lambda p: p.write_text("#" * MAX_DOCUMENT_BYTES + "\n"), 5),
             (
                 "values past the node cap",
                 lambda p: p.write_text("x: [" + "0, " * (MAX_NODES + 1) + "]\n"),
@@ -89,7 +90,7 @@ def main() -> None:
             ),
             (
                 "a string at the size cap",
-                lambda p: p.write_text("x: " + "a" * (MAX_POLICY_BYTES - 4) + "\n"),
+                lambda p: p.write_text("x: " + "a" * (MAX_DOCUMENT_BYTES - 4) + "\n"),
                 3,
             ),
         ]

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,13 +23,21 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from controlplane.errors import InvalidInput
+from controlplane.yamldoc import (
+    DocumentError,
+    Path_,
+    Problem,
+    by_position,
+    field_name,
+    parse_document,
+    quoted,
+    read_text,
+)
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
@@ -307,7 +312,7 @@ class ClientGroup(_Frozen):
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
-                raise ValueError(f"{_value(cidr)} is not a CIDR network (e.g. 10.0.0.0/8)") from exc
+                raise ValueError(f"{quoted(cidr)} is not a CIDR network (e.g. 10.0.0.0/8)") from exc
         return value
 
 
@@ -610,193 +615,11 @@ class Policy(_Frozen):
 
 # ---------------------------------------------------------------- loading, with positions
 
-# Far above any real policy (the demo is 1.6 KB; 10,000 regions written like the demo are 1.4 MB and
-# 120,000 nodes) yet low enough that a hostile file costs at most a few seconds and ~150 MB to refuse.
-MAX_POLICY_BYTES = 4 << 20
-MAX_NODES = 250_000
-MAX_ALIAS_NODES = 100_000
-MAX_DEPTH = 32
-MAX_PROBLEMS = 100
-_SHOWN = 80  # characters of a value from the file that a message quotes
-_SAID = 200  # characters of a reason (a library's message, which may quote the value itself)
-_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+_EXPECTED = "a mapping with regions and services"
 
 
-def _cut(text: str, limit: int = _SHOWN) -> str:
-    """Text from the file as it may appear in a message: a huge value never reaches a log line whole."""
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
-
-
-def _value(value: object) -> str:
-    return _cut(repr(value))
-
-
-def _field(loc: Iterable[str | int]) -> str:
-    return ".".join(_cut(str(p)) for p in loc) or "policy"
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a policy file, at a position a person can jump to."""
-
-    file: str
-    line: int
-    column: int
-    message: str
-    warning: bool = False  # allowed, but probably not what was meant
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {'warning: ' if self.warning else ''}{self.message}"
-
-
-class PolicyError(InvalidInput):
-    """A policy file that cannot be used; carries every problem found (up to MAX_PROBLEMS), not just the first."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        if len(problems) > MAX_PROBLEMS:
-            first = problems[MAX_PROBLEMS]
-            more = f"... and {len(problems) - MAX_PROBLEMS:,} more problems"
-            problems = [*problems[:MAX_PROBLEMS], Problem(first.file, first.line, first.column, more)]
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-Path_ = tuple[str | int, ...]
-
-
-class _Alias(yaml.Node):
-    """Where an alias was written; the composer alone would hand back the anchored node and lose that."""
-
-    def __init__(self, target: yaml.Node, mark: yaml.Mark | None) -> None:
-        super().__init__(target.tag, target.value, mark, mark)
-        self.target = target
-
-
-class _Composer(yaml.SafeLoader):
-    """SafeLoader's composer with bounds: node count and depth, checked as events arrive."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._nodes = 0
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
-        mark = cast(yaml.Mark, event.start_mark)  # the pure-Python parser always sets one
-        self._nodes += 1
-        if self._nodes > MAX_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"more than {MAX_NODES:,} values; a policy needs far fewer", mark
-            )
-        if isinstance(event, yaml.AliasEvent):
-            target = super().compose_node(parent, index)
-            assert target is not None  # an alias to nothing is a ComposerError
-            return _Alias(target, mark)
-        if self._depth >= MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, _TOO_DEEP, mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _Refused(Exception):
-    def __init__(self, mark: yaml.Mark, message: str) -> None:
-        self.mark = mark
-        self.message = message
-
-
-_COLLECTION_TAGS = {
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
-}
-
-
-def _tag(tag: str) -> str:
-    return _cut(tag.replace("tag:yaml.org,2002:", "!!"))
-
-
-class _Builder:
-    """Builds plain data from composed nodes, remembering where every value started.
-
-    Aliases are expanded by reference, so a few lines can stand for billions of values: every node
-    built through an alias counts against MAX_ALIAS_NODES.
-    """
-
-    def __init__(self) -> None:
-        self.marks: dict[Path_, yaml.Mark] = {}
-        self.dupes: list[Path_] = []
-        self._scalars = yaml.constructor.SafeConstructor()
-        self._expanded = 0
-
-    def build(
-        self,
-        node: yaml.Node,
-        path: Path_ = (),
-        parents: frozenset[int] = frozenset(),
-        alias: yaml.Mark | None = None,
-    ) -> Any:
-        here = node.start_mark
-        if isinstance(node, _Alias):
-            alias = alias or here  # the outermost alias is the one written in the text being expanded
-            node = node.target
-        self.marks[path] = here
-        if alias is not None:
-            self._expanded += 1
-            if self._expanded > MAX_ALIAS_NODES:
-                raise _Refused(
-                    alias, f"invalid YAML: too many alias expansions (more than {MAX_ALIAS_NODES:,} values)"
-                )
-        if id(node) in parents:
-            raise _Refused(here, "invalid YAML: an alias refers to itself")
-        if len(path) >= MAX_DEPTH:
-            raise _Refused(alias or here, f"invalid YAML: {_TOO_DEEP}")
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node)
-        if node.tag not in _COLLECTION_TAGS:
-            raise _Refused(here, f"invalid YAML: tag {_tag(node.tag)} has no use in a policy")
-        parents = parents | {id(node)}
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i), parents, alias) for i, item in enumerate(node.value)]
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self._key(key_node)
-            if key in out:
-                self.marks[(*path, key)] = key_node.start_mark
-                self.dupes.append((*path, key))
-                continue
-            out[key] = self.build(value_node, (*path, key), parents, alias)
-            self.marks[(*path, key, "__key__")] = key_node.start_mark
-        return out
-
-    def _key(self, node: yaml.Node) -> str:
-        target = node.target if isinstance(node, _Alias) else node
-        if not isinstance(target, yaml.ScalarNode):
-            raise _Refused(
-                node.start_mark, "invalid YAML: a key must be a plain value, not a list or mapping"
-            )
-        return str(self._scalar(target))
-
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
-        try:
-            return self._scalars.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError as exc:  # e.g. !foo or !!python/...: no use in a policy
-            reason = exc.problem or str(exc)
-        except (ValueError, OverflowError) as exc:  # 2001-02-30, a 5,000-digit int, !!int abc
-            reason = f"{_value(node.value)} is not a valid {_tag(node.tag)}: {exc}"
-        except (TypeError, AttributeError, LookupError):  # !!timestamp foo, "!!int ''" trip PyYAML itself
-            reason = f"{_value(node.value)} is not a valid {_tag(node.tag)}"
-        raise _Refused(node.start_mark, f"invalid YAML: {_cut(reason, _SAID)}")
-
-
-def _mark_for(loc: Path_, marks: dict[Path_, yaml.Mark], at_key: bool = False) -> yaml.Mark | None:
-    if at_key and (mark := marks.get((*loc, "__key__"))) is not None:
-        return mark
-    for end in range(len(loc), -1, -1):
-        if (mark := marks.get(loc[:end])) is not None:
-            return mark
-    return None
+class PolicyError(DocumentError):
+    """A policy file that cannot be used; carries every problem found, not just the first."""
 
 
 def _file_path(loc: Path_) -> Path_:
@@ -804,26 +627,6 @@ def _file_path(loc: Path_) -> Path_:
     if len(loc) > 2 and loc[0] == "providers" and loc[1] in _CLOUD_KEYS and loc[2] in _TAGS:
         return (*loc[:2], *loc[3:])
     return loc
-
-
-def _describe(error: Any) -> str:
-    field = _field(error["loc"])
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return f"{field}: unknown field"
-    if kind == "missing":
-        return f"{field}: required field is missing"
-    if kind == "enum" and "expected" in ctx:
-        return f"{field}: must be one of {ctx['expected']}, got {_value(error.get('input'))}"
-    if kind == "literal_error" and "expected" in ctx:
-        return f"{field}: must be {ctx['expected']}, got {_value(error.get('input'))}"
-    msg = _cut(str(error["msg"]).removeprefix("Value error, "), _SAID)
-    return (
-        f"{field}: {msg}, got {_value(error.get('input'))}"
-        if not isinstance(error.get("input"), dict | list)
-        else f"{field}: {msg}"
-    )
 
 
 def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
@@ -838,7 +641,7 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
         counts = Counter(names)
         for i, name in enumerate(names):
             if counts[name] > 1:
-                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {_value(name)}"
+                yield (collection, i, "name"), f"{collection}.{i}.name: duplicate name {quoted(name)}"
     dns_counts = Counter(s.dns_name.rstrip(".").lower() for s in policy.services)
     region_names = {r.name for r in policy.regions}
     jurisdictions = {r.jurisdiction for r in policy.regions}
@@ -846,13 +649,13 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
         if dns_counts[service.dns_name.rstrip(".").lower()] > 1:
             yield (
                 ("services", i, "dns_name"),
-                f"services.{i}.dns_name: {_value(service.dns_name)} is used by another service",
+                f"services.{i}.dns_name: {quoted(service.dns_name)} is used by another service",
             )
         for j, name in enumerate(service.regions):
             if name not in region_names:
                 yield (
                     ("services", i, "regions", j),
-                    f"services.{i}.regions.{j}: unknown region {_value(name)}; defined: {_value(sorted(region_names))}",
+                    f"services.{i}.regions.{j}: unknown region {quoted(name)}; defined: {quoted(sorted(region_names))}",
                 )
         if len(set(service.regions)) != len(service.regions):
             yield ("services", i, "regions"), f"services.{i}.regions: a region is listed twice"
@@ -861,14 +664,14 @@ def _cross_check(policy: Policy) -> Iterator[tuple[Path_, str]]:
     if policy.default_client_group not in group_names:
         yield (
             ("default_client_group",),
-            f"default_client_group: unknown client group {_value(policy.default_client_group)}; defined: {_value(sorted(group_names))}",
+            f"default_client_group: unknown client group {quoted(policy.default_client_group)}; defined: {quoted(sorted(group_names))}",
         )
     for i, group in enumerate(policy.client_groups):
         if not jurisdictions & set(group.allowed_jurisdictions):
             yield (
                 ("client_groups", i, "allowed_jurisdictions"),
-                f"client_groups.{i}.allowed_jurisdictions: no region is in {_value(list(group.allowed_jurisdictions))}; "
-                f"regions are in {_value(sorted(jurisdictions))}",
+                f"client_groups.{i}.allowed_jurisdictions: no region is in {quoted(list(group.allowed_jurisdictions))}; "
+                f"regions are in {quoted(sorted(jurisdictions))}",
             )
     probes = policy.probes
     periods = {"probes.interval": probes.interval}
@@ -891,7 +694,7 @@ def _check_models(policy: Policy) -> Iterator[tuple[Path_, str]]:
         if service.model is not None and service.model not in model_names:
             yield (
                 ("services", i, "model"),
-                f"services.{i}.model: unknown model {_value(service.model)}; defined: {_value(sorted(set(model_names)))}",
+                f"services.{i}.model: unknown model {quoted(service.model)}; defined: {quoted(sorted(set(model_names)))}",
             )
     needs: dict[str, list[str]] = {}
     for model in policy.models:
@@ -902,7 +705,7 @@ def _check_models(policy: Policy) -> Iterator[tuple[Path_, str]]:
         if region.name in needs:
             yield (
                 ("regions", k),
-                f"regions.{k}: serves model(s) {_value(needs[region.name])} but has no bucket; "
+                f"regions.{k}: serves model(s) {quoted(needs[region.name])} but has no bucket; "
                 f"give bucket: {_BUCKET_FORMS}",
             )
 
@@ -920,10 +723,10 @@ def _residency_warnings(policy: Policy) -> Iterator[tuple[Path_, str]]:
             if region is not None and not model.may_store_in(region.jurisdiction):
                 yield (
                     ("services", i, "regions", j),
-                    f"services.{i}.regions.{j}: model {_value(model.name)} may be stored only in "
-                    f"{_value(list(model.jurisdictions or ()))}, not in {_value(name)} "
-                    f"(jurisdiction {_value(region.jurisdiction)}): sync will not copy it there and "
-                    f"{_value(name)} gets no traffic for service {_value(service.name)}",
+                    f"services.{i}.regions.{j}: model {quoted(model.name)} may be stored only in "
+                    f"{quoted(list(model.jurisdictions or ()))}, not in {quoted(name)} "
+                    f"(jurisdiction {quoted(region.jurisdiction)}): sync will not copy it there and "
+                    f"{quoted(name)} gets no traffic for service {quoted(service.name)}",
                 )
 
 
@@ -945,13 +748,13 @@ def _check_geo(policy: Policy) -> Iterator[tuple[Path_, str]]:
                 if first != group.name:
                     yield (
                         ("client_groups", i, "geo", kind, j),
-                        f"{field}: {_value(str(value))} is in the geo of client groups {_value(first)} and "
-                        f"{_value(group.name)}; a resolver's location must lead to one group",
+                        f"{field}: {quoted(str(value))} is in the geo of client groups {quoted(first)} and "
+                        f"{quoted(group.name)}; a resolver's location must lead to one group",
                     )
                 elif value in values[:j]:
                     yield (
                         ("client_groups", i, "geo", kind, j),
-                        f"{field}: {_value(str(value))} is listed twice",
+                        f"{field}: {quoted(str(value))} is listed twice",
                     )
 
 
@@ -972,12 +775,12 @@ def _check_target(
     service_names = sorted(s.name for s in policy.services)
     if service not in service_names:
         loc = (*base, "service")
-        yield loc, f"{_field(loc)}: unknown service {_value(service)}; defined: {_value(service_names)}"
+        yield loc, f"{field_name(loc)}: unknown service {quoted(service)}; defined: {quoted(service_names)}"
     if group not in group_names:
         loc = (*base, "client_group")
         yield (
             loc,
-            f"{_field(loc)}: unknown client group {_value(group)}; defined: {_value(sorted(group_names))}",
+            f"{field_name(loc)}: unknown client group {quoted(group)}; defined: {quoted(sorted(group_names))}",
         )
 
 
@@ -991,24 +794,24 @@ def _check_global_accelerator(
     aws_regions = Counter(ga.endpoint_groups.values())
     for region, aws_region in ga.endpoint_groups.items():
         loc = (*base, "endpoint_groups", region)
-        field = _field(loc)
+        field = field_name(loc)
         if region not in region_names:
-            yield loc, f"{field}: unknown region; defined: {_value(sorted(region_names))}"
+            yield loc, f"{field}: unknown region; defined: {quoted(sorted(region_names))}"
         elif service is not None and region not in service.regions:
             yield (
                 loc,
-                f"{field}: does not serve service {_value(service.name)}; it runs in {_value(list(service.regions))}",
+                f"{field}: does not serve service {quoted(service.name)}; it runs in {quoted(list(service.regions))}",
             )
         elif group is not None and allowed is not None and region not in (names := [r.name for r in allowed]):
             yield (
                 loc,
-                f"{field}: jurisdiction {_value(policy.region(region).jurisdiction)} is not allowed for client group "
-                f"{_value(group.name)} ({_value(list(group.allowed_jurisdictions))}); allowed regions: {_value(names)}",
+                f"{field}: jurisdiction {quoted(policy.region(region).jurisdiction)} is not allowed for client group "
+                f"{quoted(group.name)} ({quoted(list(group.allowed_jurisdictions))}); allowed regions: {quoted(names)}",
             )
         if aws_regions[aws_region] > 1:
             yield (
                 loc,
-                f"{field}: AWS region {_value(aws_region)} is given to two regions; "
+                f"{field}: AWS region {quoted(aws_region)} is given to two regions; "
                 "a listener has one endpoint group per AWS region",
             )
 
@@ -1025,18 +828,21 @@ def _check_providers(
     if route53 and None not in route53:
         zones.append(("providers.route53.zone", tuple(cast(list[str], route53))))
     for label, names in zones:
-        shown = _value(_zone_name(names[0]) if len(names) == 1 else [_zone_name(z) for z in names])
+        shown = quoted(_zone_name(names[0]) if len(names) == 1 else [_zone_name(z) for z in names])
         for i, service in enumerate(policy.services):
             if not any(in_zone(service.dns_name, zone) for zone in names):
                 yield (
                     ("services", i, "dns_name"),
-                    f"services.{i}.dns_name: {_value(service.dns_name)} is outside {label} {shown}",
+                    f"services.{i}.dns_name: {quoted(service.dns_name)} is outside {label} {shown}",
                 )
     first_at: dict[str, Path_] = {}
     for base, settings in _cloud_instances(policy.providers):
         name = settings.instance_name
         if (first := first_at.setdefault(name, base)) != base:
-            yield base, f"{_field(base)}: {_value(name)} is also {_field(first)}; each instance is named once"
+            yield (
+                base,
+                f"{field_name(base)}: {quoted(name)} is also {field_name(first)}; each instance is named once",
+            )
         if isinstance(settings, GlobalAcceleratorSettings):
             yield from _check_global_accelerator(policy, base, settings, region_names, group_names)
         else:
@@ -1050,7 +856,7 @@ def _check_providers(
         if region not in region_names:
             yield (
                 (*base, "servers", region),
-                f"providers.haproxy.servers.{region}: unknown region; defined: {_value(sorted(region_names))}",
+                f"providers.haproxy.servers.{region}: unknown region; defined: {quoted(sorted(region_names))}",
             )
 
 
@@ -1066,14 +872,9 @@ def _check_dns_instance(
         if len(label) > 63:
             yield (
                 ("client_groups", i, "name"),
-                f"client_groups.{i}.name: {_field(base)} names this group's records {_value(label)}, "
+                f"client_groups.{i}.name: {field_name(base)} names this group's records {quoted(label)}, "
                 f"{len(label)} characters; a DNS label holds 63: shorten the group name or the owner",
             )
-
-
-def _end_of(text: str) -> tuple[int, int]:
-    """Line and column (1-based) just past the end of `text`."""
-    return text.count("\n") + 1, len(text) - text.rfind("\n")
 
 
 def parse_policy(text: str, filename: str = "<policy>") -> Policy:
@@ -1083,108 +884,18 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
 
 def parse_with_warnings(text: str, filename: str = "<policy>") -> tuple[Policy, list[Problem]]:
     """As parse_policy, and also what is allowed but probably not meant (Problem.warning set)."""
-    builder = _Builder()
     try:
-        root = yaml.compose(text, Loader=_Composer)
-        if root is None:
-            raise PolicyError(
-                [Problem(filename, 1, 1, "policy is empty; expected a mapping with regions and services")]
-            )
-        data = builder.build(root)
-    except yaml.MarkedYAMLError as exc:  # syntax errors, and the composer's bounds
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = _cut(exc.problem or str(exc), _SAID)
-        raise PolicyError([Problem(filename, line, col, f"invalid YAML: {problem}")]) from None
-    except yaml.reader.ReaderError as exc:  # a control character, at an offset into the text
-        line, col = _end_of(text[: exc.position])
-        raise PolicyError(
-            [Problem(filename, line, col, f"invalid YAML: character #x{exc.character:04x}: {exc.reason}")]
-        ) from None
-    except _Refused as exc:
-        raise PolicyError([Problem(filename, exc.mark.line + 1, exc.mark.column + 1, exc.message)]) from None
-
-    def at(loc: Path_, message: str, at_key: bool = False) -> Problem:
-        mark = _mark_for(loc, builder.marks, at_key)
-        return Problem(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, message)
-
-    problems = [at(p, f"{_field(p)}: duplicate key") for p in builder.dupes]
-    if not isinstance(data, dict):
-        raise PolicyError([at((), "policy must be a mapping with regions and services")])
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        for e in errors:
-            e["loc"] = _file_path(tuple(e["loc"]))
-        # A tuple whose items failed also reports itself as too short; the item errors say more.
-        inner = {tuple(e["loc"][:-1]) for e in errors} | {tuple(e["loc"][:-2]) for e in errors}
-        problems += [
-            at(tuple(e["loc"]), _describe(e), at_key=e["type"] == "extra_forbidden")
-            for e in errors
-            if not (e["type"] == "too_short" and tuple(e["loc"]) in inner)
-        ]
-        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column))) from None
-    problems += [at(loc, msg, at_key=True) for loc, msg in _cross_check(policy)]
+        parsed = parse_document(
+            text, filename, Policy, what="policy", expected=_EXPECTED, file_path=_file_path
+        )
+    except DocumentError as exc:
+        raise PolicyError(exc.problems) from None
+    policy, at = parsed.value, parsed.at
+    problems = parsed.problems + [at.problem(loc, msg, at_key=True) for loc, msg in _cross_check(policy)]
     if problems:
-        raise PolicyError(sorted(problems, key=lambda p: (p.line, p.column)))
-    warnings = [replace(at(loc, msg), warning=True) for loc, msg in _residency_warnings(policy)]
-    return policy, sorted(warnings, key=lambda p: (p.line, p.column))
-
-
-def _kind(mode: int) -> str | None:
-    """What a file that is not a regular file is, in words; None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    kinds = {
-        stat.S_IFIFO: "a FIFO",
-        stat.S_IFCHR: "a character device",
-        stat.S_IFBLK: "a block device",
-        stat.S_IFDIR: "a directory",
-        stat.S_IFSOCK: "a socket",
-    }
-    return kinds.get(stat.S_IFMT(mode), "not a regular file")
-
-
-def _read(path: Path) -> str:
-    """The policy file's text: a regular file of at most MAX_POLICY_BYTES, else PolicyError.
-
-    A FIFO, /dev/zero behind a symlink or a growing file must neither block nor fill memory, so the
-    open never waits (O_NONBLOCK), the opened descriptor is what is checked, and the read is bounded.
-    """
-
-    def refuse(message: str, line: int = 1, column: int = 1) -> PolicyError:
-        return PolicyError([Problem(str(path), line, column, f"cannot read policy: {message}")])
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        # Opening a unix socket fails (ENXIO); name what is there rather than the errno.
-        try:
-            kind = _kind(os.stat(path).st_mode)
-        except OSError:
-            kind = None
-        raise refuse(f"it is {kind}, not a regular file" if kind else exc.strerror or str(exc)) from None
-    too_big = f"larger than the {MAX_POLICY_BYTES:,}-byte cap"
-    try:
-        info = os.fstat(fd)
-        if (kind := _kind(info.st_mode)) is not None:
-            raise refuse(f"it is {kind}, not a regular file")
-        if info.st_size > MAX_POLICY_BYTES:
-            raise refuse(f"{info.st_size:,} bytes is {too_big}")
-        with open(fd, "rb", closefd=False) as file:
-            data = file.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise refuse(exc.strerror or str(exc)) from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_POLICY_BYTES:  # it grew after the fstat
-        raise refuse(f"it is {too_big}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line, column = _end_of(data[: exc.start].decode("utf-8"))  # valid up to where decoding failed
-        raise refuse(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", line, column) from None
+        raise PolicyError(by_position(problems))
+    warnings = [at.problem(loc, msg, warning=True) for loc, msg in _residency_warnings(policy)]
+    return policy, by_position(warnings)
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -1193,7 +904,11 @@ def load_policy(path: str | Path) -> Policy:
 
 def load_with_warnings(path: str | Path) -> tuple[Policy, list[Problem]]:
     path = Path(path)
-    return parse_with_warnings(_read(path), str(path))
+    try:
+        text = read_text(path)
+    except DocumentError as exc:
+        raise PolicyError(exc.problems) from None
+    return parse_with_warnings(text, str(path))
 
 
 def validate_files(paths: Iterable[str | Path]) -> list[Problem]:

@@ -10,16 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controlplane.policy import (
-    MAX_ALIAS_NODES,
-    MAX_NODES,
-    MAX_POLICY_BYTES,
-    MAX_PROBLEMS,
-    Policy,
-    PolicyError,
-    load_policy,
-    parse_policy,
-)
+from controlplane.policy import Policy, PolicyError, load_policy, parse_policy
+from controlplane.yamldoc import MAX_ALIAS_NODES, MAX_DOCUMENT_BYTES, MAX_NODES, MAX_PROBLEMS
 from tests.builders import DEMO
 
 DEMO_TEXT = DEMO.read_text(encoding="utf-8")
@@ -207,11 +199,11 @@ def test_a_socket_is_refused(tmp_path: Path):
 
 def test_a_file_over_the_cap_is_refused_with_its_size_and_one_at_the_cap_is_read(tmp_path: Path):
     path = tmp_path / "policy.yaml"
-    path.write_text(DEMO_TEXT + "#" * (MAX_POLICY_BYTES - len(DEMO_TEXT)) + "\n")
+    path.write_text(DEMO_TEXT + "#" * (MAX_DOCUMENT_BYTES - len(DEMO_TEXT)) + "\n")
     assert refused_file(path) == [
         f"{path}:1:1: cannot read policy: 4,194,305 bytes is larger than the 4,194,304-byte cap"
     ]
-    path.write_text(DEMO_TEXT + "#" * (MAX_POLICY_BYTES - len(DEMO_TEXT) - 1) + "\n")
+    path.write_text(DEMO_TEXT + "#" * (MAX_DOCUMENT_BYTES - len(DEMO_TEXT) - 1) + "\n")
     assert load_policy(path) == parse_policy(DEMO_TEXT)
 
 
