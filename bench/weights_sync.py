@@ -53,6 +53,7 @@ import yaml
 from botocore.config import Config
 
 from chaos.emulators import moto_on_path
+from controlplane.weights.buckets import PART_SIZE
 from controlplane.weights.manifest import FileEntry, Manifest, current_key, file_key, manifest_key
 
 AWSCLI_VENV = Path.home() / ".cache" / "controlplane-bench" / "awscli"
@@ -141,7 +142,7 @@ def publish(s3: Any, model: str, sizes: dict[str, int], workers: int) -> Manifes
     return manifest
 
 
-def write_policy(folder: Path, model: str, dest: str) -> Path:
+def write_policy(folder: Path, model: str, dest: str, source: str = f"s3://{SOURCE}/{PREFIX}") -> Path:
     policy = {
         "version": 1,
         "regions": [
@@ -149,7 +150,7 @@ def write_policy(folder: Path, model: str, dest: str) -> Path:
         ],
         "client_groups": [{"name": "world", "allowed_jurisdictions": ["EU"]}],
         "default_client_group": "world",
-        "models": [{"name": model, "source": f"s3://{SOURCE}/{PREFIX}", "version": VERSION}],
+        "models": [{"name": model, "source": source, "version": VERSION}],
         "services": [
             {"name": "chat", "dns_name": "chat.example.com", "regions": ["eu-west"], "model": model}
         ],
@@ -315,10 +316,20 @@ def noop_figures(s3: Any, aws: Path, scratch: Path, files: int, rounds: int) -> 
     print(median_line("aws s3 sync", aws_again, "(for scale)"))
 
 
-def kill_figures(s3: Any, scratch: Path, manifest: Manifest) -> None:
+def folder_copy(s3: Any, manifest: Manifest, root: Path) -> str:
+    """The source's model version in a local folder (file://), for a copy that streams in parts."""
+    for entry in manifest.files:
+        path = root / manifest.model / VERSION / entry.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(SOURCE, file_key(PREFIX, manifest.model, VERSION, entry.path), str(path))
+    (root / manifest.model / VERSION / "manifest.json").write_bytes(manifest.encode())
+    return root.as_uri()
+
+
+def kill_figures(s3: Any, scratch: Path, manifest: Manifest, source: str, how: str) -> None:
     total = sum(f.size for f in manifest.files)
     make_bucket(s3, "kill-dest", "eu-west-1")
-    command = ours(write_policy(scratch, MODEL, "s3://kill-dest/models"), MODEL)
+    command = ours(write_policy(scratch, MODEL, "s3://kill-dest/models", source), MODEL)
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = 0
     while child.poll() is None:
@@ -336,7 +347,7 @@ def kill_figures(s3: Any, scratch: Path, manifest: Manifest) -> None:
     again = max(0, moved - (total - held_then))
     if current(s3, "kill-dest", MODEL) != VERSION:
         sys.exit("the rerun did not promote the version")
-    print("SIGKILL at 50 %, then rerun:")
+    print(f"SIGKILL at 50 %, then rerun ({how}):")
     print(
         f"  killed when the poll saw {seen / total:6.1%} of the bytes; {held_then / total:6.1%} there once settled"
     )
@@ -371,7 +382,11 @@ def main() -> None:
         )
         copy_figures(s3, aws, Path(scratch), manifest, args.rounds)
         noop_figures(s3, aws, Path(scratch), args.files, args.rounds)
-        kill_figures(s3, Path(scratch), manifest)
+        kill_figures(s3, Path(scratch), manifest, f"s3://{SOURCE}/{PREFIX}", "S3 -> S3, server-side")
+        local = folder_copy(s3, manifest, Path(scratch) / "source")
+        kill_figures(
+            s3, Path(scratch), manifest, local, f"file -> S3, streamed in {PART_SIZE // MIB} MiB parts"
+        )
 
 
 if __name__ == "__main__":
