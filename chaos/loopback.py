@@ -79,11 +79,14 @@ async def resolve(
     return answers
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def require_loopback(host: str, what: str) -> None:
     """ValueError unless `host` is a loopback address: the chaos tools break things, only here."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise ValueError(f"{what} must be a loopback address, got {host!r}")

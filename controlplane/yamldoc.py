@@ -221,6 +221,10 @@ def describe(error: Any, what: str = "policy") -> str:
         return f"{field}: required field is missing"
     if kind == "enum" and "expected" in ctx:
         return f"{field}: must be one of {ctx['expected']}, got {quoted(error.get('input'))}"
+    if kind == "union_tag_invalid":
+        return f"{field}: {quoted(ctx.get('tag'))} is not one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"{field}: must be a mapping with one key that says what the item is"
     if kind == "literal_error" and "expected" in ctx:
         return f"{field}: must be {ctx['expected']}, got {quoted(error.get('input'))}"
     msg = cut(str(error["msg"]).removeprefix("Value error, "), _SAID)
@@ -304,7 +308,7 @@ def parse_document(
         for e in errors:
             e["loc"] = file_path(tuple(e["loc"])) if file_path is not None else tuple(e["loc"])
         # A tuple whose items failed also reports itself as too short; the item errors say more.
-        inner = {tuple(e["loc"][:-1]) for e in errors} | {tuple(e["loc"][:-2]) for e in errors}
+        inner = {tuple(e["loc"][:k]) for e in errors for k in range(len(e["loc"]))}
         problems += [
             at.problem(tuple(e["loc"]), describe(e, what), at_key=e["type"] == "extra_forbidden")
             for e in errors
