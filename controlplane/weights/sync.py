@@ -25,6 +25,16 @@ from controlplane.weights.buckets import (
     whole,
 )
 from controlplane.weights.copier import Transfer, copy_files, fingerprint
+from controlplane.weights.lease import (
+    LEASE_TERMS,
+    HeldLease,
+    LeaseBusy,
+    LeaseLost,
+    LeaseTerms,
+    Syncer,
+    acquire,
+    run_leased,
+)
 from controlplane.weights.manifest import (
     MAX_MANIFEST_BYTES,
     FileEntry,
@@ -38,8 +48,17 @@ from controlplane.weights.manifest import (
     version_prefix,
 )
 from controlplane.weights.planner import CONTENT_CHECKSUMS, Destination, DestinationPlan, Held, plan_model
-from controlplane.weights.progress import QUIET, SyncProgress
-from controlplane.weights.retention import Retention, current_version, retain
+from controlplane.weights.progress import QUIET, SyncProgress, TransferProgress
+from controlplane.weights.retention import (
+    MAX_HISTORY_BYTES,
+    Retention,
+    after_promotion,
+    current_version,
+    garbage,
+    history_key,
+    parse_history,
+    retain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +169,14 @@ class _Survey:
 
 
 async def _survey(region: Region, model: Model) -> _Survey:
-    url = region.bucket or ""
     if not model.may_store_in(region.jurisdiction) or region.bucket is None:
-        destination = Destination(region.name, region.jurisdiction, url)
+        destination = Destination(region.name, region.jurisdiction, region.bucket or "")
         return _Survey(region, None, destination, {}, _CurrentState(None, None))
-    bucket = open_bucket(region.bucket)
+    return await _look(region, model, open_bucket(region.bucket))
+
+
+async def _look(region: Region, model: Model, bucket: Bucket) -> _Survey:
+    """What an allowed destination's bucket holds of the model's version."""
     folder = version_prefix("", model.name, model.version) + "/"
     listing = {i.key[len(folder) :]: i for i in await bucket.list(folder)}
     try:
@@ -163,7 +185,7 @@ async def _survey(region: Region, model: Model) -> _Survey:
         marker = None  # unreadable: every file is judged without it, and it is rewritten on promotion
     current = await _current(bucket, model.name)
     held = {path: Held(i.size, fingerprint(bucket, i)) for path, i in listing.items()}
-    destination = Destination(region.name, region.jurisdiction, url, held, marker, current.names)
+    destination = Destination(region.name, region.jurisdiction, bucket.url, held, marker, current.names)
     return _Survey(region, bucket, destination, listing, current)
 
 
@@ -175,28 +197,108 @@ def _unproven(held: ObjectInfo | None, entry: FileEntry) -> ObjectInfo | None:
     return held
 
 
-async def _apply(
-    source: Bucket,
-    manifest: Manifest,
-    survey: _Survey,
-    plan: DestinationPlan,
-    limit: asyncio.Semaphore,
-    progress: SyncProgress,
-    keep: int,
-) -> DestinationResult:
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What every destination of one sync run shares."""
+
+    source: Bucket
+    manifest: Manifest
+    model: Model
+    limit: asyncio.Semaphore
+    progress: SyncProgress
+    keep: int
+    me: Syncer
+    lease: LeaseTerms
+
+
+class _Counting:
+    """A destination's progress, counted here as well: work cancelled when its lease is lost leaves no
+    outcomes to sum, yet what it moved was moved."""
+
+    def __init__(self, inner: SyncProgress) -> None:
+        self.inner = inner
+        self.total = 0
+        self._bar: TransferProgress = QUIET
+
+    def destination(self, model: str, region: str, files: int, total: int) -> TransferProgress:
+        self._bar = self.inner.destination(model, region, files, total)
+        return self
+
+    def moved(self, nbytes: int) -> None:
+        self.total += nbytes
+        self._bar.moved(nbytes)
+
+    def finished(self, size: int, moved: int, *, ok: bool) -> None:
+        self._bar.finished(size, moved, ok=ok)
+
+
+async def _history(bucket: Bucket, model: str) -> tuple[str, ...] | None:
+    """The promotion history the bucket records; None when it cannot be read or parsed."""
+    try:
+        data = await bucket.read_small(history_key(model), MAX_HISTORY_BYTES)
+        return parse_history(data) if data is not None else ()
+    except (BucketError, ManifestError):
+        return None
+
+
+def _retention_due(history: tuple[str, ...], version: str, keep: int) -> bool:
+    """Whether retention in a bucket whose CURRENT names `version` would write: record the promotion or
+    delete old versions (retention.py decides the same way)."""
+    recorded = after_promotion(history, version)
+    return recorded != history or bool(garbage(recorded, current=version, target=version, keep=keep))
+
+
+async def _apply(run: _Run, survey: _Survey, plan: DestinationPlan) -> DestinationResult:
+    """Bring one destination to the plan, writing only under its lease: a destination already current
+    with no retention to do is left alone, one whose lease another live syncer holds is busy."""
     bucket = survey.bucket
-    model, version = manifest.model, manifest.version
     if bucket is None:
         return DestinationResult(plan)
+    model, version = run.model.name, run.model.version
     if plan.current:
-        return DestinationResult(plan, retention=await retain(bucket, model, version, keep, limit))
+        history = await _history(bucket, model)
+        if history is not None and not _retention_due(history, version, run.keep):
+            return DestinationResult(plan, retention=Retention(history))
+    try:
+        held = await acquire(bucket, model, version, run.me, run.lease)
+    except (LeaseBusy, BucketError) as exc:
+        why = str(exc) if isinstance(exc, LeaseBusy) else f"lease not taken: {exc}"
+        if plan.current:
+            # It serves the right version already: only the clean-up waits for a later sync.
+            return DestinationResult(
+                plan, retention=Retention(failures=(f"old versions not collected: {why}",))
+            )
+        return DestinationResult(plan, (why,))
+    counting = _Counting(run.progress)
+    try:
+        return await run_leased(held, lambda: _leased(run, survey, plan, held, counting))
+    except LeaseLost as exc:
+        return DestinationResult(plan, (str(exc),), bytes_copied=counting.total)
+    finally:
+        await held.release()
+
+
+async def _leased(
+    run: _Run, first: _Survey, planned: DestinationPlan, held: HeldLease, progress: _Counting
+) -> DestinationResult:
+    """`_apply` under the lease. The first survey was made without it: another syncer may have copied or
+    promoted since, so the destination is looked at again and planned anew before anything is written."""
+    bucket = held.bucket
+    model, version = run.model.name, run.model.version
+    try:
+        survey = await _look(first.region, run.model, bucket)
+    except BucketError as exc:
+        return DestinationResult(planned, (str(exc),))
+    (plan,) = plan_model(run.manifest, [survey.destination], run.model.jurisdictions).destinations
+    if plan.current:
+        return DestinationResult(plan, retention=await retain(bucket, model, version, run.keep, run.limit))
     keys = {e.path: file_key("", model, version, e.path) for e in plan.transfer}
     transfers = [
         Transfer(e, keys[e.path], keys[e.path], _unproven(survey.listing.get(e.path), e))
         for e in plan.transfer
     ]
     bar = progress.destination(model, plan.region, len(transfers), plan.transfer_bytes)
-    outcomes = await copy_files(source, bucket, transfers, limit, bar)
+    outcomes = await copy_files(run.source, bucket, transfers, run.limit, bar)
     copied = sum(o.moved for o in outcomes)
     failures = tuple(o.error for o in outcomes if o.error is not None)
     if failures:
@@ -205,9 +307,12 @@ async def _apply(
     landed = {o.transfer.entry.path: o.landed for o in outcomes if o.landed is not None}
     files = tuple(
         e.model_copy(update={"checksums": fingerprint(bucket, landed.get(e.path) or survey.listing[e.path])})
-        for e in manifest.files
+        for e in run.manifest.files
     )
     marker = Manifest(model=model, version=version, files=files)
+    # Proof the lease is still this syncer's right before the marker and CURRENT, beyond the last
+    # renewal: a syncer that took it over meanwhile may be rewriting these very files.
+    await held.renew()
     try:
         await bucket.write(manifest_key("", model, version), whole(marker.encode()))
         current = survey.current
@@ -230,7 +335,7 @@ async def _apply(
             )
     except BucketError as exc:
         return DestinationResult(plan, (str(exc),), bytes_copied=copied)
-    retention = await retain(bucket, model, version, keep, limit)
+    retention = await retain(bucket, model, version, run.keep, run.limit)
     return DestinationResult(plan, promoted=True, bytes_copied=copied, retention=retention)
 
 
@@ -241,9 +346,11 @@ async def sync_model(
     dry_run: bool = False,
     only_regions: Collection[str] | None = None,
     progress: SyncProgress = QUIET,
+    lease: LeaseTerms = LEASE_TERMS,
 ) -> SyncReport:
     """Plan, and unless `dry_run` copy, verify and promote, `model.version` in every region serving it;
-    `progress` hears of every destination's transfers as they go."""
+    `progress` hears of every destination's transfers as they go. Each destination is written only under
+    its lease (lease.py), on `lease`'s terms."""
     limit = asyncio.Semaphore(policy.sync.concurrency)
     regions = [r for r in policy.model_regions(model) if only_regions is None or r.name in only_regions]
     try:
@@ -265,15 +372,10 @@ async def sync_model(
     if dry_run:
         results = [DestinationResult(p) for p in plan.destinations]
     else:
+        me = await asyncio.to_thread(Syncer.here)
+        run = _Run(source, manifest, model, limit, progress, policy.sync.keep_versions, me, lease)
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(
-                    _apply(
-                        source, manifest, by_region[p.region], p, limit, progress, policy.sync.keep_versions
-                    )
-                )
-                for p in plan.destinations
-            ]
+            tasks = [group.create_task(_apply(run, by_region[p.region], p)) for p in plan.destinations]
         results = [t.result() for t in tasks]
     ordered = tuple(sorted([*results, *unreadable], key=lambda r: r.plan.region))
     return SyncReport(model.name, model.version, dry_run, ordered, computed)
