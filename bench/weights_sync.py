@@ -326,14 +326,14 @@ def folder_copy(s3: Any, manifest: Manifest, root: Path) -> str:
     return root.as_uri()
 
 
-def kill_figures(s3: Any, scratch: Path, manifest: Manifest, source: str, how: str) -> None:
+def kill_figures(s3: Any, scratch: Path, manifest: Manifest, source: str, how: str, bucket: str) -> None:
     total = sum(f.size for f in manifest.files)
-    make_bucket(s3, "kill-dest", "eu-west-1")
-    command = ours(write_policy(scratch, MODEL, "s3://kill-dest/models", source), MODEL)
+    make_bucket(s3, bucket, "eu-west-1")
+    command = ours(write_policy(scratch, MODEL, f"s3://{bucket}/models", source), MODEL)
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = 0
     while child.poll() is None:
-        seen = landed(s3, "kill-dest", manifest)
+        seen = landed(s3, bucket, manifest)
         if seen >= total / 2:
             child.send_signal(signal.SIGKILL)
             break
@@ -341,11 +341,11 @@ def kill_figures(s3: Any, scratch: Path, manifest: Manifest, source: str, how: s
     if child.wait() != -signal.SIGKILL:
         print(f"SIGKILL at 50 %: the sync ended (exit {child.returncode}) before half the bytes were seen")
         return
-    held_then = settled(s3, "kill-dest", manifest)
+    held_then = settled(s3, bucket, manifest)
     seconds, output = run(command)
     moved = bytes_copied(output)
     again = max(0, moved - (total - held_then))
-    if current(s3, "kill-dest", MODEL) != VERSION:
+    if current(s3, bucket, MODEL) != VERSION:
         sys.exit("the rerun did not promote the version")
     print(f"SIGKILL at 50 %, then rerun ({how}):")
     print(
@@ -353,7 +353,7 @@ def kill_figures(s3: Any, scratch: Path, manifest: Manifest, source: str, how: s
     )
     print(f"  rerun: {seconds:.2f} s, {moved} bytes copied, {total - held_then} of them missing at the kill")
     print(f"  re-copied            {again / total:7.1%} of {total} bytes  (goal < 10 %)")
-    empty(s3, "kill-dest")
+    empty(s3, bucket)
 
 
 def main() -> None:
@@ -382,10 +382,17 @@ def main() -> None:
         )
         copy_figures(s3, aws, Path(scratch), manifest, args.rounds)
         noop_figures(s3, aws, Path(scratch), args.files, args.rounds)
-        kill_figures(s3, Path(scratch), manifest, f"s3://{SOURCE}/{PREFIX}", "S3 -> S3, server-side")
+        kill_figures(
+            s3, Path(scratch), manifest, f"s3://{SOURCE}/{PREFIX}", "S3 -> S3, server-side", "kill-s3"
+        )
         local = folder_copy(s3, manifest, Path(scratch) / "source")
         kill_figures(
-            s3, Path(scratch), manifest, local, f"file -> S3, streamed in {PART_SIZE // MIB} MiB parts"
+            s3,
+            Path(scratch),
+            manifest,
+            local,
+            f"file -> S3, streamed in {PART_SIZE // MIB} MiB parts",
+            "kill-file",
         )
 
 
