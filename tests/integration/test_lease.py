@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.weights.buckets import Bucket, FileBucket, open_bucket, whole
-from controlplane.weights.lease import LEASE_TERMS, Lease, LeaseTerms, parse_lease
+from controlplane.weights.lease import LEASE_TERMS, Lease, LeaseTerms, Syncer, parse_lease
 from controlplane.weights.sync import SyncReport, sync_model
 from tests.integration.test_sync import MODEL
 from tests.integration.test_sync_race import (
@@ -131,3 +131,46 @@ async def test_a_lease_taken_over_mid_copy_stops_the_work_and_never_promotes(
     assert await bucket.read_small(f"{MODEL}/CURRENT", 256) is None
     assert await bucket.read_small(f"{MODEL}/v1/manifest.json", 1 << 20) is None
     assert (await read_lease(bucket)).owner == "theirs"  # not released over the new holder's
+
+
+async def test_a_live_lease_of_a_dead_process_of_this_machine_is_taken_at_once(
+    source: str, tmp_path: Path
+) -> None:
+    """A sync killed (SIGKILL) and run again at once must not wait out the lease it left behind."""
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    destination = f"file://{tmp_path}/dest"
+    bucket = open_bucket(destination)
+    here = await asyncio.to_thread(Syncer.here)
+    killed = Lease(
+        owner="killed",
+        host=here.host,
+        pid=gone.pid,
+        space=here.space,
+        version="v1",
+        expires_at=time.time() + 3600,
+    )
+    await bucket.write(LEASE, whole(killed.encode()))
+    policy = policy_for(tmp_path, source, destination, "v1")
+
+    assert only(await sync_model(policy, policy.models[0]))[::3] == (True, True)
+    assert (await read_lease(bucket)).pid == os.getpid()
+
+
+async def test_retention_waits_for_the_lease_and_the_current_destination_stays_ok(
+    destination: str, source: str, tmp_path: Path
+) -> None:
+    bucket = open_bucket(destination)
+    policy = policy_for(tmp_path, source, destination, "v1")
+    assert (await sync_model(policy, policy.models[0])).ok
+    await bucket.delete(f"{MODEL}/HISTORY")  # the promotion is then recorded again: retention has work
+    await bucket.write(LEASE, whole(foreign(time.time() + 3600).encode()))
+
+    (d,) = (await sync_model(policy, policy.models[0])).destinations
+    assert (d.ok, d.failures, d.bytes_copied, d.promoted) == (True, (), 0, False)
+    assert d.retention is not None
+    (problem,) = d.retention.failures
+    assert problem.startswith(
+        "old versions not collected: busy: another syncer (elsewhere, pid 4242, version v9)"
+    )
+    assert await bucket.read_small(f"{MODEL}/HISTORY", 4096) is None
