@@ -73,6 +73,16 @@ class DnsSample:
     event: Literal["dns"] = "dns"
 
 
+@dataclass(frozen=True, slots=True)
+class OverrideSample:
+    """The overrides in force, as the admin API listed them; none is taken when it could not be asked (a
+    daemon being restarted), so a missing sample is no override lost."""
+
+    at: float
+    overrides: tuple[tuple[str, str], ...]  # (region, action)
+    event: Literal["overrides"] = "overrides"
+
+
 ALL_GROUPS = "*"
 
 
@@ -134,6 +144,7 @@ Event = (
     | HealthSample
     | PlanSample
     | DnsSample
+    | OverrideSample
     | ClientBucket
     | LoadTotals
     | SteadyState
