@@ -200,9 +200,7 @@ class HeldLease:
             await asyncio.sleep(self._terms.renew_every)
             try:
                 await self.renew()
-            except LeaseLost:
-                raise
-            except BucketError as exc:
+            except BucketError as exc:  # not LeaseLost: a write that failed says nothing of who holds it
                 if self._clock() >= self.lease.expires_at:
                     raise LeaseLost(
                         f"lease not renewed before it ran out: {exc}; stopped, not promoted"

@@ -6,6 +6,11 @@ its marker (its own manifest.json, written only after every file verified there)
 so two syncers racing cannot both promote and a partial version is never current: a run killed at any
 point before the marker leaves neither marker nor a moved CURRENT, and the next run resumes its transfers
 (copier.py). A destination the model may not be stored in is never read or written.
+
+Every write into a destination (copies, marker, CURRENT, retention's) happens under its lease (lease.py),
+and the destination is surveyed again once the lease is held: one syncer at a time does the work, and
+another one finding it held reports the destination busy. A destination already current with no retention
+to do is not written, so it takes no lease.
 """
 
 from __future__ import annotations
@@ -310,10 +315,10 @@ async def _leased(
         for e in run.manifest.files
     )
     marker = Manifest(model=model, version=version, files=files)
-    # Proof the lease is still this syncer's right before the marker and CURRENT, beyond the last
-    # renewal: a syncer that took it over meanwhile may be rewriting these very files.
-    await held.renew()
     try:
+        # Proof the lease is still this syncer's right before the marker and CURRENT, beyond the last
+        # renewal: a syncer that took it over meanwhile may be rewriting these very files (LeaseLost).
+        await held.renew()
         await bucket.write(manifest_key("", model, version), whole(marker.encode()))
         current = survey.current
         if current.names != version:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.weights.buckets import Bucket, FileBucket, open_bucket, whole
-from controlplane.weights.lease import LEASE_TERMS, Lease, LeaseTerms, Syncer, parse_lease
+from controlplane.weights.buckets import PARTIAL_DIR, Bucket, FileBucket, open_bucket, whole
+from controlplane.weights.lease import LEASE_TERMS, Lease, LeaseLost, LeaseTerms, Syncer, acquire, parse_lease
 from controlplane.weights.sync import SyncReport, sync_model
 from tests.integration.test_sync import MODEL
 from tests.integration.test_sync_race import (
@@ -174,3 +175,19 @@ async def test_retention_waits_for_the_lease_and_the_current_destination_stays_o
         "old versions not collected: busy: another syncer (elsewhere, pid 4242, version v9)"
     )
     assert await bucket.read_small(f"{MODEL}/HISTORY", 4096) is None
+
+
+async def test_a_lease_that_cannot_be_renewed_is_given_up_once_it_runs_out(tmp_path: Path) -> None:
+    bucket = open_bucket(f"file://{tmp_path}/dest")
+    terms = LeaseTerms(ttl=0.2, margin=0)
+    held = await acquire(bucket, MODEL, "v1", await asyncio.to_thread(Syncer.here), terms)
+    # Every write into the folder now fails (its work area is a file): nothing says who holds the lease.
+    shutil.rmtree(tmp_path / "dest" / PARTIAL_DIR)
+    (tmp_path / "dest" / PARTIAL_DIR).write_bytes(b"")
+
+    async with asyncio.timeout(30):
+        with pytest.raises(
+            LeaseLost, match=r"lease not renewed before it ran out: .*; stopped, not promoted"
+        ):
+            await held.keep()
+    assert time.time() >= held.lease.expires_at
