@@ -93,3 +93,10 @@ def listing(url: str, zone_id: str) -> list[dict[str, Any]]:
         if not reply["IsTruncated"]:
             return records
         args.update(StartRecordName=reply["NextRecordName"], StartRecordType=reply["NextRecordType"])
+
+
+@pytest.fixture(name="on_moto")
+def on_moto_fixture(moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The S3 SDK pointed at moto through AWS_ENDPOINT_URL, as emulators are reached."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    return moto

@@ -11,7 +11,12 @@ import pytest
 from chaos.simregion import SimFleet, SimRegion
 from probes.http import make_session
 from tests.fakes.gcs import gcs_fixture, gcs_server_fixture  # noqa: F401 - fixtures
-from tests.fakes.moto import aws_credentials_fixture, moto_fixture, moto_server_fixture  # noqa: F401 - fixtures
+from tests.fakes.moto import (  # noqa: F401 - fixtures
+    aws_credentials_fixture,
+    moto_fixture,
+    moto_server_fixture,
+    on_moto_fixture,
+)
 from tests.integration.daemon_helpers import sim_fleet
 
 SIM_HOST = "127.0.0.21"

@@ -17,7 +17,6 @@ import pytest
 from controlplane.weights.buckets import PARTIAL_DIR, Bucket, FileBucket, open_bucket, whole
 from controlplane.weights.lease import LEASE_TERMS, Lease, LeaseLost, LeaseTerms, Syncer, acquire, parse_lease
 from controlplane.weights.sync import SyncReport, sync_model
-from tests.integration.test_sync import MODEL
 from tests.integration.test_sync_race import (
     assert_current_is_whole,
     destination,
@@ -25,6 +24,9 @@ from tests.integration.test_sync_race import (
     serial_moto,
     source,
     version_files,
+)
+from tests.integration.weights_helpers import (
+    MODEL,
 )
 
 __all__ = ["destination", "serial_moto", "source"]  # fixtures, used here by name

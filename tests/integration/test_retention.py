@@ -12,17 +12,23 @@ from pathlib import Path
 import pytest
 
 from controlplane.policy import load_policy
-from controlplane.weights.buckets import Bucket, open_bucket
+from controlplane.weights.buckets import Bucket, open_bucket, whole
 from controlplane.weights.retention import history_key, retain
 from controlplane.weights.sync import sync_model
-from tests.integration.test_sync import MODEL, VERSION, gcs_bucket, on_moto, s3_bucket, stream, write_policy  # noqa: F401 - a fixture
+from tests.integration.weights_helpers import (
+    MODEL,
+    VERSION,
+    gcs_bucket,
+    s3_bucket,
+    write_policy,
+)
 
 FILES = {"config.json": b'{"layers": 2}\n', "shards/00001.bin": b"weights " * 1000}
 
 
 async def seed_version(source: Bucket, version: str) -> None:
     for path, data in FILES.items():
-        await source.write(f"{MODEL}/{version}/{path}", stream(data + version.encode()))
+        await source.write(f"{MODEL}/{version}/{path}", whole(data + version.encode()))
 
 
 async def promote(tmp_path: Path, source_url: str, dest_url: str, version: str, keep: int) -> tuple[str, ...]:
@@ -70,7 +76,7 @@ async def test_an_old_version_goes_once_keep_newer_ones_have_been_current(
         await seed_version(source, version)
     dest = open_bucket(destination)
     # A folder that was never current here: another syncer may be copying it right now.
-    await dest.write(f"{MODEL}/v9/shards/00001.bin", stream(b"half a copy"))
+    await dest.write(f"{MODEL}/v9/shards/00001.bin", whole(b"half a copy"))
 
     assert await promote(tmp_path, source_url, destination, "v1", keep=1) == ()
     assert await promote(tmp_path, source_url, destination, "v2", keep=1) == ()

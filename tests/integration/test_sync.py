@@ -5,90 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from controlplane.cli import main
-from controlplane.policy import Policy, load_policy
-from controlplane.weights.buckets import CHUNK, Bucket, open_bucket
+from controlplane.policy import load_policy
+from controlplane.weights.buckets import open_bucket, whole
 from controlplane.weights.sync import SyncReport, sync_model
-
-MODEL, VERSION = "llama", "v1"
-FILES = {
-    "config.json": b'{"layers": 32}\n',
-    "shards/00001.bin": os.urandom(CHUNK + 4096),  # more than one part: the multipart write path
-    "shards/00002.bin": os.urandom(70_000),
-}
-
-
-async def stream(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
-async def content(bucket: Bucket, key: str) -> bytes:
-    return b"".join([chunk async for chunk in bucket.read(key)])
-
-
-def s3_bucket(name: str, region: str = "eu-west-1") -> str:
-    client = boto3.client("s3", region_name="us-east-1")
-    config = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-    client.create_bucket(Bucket=name, **config)  # type: ignore[arg-type]
-    return f"s3://{name}/models"
-
-
-def gcs_bucket() -> str:
-    from google.cloud import storage  # type: ignore[import-untyped]
-
-    name = f"models-{uuid.uuid4().hex[:12]}"
-    storage.Client().create_bucket(name)
-    return f"gs://{name}/weights"
-
-
-def write_policy(
-    tmp_path: Path, source: str, eu: str, us: str | None = None, jurisdictions: str | None = None
-) -> Path:
-    us_region = (
-        f"  - {{name: us-east, endpoint: 'http://10.4.0.10:8000', jurisdiction: US, bucket: '{us}'}}\n"
-    )
-    text = (
-        "version: 1\n"
-        "regions:\n"
-        f"  - {{name: eu-west, endpoint: 'http://10.1.0.10:8000', jurisdiction: EU, bucket: '{eu}'}}\n"
-        + (us_region if us else "")
-        + "client_groups:\n"
-        "  - {name: world, allowed_jurisdictions: [EU, US]}\n"
-        "default_client_group: world\n"
-        "models:\n"
-        f"  - {{name: {MODEL}, source: '{source}', version: '{VERSION}'"
-        + (f", jurisdictions: [{jurisdictions}]" if jurisdictions else "")
-        + "}\n"
-        "services:\n"
-        f"  - {{name: chat, dns_name: chat.example.com, regions: [eu-west{', us-east' if us else ''}], "
-        f"model: {MODEL}}}\n"
-        "sync: {concurrency: 2}\n"
-    )
-    path = tmp_path / "policy.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-async def seed(url: str) -> Bucket:
-    bucket = open_bucket(url)
-    for path, data in FILES.items():
-        await bucket.write(f"{MODEL}/{VERSION}/{path}", stream(data))
-    return bucket
-
-
-@pytest.fixture
-def on_moto(moto: str, aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The S3 SDK pointed at moto through AWS_ENDPOINT_URL, as emulators are reached."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    return moto
+from tests.integration.weights_helpers import (
+    FILES,
+    MODEL,
+    VERSION,
+    content,
+    gcs_bucket,
+    s3_bucket,
+    seed,
+    the_policy,
+    write_policy,
+)
 
 
 @pytest.fixture
@@ -111,10 +47,6 @@ def route(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     source = make.get(source_kind, lambda: s3_bucket("models-origin", "us-east-1"))()
     dest = gcs_bucket() if dest_kind == "gcs" else s3_bucket("models-eu-west")
     return source, dest
-
-
-def the_policy(tmp_path: Path, source: str, eu: str) -> Policy:
-    return load_policy(str(write_policy(tmp_path, source, eu)))
 
 
 async def assert_holds_the_version(url: str) -> None:
@@ -162,7 +94,7 @@ async def test_a_same_size_corruption_and_a_deleted_file_are_repaired(
     dest = open_bucket(dest_url)
     damaged = bytearray(FILES["shards/00002.bin"])
     damaged[1000] ^= 0xFF
-    await dest.write(f"{MODEL}/{VERSION}/shards/00002.bin", stream(bytes(damaged)))
+    await dest.write(f"{MODEL}/{VERSION}/shards/00002.bin", whole(bytes(damaged)))
     await dest.delete(f"{MODEL}/{VERSION}/config.json")
 
     report = await sync_model(policy, policy.models[0])
@@ -184,7 +116,7 @@ async def test_a_file_failing_verification_is_never_promoted(kind: str, tmp_path
     assert computed.manifest_computed and computed.ok
     damaged = bytearray(FILES["shards/00002.bin"])
     damaged[5] ^= 0x01
-    await source.write(f"{MODEL}/{VERSION}/shards/00002.bin", stream(bytes(damaged)))
+    await source.write(f"{MODEL}/{VERSION}/shards/00002.bin", whole(bytes(damaged)))
 
     report = await sync_model(policy, policy.models[0])
     assert not report.ok
@@ -243,7 +175,7 @@ async def test_current_moves_from_an_older_version_only_under_its_precondition(
     source_url, dest_url = route
     await seed(source_url)
     dest = open_bucket(dest_url)
-    await dest.write(f"{MODEL}/CURRENT", stream(b"v0"))
+    await dest.write(f"{MODEL}/CURRENT", whole(b"v0"))
     policy = the_policy(tmp_path, source_url, dest_url)
 
     report = await sync_model(policy, policy.models[0])

@@ -22,18 +22,17 @@ import pytest
 
 from chaos.emulators import EmulatorDidNotStart, emulator
 from controlplane.policy import Policy, load_policy
-from controlplane.weights.buckets import PARTIAL_DIR, Bucket, PreconditionFailed, open_bucket
+from controlplane.weights.buckets import PARTIAL_DIR, Bucket, PreconditionFailed, open_bucket, whole
 from controlplane.weights.manifest import parse_manifest
 from controlplane.weights.sync import SyncReport, sync_model
 from tests.fakes.moto import reset_moto
-from tests.integration.test_sync import (
+from tests.integration.weights_helpers import (
     FILES,
     MODEL,
     VERSION,
     content,
     gcs_bucket,
     s3_bucket,
-    stream,
     write_policy,
 )
 
@@ -87,7 +86,7 @@ async def source(tmp_path: Path) -> str:
     bucket = open_bucket(url)
     for version in ("v1", "v2"):
         for path, data in version_files(version).items():
-            await bucket.write(f"{MODEL}/{version}/{path}", stream(data))
+            await bucket.write(f"{MODEL}/{version}/{path}", whole(data))
     return url
 
 
@@ -225,5 +224,5 @@ async def test_current_written_by_a_sync_takes_no_write_pinned_to_its_old_versio
 
     # A syncer that read CURRENT while it named v1 cannot put v1 back over v2.
     with pytest.raises(PreconditionFailed):
-        await bucket.write(f"{MODEL}/CURRENT", stream(b"v1"), if_match=stale.version)
+        await bucket.write(f"{MODEL}/CURRENT", whole(b"v1"), if_match=stale.version)
     await assert_current_is_whole(bucket, "v2")

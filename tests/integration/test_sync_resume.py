@@ -22,12 +22,15 @@ from botocore.exceptions import EndpointConnectionError
 from controlplane.cli import main
 from controlplane.policy import Policy
 from controlplane.weights import buckets
-from controlplane.weights.buckets import PARTIAL_DIR, Bucket, BucketError, FileBucket, open_bucket
+from controlplane.weights.buckets import PARTIAL_DIR, Bucket, BucketError, FileBucket, open_bucket, whole
 from controlplane.weights.progress import TransferProgress
 from controlplane.weights.sync import sync_model
-from tests.integration.test_sync import MODEL, VERSION, on_moto, s3_bucket, stream, the_policy
-
-__all__ = ["on_moto"]  # a fixture, used here by name
+from tests.integration.weights_helpers import (
+    MODEL,
+    VERSION,
+    s3_bucket,
+    the_policy,
+)
 
 MiB = 1024 * 1024
 SHARD = os.urandom(13 * MiB)  # with 5 MiB parts: 5 + 5 + 3
@@ -47,8 +50,8 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def seed(url: str) -> Bucket:
     bucket = open_bucket(url)
-    await bucket.write(f"{MODEL}/{VERSION}/shards/00001.bin", stream(SHARD))
-    await bucket.write(f"{MODEL}/{VERSION}/config.json", stream(CONFIG))
+    await bucket.write(f"{MODEL}/{VERSION}/shards/00001.bin", whole(SHARD))
+    await bucket.write(f"{MODEL}/{VERSION}/config.json", whole(CONFIG))
     return bucket
 
 
@@ -57,7 +60,7 @@ async def prepared(tmp_path: Path, source_url: str, dest_url: str) -> Policy:
     await seed(source_url)
     policy = the_policy(tmp_path, source_url, dest_url)
     assert (await sync_model(policy, policy.models[0], only_regions=())).ok
-    await open_bucket(dest_url).write(f"{MODEL}/CURRENT", stream(b"v0"))
+    await open_bucket(dest_url).write(f"{MODEL}/CURRENT", whole(b"v0"))
     return policy
 
 
