@@ -347,7 +347,8 @@ async def test_a_large_s3_copy_copies_only_the_parts_a_killed_copy_lacks(
     assert in_progress("models-eu", target["Key"]) == []
 
 
-async def test_a_file_put_appends_to_what_a_killed_put_left(tmp_path: Path) -> None:
+async def left_by_a_killed_put(tmp_path: Path, held: bytes) -> tuple[Bucket, Bucket, Transfer, Path]:
+    """Folder buckets holding the shard, and the partial file a put killed after `held` left behind."""
     source = open_bucket(f"file://{tmp_path}/source")
     destination = open_bucket(f"file://{tmp_path}/dest")
     assert isinstance(destination, buckets.FileBucket)
@@ -355,8 +356,12 @@ async def test_a_file_put_appends_to_what_a_killed_put_left(tmp_path: Path) -> N
     transfer = shard_transfer()
     partial = destination._partial(transfer.dst_key, transfer.entry.sha256)
     partial.parent.mkdir(parents=True)
-    partial.write_bytes(SHARD[: 6 * MiB])
+    partial.write_bytes(held)
+    return source, destination, transfer, partial
 
+
+async def test_a_file_put_appends_to_what_a_killed_put_left(tmp_path: Path) -> None:
+    source, destination, transfer, partial = await left_by_a_killed_put(tmp_path, SHARD[: 6 * MiB])
     moved = Counted()
     await copy_file(source, destination, transfer, moved)
     assert moved.total == len(SHARD) - 6 * MiB
@@ -365,15 +370,7 @@ async def test_a_file_put_appends_to_what_a_killed_put_left(tmp_path: Path) -> N
 
 
 async def test_a_damaged_partial_file_fails_verification_once_then_is_copied_whole(tmp_path: Path) -> None:
-    source = open_bucket(f"file://{tmp_path}/source")
-    destination = open_bucket(f"file://{tmp_path}/dest")
-    assert isinstance(destination, buckets.FileBucket)
-    await source.write("llama/v1/shard", stream(SHARD))
-    transfer = shard_transfer()
-    partial = destination._partial(transfer.dst_key, transfer.entry.sha256)
-    partial.parent.mkdir(parents=True)
-    partial.write_bytes(bytes(6 * MiB))
-
+    source, destination, transfer, partial = await left_by_a_killed_put(tmp_path, bytes(6 * MiB))
     with pytest.raises(VerificationFailed):
         await copy_file(source, destination, transfer)
     assert not partial.exists()
