@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import io
 import json
 import time
 import uuid
@@ -355,7 +356,7 @@ class FaultProxy:
                     request.method,
                     URL(self.upstream + request.raw_path, encoded=True),
                     headers=headers,
-                    data=body,
+                    data=io.BytesIO(body),  # aiohttp warns that raw bytes this large could block the loop
                     allow_redirects=False,
                 ) as upstream,
             ):
