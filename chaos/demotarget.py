@@ -68,8 +68,11 @@ STOP_TIMEOUT = 10.0  # SIGTERM to exit: the daemon saves its state and closes it
 HTTP_TIMEOUT = 2.0
 LOOK_TIMEOUT = 1.0
 # The embedded DNS answers one weighted pick per query, so one query says little about which regions a group
-# gets: a burst does. A region at 10 % is missed by 48 queries with odds 0.9^48, under 1 in 150.
-DNS_QUERIES = 48
+# gets: a look asks in batches until it has seen every region it expects (those the plan weights and those
+# the last look saw), and at most DNS_QUERIES times. A steady plane costs one batch per group; a region the
+# plan still weights but DNS no longer answers is missed by 64 queries with odds 0.9^64 at 10 %, 1 in 800.
+DNS_BATCH = 8
+DNS_QUERIES = 64
 ZONE = "llm.internal"  # the demo service's chat.llm.internal lies in it
 OWNER = "drill"
 ASIDE = ".drill-aside"
@@ -199,6 +202,7 @@ class DemoTarget:
         self._daemon: asyncio.subprocess.Process | None = None
         self._restart: asyncio.Task[None] | None = None
         self._broken: list[Fault] = []
+        self._last_dns: Mapping[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------ paths
 
@@ -549,24 +553,28 @@ class DemoTarget:
     async def look(self, at: float) -> Look:
         if self._daemon is None or self._daemon.returncode is not None:
             return Look(at, errors=("the daemon is not running",))
-        status, answers = await asyncio.gather(_seen(self._request("GET", "/status")), _seen(self._dns()))
-        errors = [
-            f"{what}: {found}"
-            for what, found in (("/status", status), ("dns", answers))
-            if isinstance(found, str)
-        ]
+        errors: list[str] = []
         health: HealthSample | None = None
         plans: tuple[PlanSample, ...] = ()
         overrides: tuple[tuple[str, str], ...] = ()
-        if isinstance(status, tuple):
-            if status[0] == 200:
-                health, plans, overrides = _read_status(at, status[1])
-            else:
-                errors.append(f"/status answered {status[0]}")
-        dns_sample = DnsSample(at, answers) if isinstance(answers, dict) else None
+        status = await _seen(self._request("GET", "/status"))
+        if isinstance(status, str):
+            errors.append(f"/status: {status}")
+        elif status[0] != 200:
+            errors.append(f"/status answered {status[0]}")
+        else:
+            health, plans, overrides = _read_status(at, status[1])
+        answers = await _seen(self._dns(plans[0].weights if plans else {}))
+        dns_sample: DnsSample | None = None
+        if isinstance(answers, str):
+            errors.append(f"dns: {answers}")
+        else:
+            dns_sample = DnsSample(at, answers)
+            self._last_dns = answers
         return Look(at, health, plans, dns_sample, overrides, tuple(errors))
 
-    async def _dns(self) -> dict[str, frozenset[str]]:
+    async def _dns(self, planned: Mapping[str, Mapping[str, int]]) -> dict[str, frozenset[str]]:
+        """Per client group reachable by source address, the regions the DNS answered it with."""
         regions = {r.dns_address: r.name for r in self.policy.regions}
         name = self.policy.services[0].dns_name
         out: dict[str, frozenset[str]] = {}
@@ -576,8 +584,15 @@ class DemoTarget:
                 source = "127.0.0.1"
             if source is None:
                 continue
-            answered = await asyncio.gather(*(self._query(name, source) for _ in range(self.dns_queries)))
-            out[group.name] = frozenset(regions.get(a, a) for a in set().union(*answered))
+            expected = {r for r, w in planned.get(group.name, {}).items() if w > 0}
+            expected |= self._last_dns.get(group.name, frozenset())
+            seen: set[str] = set()
+            for _ in range(0, self.dns_queries, DNS_BATCH):
+                batch = await asyncio.gather(*(self._query(name, source) for _ in range(DNS_BATCH)))
+                seen.update(regions.get(a, a) for a in set().union(*batch))
+                if seen >= expected:
+                    break
+            out[group.name] = frozenset(seen)
         return out
 
     async def _query(self, name: str, source: str) -> frozenset[str]:
