@@ -18,7 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from chaos.drill import DaemonFault, Drill, Fault, FaultStep, OverrideStep, mismatches
+from chaos.drill import (
+    DaemonFault,
+    Drill,
+    Fault,
+    FaultStep,
+    OverrideStep,
+    ProviderFault,
+    RemoteTarget,
+    mismatches,
+)
 from chaos.expect import TIMED, evaluate, horizon, steady_state, unmeasurable
 from chaos.journal import (
     ClientBucket,
@@ -122,6 +131,27 @@ def problems(drill: Drill, target: DrillTarget) -> list[str]:
         if isinstance(step, FaultStep) and (why := target.supports(step.fault)) is not None:
             found.append(f"method.{i}.fault: {why}")
     return found + unmeasurable(drill)
+
+
+CATALOGUE = Path(__file__).resolve().parent / "drills"
+
+
+def catalogue() -> list[Path]:
+    """The drills shipped with the plane (package data), by name."""
+    return sorted(CATALOGUE.glob("*.yaml"))
+
+
+def target_for(drill: Drill) -> DrillTarget:
+    """The target a drill names; building it starts nothing. Raises DrillRefused for one this runner has
+    no means to reach."""
+    if isinstance(drill.target, RemoteTarget):
+        raise DrillRefused(
+            drill.name,
+            ["target: a remote target (admin_api) is not supported yet; drills run on target: demo"],
+        )
+    from chaos.demotarget import DemoTarget  # boto3 and the daemon's plumbing: only when a drill runs
+
+    return DemoTarget(with_route53=any(isinstance(f, ProviderFault) for f in drill.faults))
 
 
 async def run_drill(

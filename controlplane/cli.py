@@ -1,4 +1,4 @@
-"""The `controlplane` command: run | demo | validate | plan | apply | sync | status | schema."""
+"""The `controlplane` command: run | demo | validate | plan | apply | sync | drill | status | schema."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from controlplane.logs import LOG_FORMAT, OneLineFormatter
 from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
 
 if TYPE_CHECKING:
+    from chaos.drill import Drill
     from controlplane.oneshot import OneShot
     from controlplane.reconciler import Outcome
 
@@ -265,6 +266,64 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from chaos.drill import DrillError, load_drill
+    from chaos.runner import catalogue
+
+    files = [Path(f) for f in args.files] + (catalogue() if args.all else [])
+    if not files:
+        print("controlplane drill: name drill files, or --all for the catalogue", file=sys.stderr)
+        return 2
+    drills = []
+    bad = False
+    for file in files:
+        try:
+            drills.append(load_drill(file))
+        except DrillError as exc:
+            bad = True
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+    if bad:
+        return 2
+    return asyncio.run(_drills(drills, Path(args.report_dir), args.dry_run))
+
+
+async def _drills(drills: list[Drill], report_dir: Path, dry_run: bool) -> int:
+    """Each drill in turn, on a target of its own; refused drills stop everything before anything starts."""
+    from chaos.report import DrillFigures, render_combined, write_combined
+    from chaos.runner import DrillRefused, problems, run_drill, target_for
+
+    targets = [target_for(d) for d in drills]
+    refused = [(d, found) for d, t in zip(drills, targets, strict=True) if (found := problems(d, t))]
+    if refused:
+        for drill, found in refused:
+            print(DrillRefused(drill.name, found), file=sys.stderr)
+        return DrillRefused.exit_code
+    figures: list[DrillFigures] = []
+    failed = 0
+    names: set[str] = set()
+    for drill, target in zip(drills, targets, strict=True):
+        name = drill.name if drill.name not in names else f"{drill.name}-{len(names) + 1}"
+        names.add(name)
+        try:
+            outcome = await run_drill(drill, target, report_dir / name, dry_run=dry_run)
+        except ControlPlaneError as exc:
+            failed += 1
+            print(f"{drill.name}: ERROR: {exc}")
+            continue
+        print(outcome.verdict())
+        if dry_run:
+            print("\n".join(outcome.schedule))
+        if outcome.figures is not None:
+            figures.append(outcome.figures)
+        failed += not dry_run and not outcome.passed
+    if len(figures) > 1:
+        await asyncio.to_thread(write_combined, figures, report_dir / "summary.md")
+        print()
+        print(render_combined(figures), end="")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing at all")
     p.add_argument("--model", help="only this model")
     p.set_defaults(func=cmd_sync)
+    p = sub.add_parser("drill", help="break the demo stack on purpose and report what clients saw")
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--all", action="store_true", help="also every drill of the catalogue (chaos/drills)")
+    p.add_argument("--dry-run", action="store_true", help="check the drills and print their schedules")
+    p.add_argument("--report-dir", default="drill-reports", help="a folder per drill, summary.md for several")
+    p.set_defaults(func=cmd_drill)
     return parser
 
 
