@@ -85,6 +85,17 @@ AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+# The daemon is killed when this process dies, even by SIGKILL (PR_SET_PDEATHSIG, Linux): a drill runner
+# killed mid-drill must not leave a plane running. Set in the child itself (preexec_fn is unsafe with threads);
+# the parent check closes the race with a parent that died before the prctl.
+_LAUNCH = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the drill runner that started this daemon is gone")
+from controlplane.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 GLOBAL_RATE = 20.0  # requests per second of the default group; every other group gets OTHER_RATE
 OTHER_RATE = 10.0
 
@@ -334,8 +345,9 @@ class DemoTarget:
         try:
             self._daemon = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "controlplane.cli",
+                "-c",
+                _LAUNCH,
+                str(os.getpid()),
                 "run",
                 "--policy",
                 str(self.state_dir / "policy.yaml"),

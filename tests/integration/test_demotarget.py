@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,51 @@ async def test_stop_mends_and_leaves_no_process_and_no_port(tmp_path: Path) -> N
             await target.stop()
         for pid in children() - before:  # what a broken stop left: not the next test's problem
             os.kill(pid, signal.SIGKILL)
+
+
+RUNNER = """
+import asyncio, sys
+from pathlib import Path
+from chaos.demotarget import DemoTarget
+
+async def main() -> None:
+    target = DemoTarget(state_dir=Path(sys.argv[1]))
+    await target.start()
+    print(target.daemon_pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie no one has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_runner_killed_outright_takes_its_daemon_with_it(tmp_path: Path) -> None:
+    runner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RUNNER, str(tmp_path / "state"), stdout=asyncio.subprocess.PIPE
+    )
+    daemon: int | None = None
+    try:
+        assert runner.stdout is not None
+        async with asyncio.timeout(60):
+            daemon = int(await runner.stdout.readline())
+        assert not gone(daemon)
+        runner.kill()  # no stop(), no finally: what a runner killed by the OOM killer or kill -9 gets
+        await runner.wait()
+        await until(lambda: gone(daemon), within=WITHIN, what="the orphaned daemon to die")
+    finally:
+        if runner.returncode is None:
+            runner.kill()
+            await runner.wait()
+        if daemon is not None and not gone(daemon):
+            os.kill(daemon, signal.SIGKILL)
 
 
 async def test_what_the_demo_cannot_do_is_said_before_anything_starts() -> None:
