@@ -263,6 +263,15 @@ async def test_stop_mends_and_leaves_no_process_and_no_port(tmp_path: Path) -> N
             os.kill(pid, signal.SIGKILL)
 
 
+async def test_a_daemon_not_ready_in_time_fails_the_start_with_its_log_and_leaves_nothing() -> None:
+    before = children()
+    target = DemoTarget(start_timeout=0.05)  # no daemon probes four regions in 50 ms
+    with pytest.raises(TargetError, match=r"(?s)timed out .* the daemon to be ready.*log"):
+        await target.start()
+    assert children() == before
+    await target.stop()
+
+
 RUNNER = """
 import asyncio, sys
 from pathlib import Path
