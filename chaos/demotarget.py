@@ -53,7 +53,7 @@ from chaos.loadgen import GroupLoad, Target
 from chaos.loopback import DEMO_POLICY, free_port, require_loopback
 from chaos.simregion import SimFleet, SimRegion
 from chaos.target import Clients, Look, TargetError
-from chaos.tcpproxy import TcpFaultProxy
+from chaos.tcpproxy import MAX_LATENCY, TcpFaultProxy
 from controlplane.demo import with_weights
 from controlplane.policy import ClientGroup, Policy, load_policy
 
@@ -69,8 +69,8 @@ HTTP_TIMEOUT = 2.0
 LOOK_TIMEOUT = 1.0
 # The embedded DNS answers one weighted pick per query, so one query says little about which regions a group
 # gets: a look asks in batches until it has seen every region it expects (those the plan weights and those
-# the last look saw), and at most DNS_QUERIES times. A steady plane costs one batch per group; a region the
-# plan still weights but DNS no longer answers is missed by 64 queries with odds 0.9^64 at 10 %, 1 in 800.
+# the last look saw), and at most DNS_QUERIES times. A steady plane costs one batch per group; a region DNS
+# answers one time in ten is missed by 64 queries with odds 0.9^64, about 1 in 850.
 DNS_BATCH = 8
 DNS_QUERIES = 64
 ZONE = "llm.internal"  # the demo service's chat.llm.internal lies in it
@@ -460,6 +460,8 @@ class DemoTarget:
         region = getattr(fault, "region", None)
         if region is not None and region not in names:
             return f"the demo stack has no region {region!r} ({', '.join(sorted(names))})"
+        if isinstance(fault, NetworkFault) and fault.latency > MAX_LATENCY:
+            return f"the TCP fault proxy adds at most {MAX_LATENCY:g} s of latency, not {fault.latency:g} s"
         if isinstance(fault, ProviderFault):
             if not self.with_route53:
                 return "a provider fault needs Route 53 on moto: start the demo target with with_route53=True"

@@ -330,6 +330,8 @@ async def test_what_the_demo_cannot_do_is_said_before_anything_starts() -> None:
         )
         is None
     )
+    slow = NetworkFault(kind="network", region="us-east", mode=NetworkMode.LATENCY, latency=90, duration=1)
+    assert "at most" in (target.supports(slow) or "")
     with pytest.raises(TargetError, match="with_route53"):
         await target.inject(throttled, TTL)
     await target.stop()  # never started: nothing to do, and no error
