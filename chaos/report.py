@@ -38,6 +38,9 @@ FLAP_WINDOW = 5.0
 """Seconds within which a weight reversing its last move is a flap. A failover and its recovery are further
 apart than this (the fault lasts, then the region must rise through its health hysteresis), while a plane
 that follows a region bouncing every second is not."""
+FLAP_MIN_MOVE = 10
+"""Weight points a region's weight must move from where its last move left it to count as a move: its share
+shifts by a few points whenever another region's score changes or it comes and goes, and that is no flap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +174,13 @@ def _offered(sample: DnsSample, region: str) -> bool:
     return any(region in regions for regions in sample.answers.values())
 
 
-def flaps(plans: Sequence[PlanSample], window: float = FLAP_WINDOW) -> dict[str, int]:
+def flaps(
+    plans: Sequence[PlanSample], window: float = FLAP_WINDOW, min_move: int = FLAP_MIN_MOVE
+) -> dict[str, int]:
     """Region -> flaps, summed over the (service, group) weight series it is in, `plans` in time order.
 
-    A move is a sample whose weight for the region differs from the one before it in the same series (a
-    region missing from a group's weights has 0 there); it goes up or down. A flap is a move in the other
+    A move is a sample whose weight for the region differs by `min_move` or more from where the series'
+    last move left it (a region missing from a group's weights has 0 there); it goes up or down. A flap is a move in the other
     direction from the series' previous move and at most `window` seconds after it. So a fall followed by
     a rise more than `window` later is a failover and its recovery, a ramp in steps is no flap however fast,
     and a weight held steady while its region bounces makes no moves at all.
@@ -188,7 +193,7 @@ def flaps(plans: Sequence[PlanSample], window: float = FLAP_WINDOW) -> dict[str,
             for region in weights.keys() | last.keys():
                 weight = weights.get(region, 0)
                 previous, direction, moved = last.get(region, (weight, 0, float("-inf")))
-                if weight == previous:
+                if abs(weight - previous) < min_move:
                     last.setdefault(region, (weight, 0, moved))
                     continue
                 now = 1 if weight > previous else -1
