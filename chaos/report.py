@@ -40,7 +40,8 @@ apart than this (the fault lasts, then the region must rise through its health h
 that follows a region bouncing every second is not."""
 FLAP_MIN_MOVE = 10
 """Weight points a region's weight must move from where its last move left it to count as a move: its share
-shifts by a few points whenever another region's score changes or it comes and goes, and that is no flap."""
+shifts by a few points whenever another region's score changes or it comes and goes, and that is no flap.
+Leaving rotation or coming back is a move whatever the points (slow start brings a region back with few)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,8 @@ def flaps(
     """Region -> flaps, summed over the (service, group) weight series it is in, `plans` in time order.
 
     A move is a sample whose weight for the region differs by `min_move` or more from where the series'
-    last move left it (a region missing from a group's weights has 0 there); it goes up or down. A flap is a move in the other
+    last move left it, or takes it out of rotation (to 0) or back in (a region missing from a group's
+    weights has 0 there); it goes up or down. A flap is a move in the other
     direction from the series' previous move and at most `window` seconds after it. So a fall followed by
     a rise more than `window` later is a failover and its recovery, a ramp in steps is no flap however fast,
     and a weight held steady while its region bounces makes no moves at all.
@@ -193,7 +195,8 @@ def flaps(
             for region in weights.keys() | last.keys():
                 weight = weights.get(region, 0)
                 previous, direction, moved = last.get(region, (weight, 0, float("-inf")))
-                if abs(weight - previous) < min_move:
+                # In or out of rotation is always a move, however small the weight it comes back with.
+                if weight == previous or (weight and previous and abs(weight - previous) < min_move):
                     last.setdefault(region, (weight, 0, moved))
                     continue
                 now = 1 if weight > previous else -1
