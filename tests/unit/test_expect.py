@@ -206,6 +206,15 @@ def test_max_flaps_counts_weight_reversals() -> None:
     assert not one("max_flaps: 0", journal(*fault())).passed  # no plan seen: nothing shows it held
 
 
+def test_a_share_shifting_as_other_regions_come_and_go_is_no_flap() -> None:
+    # Up a few points when another region is drained, out with its fault, back through slow start, and a few
+    # points down when the drained one returns: one failover and its recovery, no flap.
+    assert one("max_flaps: 0", plans(31, 38, 0, 0, 0, 0, 0, 0, 0, 0, 6, 31, 38, 31)).passed
+    # But back in rotation with a slow-start weight of 4 and out again, every second, is flapping.
+    bouncing = one("max_flaps: 0", plans(31, 0, 4, 0, 4, 0, 4, 0))
+    assert (bouncing.passed, bouncing.observed) == (False, 6)
+
+
 def test_every_result_survives_the_journal_json() -> None:
     j = outage(11.5, 24.0)
     j.extend(evaluate(drill("leaves_dns: {region: us-east, within: 2s}"), j, 40.0, 0.0))
