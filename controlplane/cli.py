@@ -299,6 +299,10 @@ async def _drills(drills: list[Drill], report_dir: Path, dry_run: bool) -> int:
         for drill, found in refused:
             print(DrillRefused(drill.name, found), file=sys.stderr)
         return DrillRefused.exit_code
+    if not dry_run:
+        # The stack's own logs (the sim regions, the target) go beside the reports, not between the verdicts.
+        await asyncio.to_thread(report_dir.mkdir, parents=True, exist_ok=True)
+        _setup_logging("info", report_dir / "drill.log")
     figures: list[DrillFigures] = []
     failed = 0
     names: set[str] = set()
