@@ -266,6 +266,7 @@ class _Run:
         self.journal.append(FaultStarted(self.now(), fid, fault.kind, region, params))
         self.active[fid] = fault
         await self._call(self.target.inject(fault, fault.end - fault.at + self.timing.ttl_margin))
+        log.info("drill %s: %s injected: %s", self.drill.name, fid, _describe(fault))
         await self._until(offset + fault.end)
         await self._clear(fid)
 
@@ -273,6 +274,7 @@ class _Run:
         fault = self.active[fid]
         try:
             await self._call(self.target.clear(fault))
+            log.info("drill %s: %s cleared", self.drill.name, fid)
         finally:
             del self.active[fid]
             params = fault.model_dump(mode="json", exclude={"kind", "region"})

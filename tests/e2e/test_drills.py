@@ -5,6 +5,7 @@ leaves nothing broken."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -97,15 +98,49 @@ async def test_a_drill_whose_expectations_cannot_hold_fails_and_the_cli_exits_no
     tmp_path: Path,
 ) -> None:
     path = await asyncio.to_thread(must_fail, tmp_path)
-    code, out, err = await cli(str(path), "--report-dir", str(tmp_path / "reports"))
+    reports = tmp_path / "reports"
+    code, out, err = await cli(str(OUTAGE), str(path), "--report-dir", str(reports))
     assert code == 1, out + err
-    assert out.startswith("must-fail: FAILED, 0/2 expectations"), out
-    journal = await asyncio.to_thread(Journal.load, tmp_path / "reports" / "must-fail" / "journal.json")
+    lines = out.splitlines()
+    assert lines[0].startswith("region-outage: PASSED, 5/5 expectations"), out
+    assert lines[1].startswith("must-fail: FAILED, 0/2 expectations"), out
+    journal = await asyncio.to_thread(Journal.load, reports / "must-fail" / "journal.json")
     results = {r.name: r for r in journal.of(ExpectationResult)}
     # us-east did leave DNS, only not within 10 ms: the failure is the limit, not a blind measurement.
     left = results["leaves_dns"].observed
     assert isinstance(left, float) and left > 0.01
     assert not results["stays_in_dns"].passed
+    combined = await asyncio.to_thread((reports / "summary.md").read_text, encoding="utf-8")
+    assert "| region-outage | PASSED |" in combined and "| must-fail | **FAILED** |" in combined
+    assert "1 of 2 drills passed." in combined and "1 of 2 drills passed." in out
+
+
+def injected(log: Path) -> bool:
+    return log.exists() and "f1 injected" in log.read_text(encoding="utf-8")
+
+
+async def test_ctrl_c_mid_drill_rolls_back_and_exits_130(tmp_path: Path) -> None:
+    text = OUTAGE.read_text(encoding="utf-8").replace("duration: 8s", "duration: 120s")
+    path = tmp_path / "long.yaml"
+    await asyncio.to_thread(path.write_text, text, encoding="utf-8")
+    reports = tmp_path / "reports"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controlplane.cli", "drill", str(path), "--report-dir", str(reports)
+    )
+    try:
+        await until(lambda: injected(reports / "drill.log"), DRILL_BOUND, "the fault to be injected")
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(DRILL_BOUND):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130
+    log = await asyncio.to_thread((reports / "drill.log").read_text, encoding="utf-8")
+    assert "region-outage: f1 cleared" in log
+    journal = await asyncio.to_thread(Journal.load, reports / "region-outage" / "journal.json")
+    assert [e.fault for e in journal.of(FaultEnded)] == ["f1"]
 
 
 async def test_a_bad_drill_file_is_refused_with_its_position_and_exit_2(tmp_path: Path) -> None:
