@@ -220,6 +220,25 @@ class ProbeSettings(_Frozen):
 class HealthSettings(_Frozen):
     rise: Annotated[int, Field(ge=1, le=100)] = 3
     fall: Annotated[int, Field(ge=1, le=100)] = 3
+    recover_after: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=2.0,
+        description="Seconds a failed region must keep passing its probes (besides `rise` in a row) before it "
+        "gets traffic again; doubled for each failure within flap_window of its last recovery",
+    )
+    flap_window: Seconds = Field(
+        default=60.0,
+        description="A failure this soon after a recovery is a flap: the next recovery waits longer",
+    )
+    max_recover_after: Seconds = Field(
+        default=60.0, description="The most a flapping region's recovery waits"
+    )
+
+    @model_validator(mode="after")
+    def _hold_bounds(self) -> HealthSettings:
+        if self.max_recover_after < self.recover_after:
+            raise ValueError("max_recover_after must be at least recover_after")
+        return self
+
     stale_after: Seconds = Field(default=10.0, description="A probe kind with no result this old is unknown")
     ttft_target: Seconds = Field(
         default=1.0, description="Time to first token at which the score starts to fall"

@@ -31,6 +31,10 @@ class KindHealth:
     changed_at: float  # when `healthy` last flipped between True and False; 0.0 if never
     last: Observation
     ttft_ewma: float | None = None
+    streak_since: float = 0.0  # when the current contradicting streak began
+    # Seconds of unbroken success the next recovery needs: HealthSettings.recover_after, doubled for each
+    # failure that came within flap_window of the recovery before it (a flapping region waits longer).
+    hold: float = 0.0
 
     @property
     def transitioning(self) -> bool:
@@ -41,20 +45,28 @@ Kinds = Mapping[tuple[str, ProbeKind], KindHealth]
 
 
 def advance(previous: KindHealth | None, obs: Observation, settings: HealthSettings) -> KindHealth:
-    """One observation through rise/fall hysteresis. The first verdict needs no streak: it is not a guess,
-    it is the first fact, and start-up waits for it."""
+    """One observation through rise/fall hysteresis and flap damping. The first verdict needs no streak: it
+    is not a guess, it is the first fact, and start-up waits for it. A recovery needs `rise` successes in a
+    row and, since the last failure, `hold` seconds of them, which doubles with each flap."""
     ttft = previous.ttft_ewma if previous else None
     if obs.ok and obs.ttft_s is not None:
         ttft = obs.ttft_s if ttft is None else _EWMA_ALPHA * obs.ttft_s + (1 - _EWMA_ALPHA) * ttft
     if previous is None or previous.healthy is None:
-        return KindHealth(healthy=obs.ok, streak=0, changed_at=0.0, last=obs, ttft_ewma=ttft)
+        return KindHealth(obs.ok, 0, 0.0, obs, ttft, hold=settings.recover_after)
     if obs.ok == previous.healthy:
-        return KindHealth(previous.healthy, 0, previous.changed_at, obs, ttft)
+        return KindHealth(previous.healthy, 0, previous.changed_at, obs, ttft, hold=previous.hold)
     streak = previous.streak + 1
-    needed = settings.fall if previous.healthy else settings.rise
-    if streak >= needed:
-        return KindHealth(obs.ok, 0, obs.at, obs, ttft)
-    return KindHealth(previous.healthy, streak, previous.changed_at, obs, ttft)
+    since = obs.at if previous.streak == 0 else previous.streak_since
+    if previous.healthy:
+        if streak >= settings.fall:
+            recovered = previous.changed_at
+            flapped = recovered > 0.0 and obs.at - recovered < settings.flap_window
+            base = max(previous.hold, settings.recover_after)
+            hold = min(settings.max_recover_after, 2 * base) if flapped else settings.recover_after
+            return KindHealth(False, 0, obs.at, obs, ttft, hold=hold)
+    elif streak >= settings.rise and obs.at - since >= previous.hold:
+        return KindHealth(True, 0, obs.at, obs, ttft, hold=previous.hold)
+    return KindHealth(previous.healthy, streak, previous.changed_at, obs, ttft, since, previous.hold)
 
 
 class HealthTracker:
@@ -149,7 +161,13 @@ def region_health(kinds: Kinds, policy: Policy, region: str, now: float) -> Regi
             since = max(since, kh.changed_at)
         else:
             verdicts.append(State.UNHEALTHY)
-            reasons.append(f"{kind}: {kh.last.error or 'failing'}")
+            if kh.last.ok:
+                reasons.append(
+                    f"{kind}: recovering, healthy for {now - kh.streak_since:.1f}s of the "
+                    f"{kh.hold:g}s a recovery needs"
+                )
+            else:
+                reasons.append(f"{kind}: {kh.last.error or 'failing'}")
     metrics = kinds.get((region, ProbeKind.METRICS))
     fresh_metrics = (
         metrics.last

@@ -48,19 +48,7 @@ def test_the_catalogue_ships_every_drill_of_the_issue_under_its_file_name() -> N
     assert all(d.name == stem and d.description for stem, d in drills.items())
 
 
-# Found by the drill itself: health's rise hysteresis (3 probes, under a second) lets a region bouncing every
-# second back in each time it is up, so its weight follows the bounces. The plane needs a hold-down for a
-# region that fell recently (engine or probes/health); strict, so this turns red the day it is fixed.
-FLAPS = pytest.mark.xfail(
-    strict=True, reason="the plane follows a region bouncing every second: no hold-down after a fall yet"
-)
-
-
-def _marked(path: Path) -> object:
-    return pytest.param(path, id=path.stem, marks=FLAPS) if path.stem == "flapping-region" else path
-
-
-@pytest.mark.parametrize("path", [_marked(p) for p in catalogue()], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", catalogue(), ids=lambda p: p.stem)
 async def test_every_catalogue_drill_passes_against_the_demo_stack(path: Path, tmp_path: Path) -> None:
     drill = load_drill(path)
     if any(isinstance(f, ProviderFault) for f in drill.faults):

@@ -6,7 +6,11 @@ from probes.observation import Observation, ProbeKind
 from tests.builders import policy
 
 P = policy().model_copy(
-    update={"health": HealthSettings(rise=2, fall=3, stale_after=5.0, ttft_target=0.5, queue_target=10)}
+    update={
+        "health": HealthSettings(
+            rise=2, fall=3, stale_after=5.0, ttft_target=0.5, queue_target=10, recover_after=0.0
+        )
+    }
 )
 
 
@@ -54,6 +58,61 @@ def test_fall_needs_consecutive_failures_and_rise_consecutive_successes():
     feed(t, "us-east", [True], 8.0)
     h = view(t, 8.0).get("us-east")
     assert h.state is State.HEALTHY and h.since == 8.0, "recovery time feeds slow start"
+
+
+DAMPED = HealthSettings(rise=2, fall=2, recover_after=2.0, flap_window=30.0, max_recover_after=8.0)
+
+
+def liveness(tracker: HealthTracker, results: str, start: float, step: float = 0.5) -> float:
+    """Feed liveness results ('+' ok, '-' failed) every `step` seconds from `start`; returns the next time."""
+    for i, mark in enumerate(results):
+        tracker.observe(obs("us-east", ProbeKind.LIVENESS, mark == "+", start + i * step), DAMPED)
+    return start + len(results) * step
+
+
+def healthy(tracker: HealthTracker) -> bool | None:
+    return tracker.kinds[("us-east", ProbeKind.LIVENESS)].healthy
+
+
+def test_a_recovery_needs_recover_after_seconds_of_success_not_just_rise_in_a_row():
+    t = HealthTracker()
+    now = liveness(t, "+--", 0.0)  # down at 1.0
+    now = liveness(t, "+++", now)  # 1.5, 2.0, 2.5: rise met, but 1 s of success, not 2
+    assert healthy(t) is False
+    h = health_view(t.kinds, P.model_copy(update={"health": DAMPED}), 2.5).get("us-east")
+    assert any("recovering, healthy for 1.0s of the 2s" in r for r in h.reasons), h.reasons
+    liveness(t, "++", now)  # 3.0, 3.5: 2 s since the first success at 1.5
+    assert healthy(t) is True
+
+
+def test_each_flap_doubles_the_wait_up_to_the_cap_and_a_quiet_spell_resets_it():
+    t = HealthTracker()
+    now = liveness(t, "+--", 0.0)
+    now = liveness(t, "+++++", now)  # back after 2 s of success
+    assert healthy(t) is True
+    now = liveness(t, "--", now)  # fails again within flap_window: the next recovery needs 4 s
+    now = liveness(t, "+++++++", now)  # 3 s of success
+    assert healthy(t) is False
+    now = liveness(t, "++", now)  # 4 s
+    assert healthy(t) is True
+    for _ in range(3):  # flapping on: 8 s, then the cap (8 s), not 16
+        now = liveness(t, "--", now)
+        now = liveness(t, "+" * 17, now)
+        assert healthy(t) is True
+    assert t.kinds[("us-east", ProbeKind.LIVENESS)].hold == 8.0
+    now = liveness(t, "+" * 80, now)  # 40 s without a failure: the next failure is no flap
+    now = liveness(t, "--", now)
+    assert t.kinds[("us-east", ProbeKind.LIVENESS)].hold == 2.0
+
+
+def test_a_region_bouncing_faster_than_its_recovery_wait_stays_out() -> None:
+    t = HealthTracker()
+    now = liveness(t, "+--", 0.0)
+    for _ in range(5):  # up 1 s, down 1 s: never 2 s of unbroken success
+        now = liveness(t, "++", now)
+        now = liveness(t, "--", now)
+        assert healthy(t) is False
+    assert t.kinds[("us-east", ProbeKind.LIVENESS)].changed_at == 1.0  # one failure, no flaps in between
 
 
 def test_a_view_is_a_snapshot_that_later_observations_do_not_change():
