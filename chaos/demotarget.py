@@ -437,13 +437,18 @@ class DemoTarget:
         ecs: GroupLoad | None = None
         for group in self.policy.client_groups:
             rate = GLOBAL_RATE if group.name == self.policy.default_client_group else OTHER_RATE
+            # A client per request a second: each caches its own weighted answer, as real stubs do, so the
+            # load spreads over the regions as the weights say (four clients could all miss a region).
+            clients = int(rate)
             source = _group_source(group)
             if source is not None:
-                groups.append(GroupLoad(group.name, rate, source=source))
+                groups.append(GroupLoad(group.name, rate, source=source, clients=clients))
                 # One group also by EDNS client subnet from 127.0.0.1, so both ways in are exercised.
-                ecs = ecs or GroupLoad(f"{group.name}-ecs", rate, subnet=group.sources[0], group=group.name)
+                ecs = ecs or GroupLoad(
+                    f"{group.name}-ecs", rate, subnet=group.sources[0], group=group.name, clients=clients
+                )
             elif group.name == self.policy.default_client_group:
-                groups.append(GroupLoad(group.name, rate))
+                groups.append(GroupLoad(group.name, rate, clients=clients))
         service = self.policy.services[0]
         return Clients(
             dns=("127.0.0.1", self._dns_port),

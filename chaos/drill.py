@@ -255,6 +255,20 @@ class FailsClosed(_Frozen):
     fails_closed: GroupWithin
 
 
+class WeightFall(_Frozen):
+    region: Name
+    by: Annotated[int, Field(ge=1, le=99)] = Field(description="percent of its weight before the fault")
+    within: Positive
+    group: Name | None = None
+
+
+class WeightFalls(_Frozen):
+    """In every group, the region's weight falls by at least `by` percent of what it was before its first
+    fault, within `within`, yet stays above 0: a slow region keeps less traffic, not none."""
+
+    weight_falls: WeightFall
+
+
 class OverrideSurvives(_Frozen):
     """The region's override is still in force at the end (a daemon restart must not lose it)."""
 
@@ -282,6 +296,7 @@ Expectation = Annotated[
     | Annotated[ReturnsToDns, Tag("returns_to_dns")]
     | Annotated[StaysInDns, Tag("stays_in_dns")]
     | Annotated[FailsClosed, Tag("fails_closed")]
+    | Annotated[WeightFalls, Tag("weight_falls")]
     | Annotated[OverrideSurvives, Tag("override_survives")]
     | Annotated[MaxClientFailures, Tag("max_client_failures")]
     | Annotated[MaxClientErrorRate, Tag("max_client_error_rate")]

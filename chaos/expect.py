@@ -26,6 +26,7 @@ from chaos.drill import (
     ReturnsToDns,
     StaysInDns,
     SteadyCheck,
+    WeightFalls,
 )
 from chaos.journal import (
     ClientBucket,
@@ -150,6 +151,44 @@ def _stays(e: StaysInDns, journal: Journal) -> tuple[bool, int | None, str]:
     )
 
 
+def _at_most(value: int, ceiling: float) -> bool:
+    return value <= ceiling
+
+
+def _weight_falls(e: WeightFalls, journal: Journal) -> tuple[bool, float | None, str]:
+    spec = e.weight_falls
+    where = _where(spec.region, spec.group)
+    starts = [f.at for f in journal.of(FaultStarted) if f.region == spec.region]
+    if not starts:
+        return False, None, f"no fault broke {spec.region}, so its weight had no reason to fall"
+    since = starts[0]
+
+    def weights(plan: PlanSample) -> list[int]:
+        groups = [g for g in plan.weights if spec.group is None or g == spec.group]
+        return [plan.weights[g].get(spec.region, 0) for g in groups if spec.region in plan.weights[g]]
+
+    before = [w for p in journal.of(PlanSample) if p.at < since and (w := weights(p))]
+    if not before:
+        return False, None, f"{where} had no weight before the fault to fall from"
+    ceiling = [b * (100 - spec.by) / 100 for b in before[-1]]
+    plans = [(p.at, w) for p in journal.of(PlanSample) if p.at >= since and (w := weights(p))]
+    # The same groups as before the fault (a group list that changed mid-drill is no evidence either way).
+    low = [at - since for at, w in plans if len(w) == len(ceiling) and all(map(_at_most, w, ceiling))]
+    fell = low[0] if low else None
+    if fell is None:
+        return False, None, f"{where} never fell by {spec.by}% of {before[-1]} (limit {_limit(spec.within)})"
+    zero = next((at for at, w in plans if at - since >= fell and min(w) == 0), None)
+    if zero is not None:
+        return (
+            False,
+            round(fell, 3),
+            f"{where} fell to 0 at {_s(zero)}: a slow region should keep some traffic",
+        )
+    passed = fell <= spec.within
+    verdict = "" if passed else ", later than the limit"
+    return passed, round(fell, 3), f"{where} fell by {spec.by}% {_s(fell)} after the fault{verdict}"
+
+
 def _fails_closed(e: FailsClosed, journal: Journal) -> tuple[bool, float | None, str]:
     spec = e.fails_closed
     limit = _limit(spec.within)
@@ -263,6 +302,8 @@ def evaluate_one(
             result = _stays(expectation, journal)
         case FailsClosed():
             result = _fails_closed(expectation, journal)
+        case WeightFalls():
+            result = _weight_falls(expectation, journal)
         case OverrideSurvives():
             result = _survives(expectation, journal, drill.overrides, offset)
         case MaxFlaps():
@@ -302,6 +343,8 @@ def horizon(drill: Drill) -> float:
             deadlines.append(ends.get(e.returns_to_dns.region, 0.0) + e.returns_to_dns.within)
         elif isinstance(e, FailsClosed):
             deadlines.append(first + e.fails_closed.within)
+        elif isinstance(e, WeightFalls):
+            deadlines.append(starts.get(e.weight_falls.region, 0.0) + e.weight_falls.within)
     return max(deadlines)
 
 
@@ -314,7 +357,7 @@ def unmeasurable(drill: Drill) -> list[str]:
     for i, e in enumerate(drill.expect):
         key = name_of(e)
         region = getattr(getattr(e, key), "region", None)
-        if isinstance(e, LeavesDns | ReturnsToDns) and region not in broken:
+        if isinstance(e, LeavesDns | ReturnsToDns | WeightFalls) and region not in broken:
             problems.append(f"expect.{i}.{key}.region: no fault of the method breaks {quoted(str(region))}")
         if isinstance(e, OverrideSurvives) and region not in overridden:
             problems.append(

@@ -265,3 +265,26 @@ def test_expectations_the_method_gives_nothing_to_measure_are_named() -> None:
         "expect.1.override_survives.region: the method places no override on 'us-west'",
     ]
     assert unmeasurable(drill("leaves_dns: {region: us-east, within: 2s}")) == []
+
+
+def slowed(weights: list[int]) -> Journal:
+    """us-east slowed at 10 s, holding 25 before; its weight in the global group once a second from then
+    (eu never has it)."""
+    plans = [
+        PlanSample(9.0 + i, "chat", {"global": {EAST: w, WEST: 100 - w}, "eu": {EUW: 100}})
+        for i, w in enumerate([25, *weights])
+    ]
+    return journal(*fault(), *plans)
+
+
+def test_weight_falls_holds_when_the_share_drops_in_time_but_not_to_zero() -> None:
+    expect = "weight_falls: {region: us-east, by: 20, within: 3s}"
+    held = one(expect, slowed([25, 23, 20, 17, 17]))  # 20 is 80 % of 25
+    assert (held.passed, held.observed) == (True, 2.0)
+    assert held.message == "us-east fell by 20% 2.00 s after the fault"
+    late = one(expect, slowed([25, 24, 23, 22, 19]))
+    assert (late.passed, late.observed) == (False, 4.0) and "later than the limit" in late.message
+    never = one(expect, slowed([25, 25, 24, 25]))
+    assert (never.passed, never.observed) == (False, None)
+    dropped = one(expect, slowed([25, 18, 0, 0]))
+    assert not dropped.passed and "fell to 0" in dropped.message
