@@ -316,6 +316,10 @@ class RemoteTarget(_Frozen):
     dns: str = Field(description="host:port of the DNS server the load generator asks")
     token_env: str = Field(default="CONTROLPLANE_TOKEN", description="variable holding the admin token")
     region_control: dict[Name, str] = Field(default_factory=dict, description="region -> fault control URL")
+    policy: str | None = Field(
+        default=None,
+        description="the policy file the plane runs (its client groups and DNS name are not in /status)",
+    )
 
     @field_validator("admin_api")
     @classmethod

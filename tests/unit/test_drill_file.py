@@ -109,6 +109,12 @@ def test_a_remote_target_on_loopback_or_allowed_explicitly_is_accepted() -> None
     parse_drill(CONTRACT.replace("target: demo\nallow_remote: false", remote))
 
 
+def test_a_remote_target_names_the_policy_file_its_plane_runs() -> None:
+    local = "target: {admin_api: 'http://127.0.0.1:8080', dns: '127.0.0.1:5353', policy: staging.yaml}"
+    target = parse_drill(CONTRACT.replace("target: demo", local)).target
+    assert not isinstance(target, str) and target.policy == "staging.yaml"
+
+
 def test_a_latency_fault_needs_its_latency_and_a_weight_override_its_weight() -> None:
     latency = "  - fault: {kind: network, region: us-east, mode: latency, duration: 5s}"
     problems = refused(
