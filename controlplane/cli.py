@@ -1,4 +1,4 @@
-"""The `controlplane` command: run | demo | validate | plan | apply | sync | drill | status | schema."""
+"""The `controlplane` command: run | demo | validate | plan | apply | sync | drill | status | schema | policy."""
 
 from __future__ import annotations
 
@@ -328,6 +328,41 @@ async def _drills(drills: list[Drill], report_dir: Path, dry_run: bool) -> int:
     return 1 if failed else 0
 
 
+def cmd_from_terraform(args: argparse.Namespace) -> int:
+    from controlplane import fromterraform as tf
+    from controlplane.yamldoc import read_text
+
+    outputs = tf.read_outputs(args.outputs)
+    hidden = tf.secrets(outputs)
+    if args.into is None:
+        if args.write:
+            print("controlplane policy from-terraform: --write needs --into POLICY", file=sys.stderr)
+            return 2
+        text, notes = tf.fragment(outputs)
+        for note in notes:
+            print(f"note: {tf.redact(note, hidden)}", file=sys.stderr)
+        sys.stdout.write(tf.redact(text, hidden))
+        return 0
+    path = Path(args.into)
+    filled = tf.fill_policy(read_text(path), str(path), outputs)
+    for note in filled.notes:
+        print(f"note: {tf.redact(note, hidden)}", file=sys.stderr)
+    sys.stdout.write(tf.redact(filled.diff, hidden))
+    for problem in filled.problems:
+        print(tf.redact(str(problem), hidden), file=sys.stderr)
+    if not filled.valid:
+        print(f"{path}: not written: the result does not validate", file=sys.stderr)
+        return 1
+    if not filled.changed:
+        print(f"{path}: already matches terraform's outputs", file=sys.stderr)
+    elif args.write:
+        tf.write_atomically(path, filled.text)
+        print(f"{path}: written", file=sys.stderr)
+    else:
+        print(f"{path}: not written (pass --write)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -377,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the drills and print their schedules")
     p.add_argument("--report-dir", default="drill-reports", help="a folder per drill, summary.md for several")
     p.set_defaults(func=cmd_drill)
+    p = sub.add_parser("policy", help="policy tools")
+    policy_sub = p.add_subparsers(dest="policy_command", required=True)
+    p = policy_sub.add_parser(
+        "from-terraform",
+        help="fill providers and buckets from `terraform output -json`; show the diff, validate, --write",
+    )
+    p.add_argument("outputs", metavar="OUTPUTS.json", help="`terraform output -json`, or - for stdin")
+    p.add_argument("--into", metavar="POLICY", help="the policy to fill; without it, print the settings")
+    p.add_argument("--write", action="store_true", help="write the filled policy back (atomically)")
+    p.set_defaults(func=cmd_from_terraform)
     return parser
 
 
