@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -21,15 +20,11 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
-import dns.asyncquery
-import dns.exception
-import dns.message
-import dns.rcode
 import yaml
 
 from chaos.drill import (
@@ -38,45 +33,33 @@ from chaos.drill import (
     Fault,
     NetworkFault,
     NetworkMode,
-    OverrideAction,
     OverrideStep,
     ProviderFault,
     ProviderMode,
     RegionFault,
-    RegionMode,
 )
 from chaos.emulators import EmulatorDidNotStart, moto_on_path
 from chaos.faultproxy import Fault as ApiFault
 from chaos.faultproxy import FaultProxy
-from chaos.journal import DnsSample, HealthSample, PlanSample, RegionHealth
-from chaos.loadgen import GroupLoad, Target
-from chaos.loopback import DEMO_POLICY, free_port, require_loopback
+from chaos.loadgen import Target
+from chaos.loopback import DEMO_POLICY, free_port
+from chaos.remotetarget import DNS_QUERIES, MEND, PlaneView, clients_of, refuse_unsupported, region_spec
 from chaos.simregion import SimFleet, SimRegion
 from chaos.target import Clients, Look, TargetError
 from chaos.tcpproxy import MAX_LATENCY, TcpFaultProxy
 from controlplane.demo import with_weights
-from controlplane.policy import ClientGroup, Policy, load_policy
+from controlplane.policy import Policy, load_policy
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 # A cold daemon imports its providers, probes every region until rise, then syncs the weights of all four:
 # seconds on an idle machine, many more on a loaded two-core CI runner.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0  # SIGTERM to exit: the daemon saves its state and closes its providers
-HTTP_TIMEOUT = 2.0
-LOOK_TIMEOUT = 1.0
-# The embedded DNS answers one weighted pick per query, so one query says little about which regions a group
-# gets: a look asks in batches until it has seen every region it expects (those the plan weights and those
-# the last look saw), and at most DNS_QUERIES times. A steady plane costs one batch per group; a region DNS
-# answers one time in ten is missed by 64 queries with odds 0.9^64, about 1 in 850.
-DNS_BATCH = 8
-DNS_QUERIES = 64
 ZONE = "llm.internal"  # the demo service's chat.llm.internal lies in it
 OWNER = "drill"
 ASIDE = ".drill-aside"
-TOKEN_HEADER = "Authorization"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -96,18 +79,6 @@ if os.getppid() != int(sys.argv[1]):
 from controlplane.cli import main
 sys.exit(main(sys.argv[2:]))
 """
-GLOBAL_RATE = 20.0  # requests per second of the default group; every other group gets OTHER_RATE
-OTHER_RATE = 10.0
-
-
-def _group_source(group: ClientGroup) -> str | None:
-    """An address inside the group's first source prefix, to send its clients' queries from."""
-    if not group.sources:
-        return None
-    network = ipaddress.ip_network(group.sources[0], strict=False)
-    source = str(next(network.hosts(), network.network_address))
-    require_loopback(source, f"client group {group.name}'s source")
-    return source
 
 
 def _write_policy(
@@ -209,11 +180,10 @@ class DemoTarget:
         self._proxies: dict[str, TcpFaultProxy] = {}
         self._api_proxy: FaultProxy | None = None
         self._moto = contextlib.ExitStack()
-        self._session: aiohttp.ClientSession | None = None
+        self._view: PlaneView | None = None
         self._daemon: asyncio.subprocess.Process | None = None
         self._restart: asyncio.Task[None] | None = None
         self._broken: list[Fault] = []
-        self._last_dns: Mapping[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------ paths
 
@@ -257,12 +227,18 @@ class DemoTarget:
             await self.stop()
             raise
 
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def _start(self) -> None:
         if self._given_dir is not None:
             self._dir = self._given_dir.resolve()
         else:
             self._dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="drill-"))
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
         model = self.policy.probes.inference.model or "demo-llm"
         self._fleet = SimFleet(
             [
@@ -292,6 +268,9 @@ class DemoTarget:
             route53,
         )
         self.policy = await asyncio.to_thread(load_policy, path)
+        self._view = PlaneView(
+            self.policy, self._api, ("127.0.0.1", self._dns_port), self._token, dns_queries=self.dns_queries
+        )
         await self._spawn()
         await self._until("the daemon to be ready", self._ready)
         await self._until("every region's weights to be verified", self._verified)
@@ -329,9 +308,9 @@ class DemoTarget:
             await self._api_proxy.stop()
             self._api_proxy = None
         await asyncio.to_thread(self._moto.close)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._view is not None:
+            await self._view.close()
+            self._view = None
         if self._dir is not None and self._given_dir is None:
             await asyncio.to_thread(shutil.rmtree, self._dir, True)
         self._dir = None
@@ -411,14 +390,13 @@ class DemoTarget:
                 raise TargetError(f"timed out after {self.start_timeout:g}s waiting for {what}; log:\n{tail}")
             await asyncio.sleep(0.1)
 
-    async def _request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        if self._session is None:
+    def _plane(self) -> PlaneView:
+        if self._view is None:
             raise TargetError("the demo target is not started")
-        headers = {TOKEN_HEADER: f"Bearer {self._token}"} if method != "GET" else {}
-        async with asyncio.timeout(HTTP_TIMEOUT):
-            async with self._session.request(method, self._api + path, json=body, headers=headers) as reply:
-                data = await reply.json(content_type=None) if reply.content_length != 0 else None
-                return reply.status, data
+        return self._view
+
+    async def _request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        return await self._plane().request(method, path, body)
 
     async def _ready(self) -> bool:
         status, _ = await self._request("GET", "/readyz")
@@ -433,30 +411,8 @@ class DemoTarget:
     def clients(self) -> Clients:
         if self._fleet is None:
             raise TargetError("the demo target is not started")
-        groups: list[GroupLoad] = []
-        ecs: GroupLoad | None = None
-        for group in self.policy.client_groups:
-            rate = GLOBAL_RATE if group.name == self.policy.default_client_group else OTHER_RATE
-            # A client per request a second: each caches its own weighted answer, as real stubs do, so the
-            # load spreads over the regions as the weights say (four clients could all miss a region).
-            clients = int(rate)
-            source = _group_source(group)
-            if source is not None:
-                groups.append(GroupLoad(group.name, rate, source=source, clients=clients))
-                # One group also by EDNS client subnet from 127.0.0.1, so both ways in are exercised.
-                ecs = ecs or GroupLoad(
-                    f"{group.name}-ecs", rate, subnet=group.sources[0], group=group.name, clients=clients
-                )
-            elif group.name == self.policy.default_client_group:
-                groups.append(GroupLoad(group.name, rate, clients=clients))
-        service = self.policy.services[0]
-        return Clients(
-            dns=("127.0.0.1", self._dns_port),
-            name=service.dns_name,
-            groups=(*groups, *([ecs] if ecs is not None else [])),
-            targets={sim.host: Target(name, sim.endpoint) for name, sim in self._fleet.regions.items()},
-            model=self.policy.probes.inference.model or None,
-        )
+        targets = {sim.host: Target(name, sim.endpoint) for name, sim in self._fleet.regions.items()}
+        return clients_of(self.policy, ("127.0.0.1", self._dns_port), targets)
 
     # ------------------------------------------------------------------ faults
 
@@ -479,18 +435,11 @@ class DemoTarget:
         return None
 
     async def inject(self, fault: Fault, ttl: float) -> None:
-        why = self.supports(fault)
-        if why is not None:
-            raise TargetError(why)
+        refuse_unsupported(self, fault)
         self._broken.append(fault)
         match fault:
             case RegionFault():
-                spec: dict[str, object] = {"mode": fault.mode.value, "ttl": ttl}
-                if fault.mode is RegionMode.ERRORS:
-                    spec["fraction"] = fault.share
-                if fault.mode is RegionMode.SLOW:
-                    spec["factor"] = fault.factor
-                await self._region_fault(fault.region, spec)
+                await self._region_fault(fault.region, region_spec(fault, ttl))
             case NetworkFault():
                 proxy = self._proxies[fault.region]
                 if fault.mode is NetworkMode.LATENCY:
@@ -524,7 +473,7 @@ class DemoTarget:
     async def _mend(self, fault: Fault) -> None:
         match fault:
             case RegionFault():
-                await self._region_fault(fault.region, {"mode": "ok"})
+                await self._region_fault(fault.region, MEND)
             case NetworkFault():
                 self._proxies[fault.region].clear()
             case ProviderFault():
@@ -538,12 +487,7 @@ class DemoTarget:
                     await restart
 
     async def _region_fault(self, region: str, spec: Mapping[str, object]) -> None:
-        if self._session is None:
-            raise TargetError("the demo target is not started")
-        url = f"{self.region(region).control_url}/fault"
-        async with asyncio.timeout(HTTP_TIMEOUT), self._session.post(url, json=spec) as reply:
-            if reply.status != 200:
-                raise TargetError(f"{region}'s control API answered {reply.status}: {await reply.text()}")
+        await self._plane().region_fault(region, self.region(region).control_url, spec)
 
     def _bucket_folder(self, region: str) -> Path:
         bucket = next(r for r in self.policy.regions if r.name == region).bucket_url
@@ -552,97 +496,11 @@ class DemoTarget:
         return Path(bucket.prefix)
 
     async def override(self, step: OverrideStep) -> None:
-        body: dict[str, object] = {
-            "region": step.region,
-            "action": step.action.value,
-            "duration": step.duration,
-            "reason": step.reason,
-        }
-        if step.action is OverrideAction.WEIGHT:
-            body["weight"] = step.weight
-        try:
-            status, reply = await self._request("POST", "/overrides", body)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TargetError(f"POST /overrides: {exc!r}") from None
-        if status != 201:
-            raise TargetError(f"POST /overrides answered {status}: {reply}")
+        await self._plane().override(step)
 
     # ------------------------------------------------------------------ looking
 
     async def look(self, at: float) -> Look:
         if self._daemon is None or self._daemon.returncode is not None:
             return Look(at, errors=("the daemon is not running",))
-        errors: list[str] = []
-        health: HealthSample | None = None
-        plans: tuple[PlanSample, ...] = ()
-        overrides: tuple[tuple[str, str], ...] = ()
-        status = await _seen(self._request("GET", "/status"))
-        if isinstance(status, str):
-            errors.append(f"/status: {status}")
-        elif status[0] != 200:
-            errors.append(f"/status answered {status[0]}")
-        else:
-            health, plans, overrides = _read_status(at, status[1])
-        answers = await _seen(self._dns(plans[0].weights if plans else {}))
-        dns_sample: DnsSample | None = None
-        if isinstance(answers, str):
-            errors.append(f"dns: {answers}")
-        else:
-            dns_sample = DnsSample(at, answers)
-            self._last_dns = answers
-        return Look(at, health, plans, dns_sample, overrides, tuple(errors))
-
-    async def _dns(self, planned: Mapping[str, Mapping[str, int]]) -> dict[str, frozenset[str]]:
-        """Per client group reachable by source address, the regions the DNS answered it with."""
-        regions = {r.dns_address: r.name for r in self.policy.regions}
-        name = self.policy.services[0].dns_name
-        out: dict[str, frozenset[str]] = {}
-        for group in self.policy.client_groups:
-            source = _group_source(group)
-            if source is None and group.name == self.policy.default_client_group:
-                source = "127.0.0.1"
-            if source is None:
-                continue
-            expected = {r for r, w in planned.get(group.name, {}).items() if w > 0}
-            expected |= self._last_dns.get(group.name, frozenset())
-            seen: set[str] = set()
-            for _ in range(0, self.dns_queries, DNS_BATCH):
-                batch = await asyncio.gather(*(self._query(name, source) for _ in range(DNS_BATCH)))
-                seen.update(regions.get(a, a) for a in set().union(*batch))
-                if seen >= expected:
-                    break
-            out[group.name] = frozenset(seen)
-        return out
-
-    async def _query(self, name: str, source: str) -> frozenset[str]:
-        query = dns.message.make_query(name, "A")
-        response = await dns.asyncquery.udp(
-            query, "127.0.0.1", port=self._dns_port, source=source, timeout=LOOK_TIMEOUT
-        )
-        if response.rcode() != dns.rcode.NOERROR:
-            raise TargetError(f"DNS answered {dns.rcode.to_text(response.rcode())} for {name} from {source}")
-        return frozenset(str(item.address) for rrset in response.answer for item in rrset)
-
-
-async def _seen(what: Awaitable[T]) -> T | str:
-    """What `what` gives, or why it could not be seen (the daemon down or restarting, a timeout)."""
-    try:
-        return await what
-    except (aiohttp.ClientError, TimeoutError, OSError, dns.exception.DNSException, TargetError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _read_status(
-    at: float, body: Mapping[str, Any]
-) -> tuple[HealthSample, tuple[PlanSample, ...], tuple[tuple[str, str], ...]]:
-    health = HealthSample(
-        at, {name: RegionHealth(r["state"], r.get("score")) for name, r in body["regions"].items()}
-    )
-    plans = tuple(
-        PlanSample(
-            at, service, {g: {r: w["weight"] for r, w in p["weights"].items()} for g, p in groups.items()}
-        )
-        for service, groups in body["services"].items()
-    )
-    overrides = tuple((o["region"], o["action"]) for o in body["overrides"])
-    return health, plans, overrides
+        return await self._plane().look(at)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from chaos.loadgen import LoadGenerator, LoadSettings
 from chaos.report import DrillFigures, write_report
 from chaos.target import DrillTarget, Look
 from controlplane.errors import ControlPlaneError, InvalidInput
+from controlplane.policy import load_policy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,13 +147,27 @@ def target_for(drill: Drill) -> DrillTarget:
     """The target a drill names; building it starts nothing. Raises DrillRefused for one this runner has
     no means to reach."""
     if isinstance(drill.target, RemoteTarget):
-        raise DrillRefused(
-            drill.name,
-            ["target: a remote target (admin_api) is not supported yet; drills run on target: demo"],
-        )
+        return _staging(drill, drill.target)
     from chaos.demotarget import DemoTarget  # boto3 and the daemon's plumbing: only when a drill runs
 
     return DemoTarget(with_route53=any(isinstance(f, ProviderFault) for f in drill.faults))
+
+
+def _staging(drill: Drill, remote: RemoteTarget) -> DrillTarget:
+    from chaos.remotetarget import StagingTarget
+
+    refused: list[str] = []
+    if remote.policy is None:
+        refused.append(
+            "target.policy: a remote target needs the policy file its plane runs (its client groups and "
+            "the service's DNS name are not in /status)"
+        )
+    token = os.environ.get(remote.token_env) or None
+    if drill.overrides and token is None:
+        refused.append(f"method: the drill sets overrides, and ${remote.token_env} holds no admin token")
+    if refused or remote.policy is None:
+        raise DrillRefused(drill.name, refused)
+    return StagingTarget(remote, load_policy(remote.policy), token)
 
 
 async def run_drill(
