@@ -1,23 +1,20 @@
 """`controlplane policy from-terraform`: fill a policy's provider and bucket settings from `terraform output
 -json`, so the infrastructure terraform made and the policy that drives it never drift.
 
-The output names the modules under terraform/ export (and the only ones read; others are ignored with a
-note) and where each lands in the policy:
+Outputs are named as the policy names what they fill (terraform/modules/aws and gcp export them so); only these
+are read, any other output is ignored with a note:
 
-| output                              | type                        | policy                                         |
-|-------------------------------------|-----------------------------|------------------------------------------------|
-| `route53_zone`                      | string                      | providers.route53.zone                         |
-| `cloud_dns_project`                 | string                      | providers.cloud_dns.project                    |
-| `cloud_dns_managed_zone`            | string                      | providers.cloud_dns.managed_zone               |
-| `global_accelerator_listener_arn`   | string                      | providers.global_accelerator.listener_arn      |
-| `global_accelerator_endpoint_groups`| map(region name: AWS region)| providers.global_accelerator.endpoint_groups   |
-| `region_buckets`                    | map(region name: bucket URL)| regions[name].bucket                           |
+| output               | value                                               | policy                         |
+|----------------------|-----------------------------------------------------|--------------------------------|
+| `route53`            | {zone or hosted_zone_id, owner}                     | providers.route53              |
+| `cloud_dns`          | {project, managed_zone, owner}                      | providers.cloud_dns            |
+| `global_accelerator` | {listener_arn, endpoint_groups: {region: AWS region}} or null | providers.global_accelerator |
+| `buckets`            | {region name: bucket URL}                           | regions[name].bucket           |
 
 The policy file is edited in place, not regenerated: only the text of the values that change is replaced and
 missing keys are inserted after their mapping's last entry, so comments, order and quoting elsewhere stay as
-written. What the plane alone knows (each provider's `owner`, the accelerator's service and client group)
-terraform cannot say: a provider the policy lacks is added with what terraform knows, and validation names
-what is still missing.
+written. A provider the policy lacks is added with what terraform knows; what the plane alone knows (the
+accelerator's service and client group) validation then names as missing.
 """
 
 from __future__ import annotations
@@ -38,16 +35,15 @@ from controlplane.errors import InvalidInput
 from controlplane.policy import PolicyError, parse_with_warnings
 from controlplane.yamldoc import MAX_DOCUMENT_BYTES, Problem, _composer, cut
 
-# The single-instance settings each scalar output fills: (provider key, field).
-SCALAR_OUTPUTS: dict[str, tuple[str, str]] = {
-    "route53_zone": ("route53", "zone"),
-    "cloud_dns_project": ("cloud_dns", "project"),
-    "cloud_dns_managed_zone": ("cloud_dns", "managed_zone"),
-    "global_accelerator_listener_arn": ("global_accelerator", "listener_arn"),
+# Each provider output's fields the policy takes from terraform; the map-valued one is endpoint_groups.
+PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
+    "route53": ("zone", "hosted_zone_id", "owner"),
+    "cloud_dns": ("project", "managed_zone", "owner"),
+    "global_accelerator": ("listener_arn", "endpoint_groups"),
 }
-ENDPOINT_GROUPS = "global_accelerator_endpoint_groups"
-REGION_BUCKETS = "region_buckets"
-KNOWN_OUTPUTS = frozenset({*SCALAR_OUTPUTS, ENDPOINT_GROUPS, REGION_BUCKETS})
+BUCKETS = "buckets"
+# A Route 53 instance names its zone one way or the other, never both: filling one replaces the other.
+RIVALS = {"zone": "hosted_zone_id", "hosted_zone_id": "zone"}
 REDACTED = "(sensitive)"
 
 Patch = dict[str | int, "Patch | str"]
@@ -125,10 +121,15 @@ def redact(text: str, hidden: frozenset[str]) -> str:
 # --- the policy's YAML tree -------------------------------------------------------------------------------
 
 
-def _get(node: yaml.Node | None, key: str) -> yaml.Node | None:
+def _pair(node: yaml.Node | None, key: str) -> tuple[yaml.Node, yaml.Node] | None:
     if not isinstance(node, yaml.MappingNode):
         return None
-    return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+    return next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+
+
+def _get(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    pair = _pair(node, key)
+    return None if pair is None else pair[1]
 
 
 def _region_indexes(root: yaml.Node) -> dict[str, int]:
@@ -167,39 +168,51 @@ def _put(patch: Patch, path: tuple[str | int, ...], value: str) -> None:
 
 def _string_map(name: str, value: object, notes: list[str]) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        notes.append(f"output {name}: expected a map of strings: ignored")
+        if value is not None:
+            notes.append(f"output {name}: expected a map of strings: ignored")
         return {}
     return value
+
+
+def _provider_patch(root: yaml.Node, key: str, value: object, patch: Patch, notes: list[str]) -> None:
+    if value is None:
+        notes.append(f"output {key} is null (terraform made none): left as is")
+        return
+    if not isinstance(value, dict):
+        notes.append(f"output {key}: expected an object: ignored")
+        return
+    fields = PROVIDER_FIELDS[key]
+    for field in sorted(set(value) - set(fields)):
+        notes.append(f"output {key}: field {cut(repr(field))} has no place in providers.{key}: ignored")
+    wanted = {f: value[f] for f in fields if value.get(f) is not None}
+    if not wanted or (base := _provider_base(root, key, notes)) is None:
+        return
+    for field, inner in wanted.items():
+        if field == "endpoint_groups":
+            for region, aws_region in _string_map(f"{key}.{field}", inner, notes).items():
+                _put(patch, (*base, field, region), aws_region)
+        elif isinstance(inner, str):
+            _put(patch, (*base, field), inner)
+        else:
+            notes.append(f"output {key}.{field}: expected a string: ignored")
 
 
 def plan_patch(root: yaml.Node, outputs: Mapping[str, Output]) -> tuple[Patch, list[str]]:
     """What changes where (a tree of path steps to new string values), and notes on what was not used."""
     notes: list[str] = []
     patch: Patch = {}
-    for name in sorted(set(outputs) - KNOWN_OUTPUTS):
+    for name in sorted(set(outputs) - {*PROVIDER_FIELDS, BUCKETS}):
         notes.append(f"output {cut(repr(name))} has no place in a policy: ignored")
-    for name, (key, field) in SCALAR_OUTPUTS.items():
-        if name not in outputs:
-            continue
-        value = outputs[name].value
-        if not isinstance(value, str):
-            notes.append(f"output {name}: expected a string: ignored")
-        elif (base := _provider_base(root, key, notes)) is not None:
-            _put(patch, (*base, field), value)
-    if ENDPOINT_GROUPS in outputs:
-        groups = _string_map(ENDPOINT_GROUPS, outputs[ENDPOINT_GROUPS].value, notes)
-        if groups and (base := _provider_base(root, "global_accelerator", notes)) is not None:
-            for region, aws_region in groups.items():
-                _put(patch, (*base, "endpoint_groups", region), aws_region)
-    if REGION_BUCKETS in outputs:
+    for key in PROVIDER_FIELDS:
+        if key in outputs:
+            _provider_patch(root, key, outputs[key].value, patch, notes)
+    if BUCKETS in outputs:
         indexes = _region_indexes(root)
-        for region, url in _string_map(REGION_BUCKETS, outputs[REGION_BUCKETS].value, notes).items():
+        for region, url in _string_map(BUCKETS, outputs[BUCKETS].value, notes).items():
             if region in indexes:
                 _put(patch, ("regions", indexes[region], "bucket"), url)
             else:
-                notes.append(
-                    f"output {REGION_BUCKETS}: region {cut(repr(region))} is not in the policy: ignored"
-                )
+                notes.append(f"output {BUCKETS}: region {cut(repr(region))} is not in the policy: ignored")
     return patch, notes
 
 
@@ -263,6 +276,14 @@ def _insert(text: str, node: yaml.MappingNode, new: Patch) -> _Splice:
     return _Splice(at, at, "".join(f"\n{indent}{item}" for item in items))
 
 
+def _replace(node: yaml.Node, value: str, where: str) -> Iterator[_Splice]:
+    if not isinstance(node, yaml.ScalarNode) or hasattr(node, "target"):
+        raise _Unedited(f"{where} is not a plain value")
+    if node.value != value:
+        start, end = node.start_mark.index, node.end_mark.index
+        yield _Splice(start, end, (" " if start == end else "") + scalar(value))
+
+
 def _splices(text: str, node: yaml.Node, patch: Patch, path: tuple[str | int, ...]) -> Iterator[_Splice]:
     where = ".".join(map(str, path)) or "the policy"
     if hasattr(node, "target"):  # yamldoc's alias node: the text here is `*name`, not the value
@@ -282,16 +303,16 @@ def _splices(text: str, node: yaml.Node, patch: Patch, path: tuple[str | int, ..
     missing: Patch = {}
     for key, inner in patch.items():
         value = _get(node, str(key))
-        if value is None:
+        rival = (
+            RIVALS.get(str(key)) if path[1:2] == ("route53",) and RIVALS.get(str(key)) not in patch else None
+        )
+        if value is None and rival and isinstance(inner, str) and (pair := _pair(node, rival)) is not None:
+            yield _Splice(pair[0].start_mark.index, pair[0].end_mark.index, scalar(str(key)))
+            yield from _replace(pair[1], inner, f"{where}.{rival}")
+        elif value is None:
             missing[key] = inner
         elif isinstance(inner, str):
-            if not isinstance(value, yaml.ScalarNode) or hasattr(value, "target"):
-                raise _Unedited(f"{where}.{key} is not a plain value")
-            if value.value != inner:
-                empty = value.start_mark.index == value.end_mark.index
-                yield _Splice(
-                    value.start_mark.index, value.end_mark.index, (" " if empty else "") + scalar(inner)
-                )
+            yield from _replace(value, inner, f"{where}.{key}")
         else:
             yield from _splices(text, value, inner, (*path, key))
     if missing:
@@ -363,8 +384,8 @@ def fragment(outputs: Mapping[str, Output]) -> tuple[str, list[str]]:
     assert root is not None
     patch, notes = plan_patch(root, outputs)
     data: dict[str, object] = {str(k): v for k, v in patch.items()}
-    if REGION_BUCKETS in outputs:
-        buckets = _string_map(REGION_BUCKETS, outputs[REGION_BUCKETS].value, notes)
+    if BUCKETS in outputs:
+        buckets = _string_map(BUCKETS, outputs[BUCKETS].value, notes)
         data["regions"] = [{"name": name, "bucket": url} for name, url in buckets.items()]
     kept = [n for n in notes if "is not in the policy" not in n]
     return yaml.safe_dump(data, sort_keys=False) if data else "", kept

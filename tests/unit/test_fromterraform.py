@@ -32,7 +32,7 @@ services:
   - {name: chat, dns_name: chat.llm.example.com, regions: [us-east, eu-west]}
 providers:
   route53:
-    zone: old.example.com   # the zone terraform made
+    zone: example.com   # the zone terraform made
     owner: prod
   global_accelerator:
     listener_arn: arn:aws:globalaccelerator::123456789012:accelerator/old/listener/old
@@ -48,11 +48,12 @@ def out(value: object, sensitive: bool = False) -> dict[str, object]:
     return {"value": value, "type": "string", "sensitive": sensitive}
 
 
+GROUPS = {"us-east": "us-east-1", "eu-west": "eu-west-1"}
 OUTPUTS = {
-    "route53_zone": out("llm.example.com"),
-    "global_accelerator_listener_arn": out(ARN),
-    "global_accelerator_endpoint_groups": out({"us-east": "us-east-1", "eu-west": "eu-west-1"}),
-    "region_buckets": out({"us-east": "s3://weights-us-east", "eu-west": "s3://weights-eu-west"}),
+    "route53": out({"zone": "llm.example.com", "owner": "prod"}),
+    "global_accelerator": out({"listener_arn": ARN, "endpoint_groups": GROUPS}),
+    "buckets": out({"us-east": "s3://weights-us-east", "eu-west": "s3://weights-eu-west"}),
+    "role_arn": out("arn:aws:iam::123456789012:role/llm-prod"),
 }
 
 
@@ -63,7 +64,7 @@ def fill(outputs: dict[str, object], text: str = POLICY) -> tuple[str, str, tupl
 
 def test_every_output_lands_where_the_table_says_and_the_rest_of_the_file_is_kept() -> None:
     text, _, notes, problems = fill(OUTPUTS)
-    assert problems == [] and notes == ()
+    assert problems == [] and notes == ("output 'role_arn' has no place in a policy: ignored",)
     policy = parse_policy(text)
     assert [r.bucket for r in policy.regions] == ["s3://weights-us-east", "s3://weights-eu-west"]
     (r53,) = policy.providers.route53_list
@@ -84,18 +85,42 @@ def test_every_output_lands_where_the_table_says_and_the_rest_of_the_file_is_kep
     assert [line for line in old if line not in new] == [
         '  - {name: us-east, endpoint: "http://10.1.0.10:8000", jurisdiction: US}  # the big one',
         "    bucket: s3://old-eu-bucket",
-        "    zone: old.example.com   # the zone terraform made",
+        "    zone: example.com   # the zone terraform made",
         "    listener_arn: arn:aws:globalaccelerator::123456789012:accelerator/old/listener/old",
         "      us-east: us-east-2",
     ]
 
 
 def test_cloud_dns_is_added_where_missing_and_validation_names_what_terraform_cannot_know() -> None:
-    outputs = {"cloud_dns_project": out("my-llm-project"), "cloud_dns_managed_zone": out("llm-zone")}
-    text, diff, _, problems = fill(outputs)
-    assert "+  cloud_dns: {project: my-llm-project, managed_zone: llm-zone}" in diff.splitlines()
-    line = text.splitlines().index("  cloud_dns: {project: my-llm-project, managed_zone: llm-zone}") + 1
-    assert problems == [f"p.yaml:{line}:14: providers.cloud_dns.owner: required field is missing"]
+    no_accelerator = POLICY[: POLICY.index("  global_accelerator:")]
+    outputs = {"cloud_dns": out({"project": "my-llm-project", "managed_zone": "llm-zone", "owner": "prod"})}
+    _, diff, _, problems = fill(outputs, no_accelerator)
+    added = "  cloud_dns: {project: my-llm-project, managed_zone: llm-zone, owner: prod}"
+    assert diff.endswith(f"+{added}\n")
+    assert problems == []
+    accelerator = {"global_accelerator": out({"listener_arn": ARN, "endpoint_groups": GROUPS})}
+    _, _, _, problems = fill(accelerator, no_accelerator)
+    line = len(no_accelerator.splitlines()) + 1
+    assert problems == [
+        f"p.yaml:{line}:23: providers.global_accelerator.service: required field is missing",
+        f"p.yaml:{line}:23: providers.global_accelerator.client_group: required field is missing",
+    ]
+
+
+def test_a_hosted_zone_id_replaces_the_zone_name_and_back() -> None:
+    by_id = {"route53": out({"hosted_zone_id": "Z1D633PJN98FT9", "owner": "prod"})}
+    text, _, _, problems = fill(by_id)
+    assert "    hosted_zone_id: Z1D633PJN98FT9   # the zone terraform made" in text.splitlines()
+    assert problems == [] and parse_policy(text).providers.route53_list[0].zone is None
+    back, _, _, problems = fill({"route53": out({"zone": "example.com"})}, text)
+    assert back == POLICY and problems == []
+
+
+def test_a_null_output_or_field_changes_nothing() -> None:
+    outputs = {"global_accelerator": out(None), "route53": out({"zone": None, "hosted_zone_id": None})}
+    text, _, notes, problems = fill(outputs)
+    assert text == POLICY and problems == []
+    assert notes == ("output global_accelerator is null (terraform made none): left as is",)
 
 
 def test_a_policy_already_matching_gives_no_diff() -> None:
@@ -106,20 +131,21 @@ def test_a_policy_already_matching_gives_no_diff() -> None:
 
 def test_unknown_outputs_regions_and_lists_of_instances_are_noted_not_used() -> None:
     two_zones = POLICY.replace(
-        "  route53:\n    zone: old.example.com   # the zone terraform made\n    owner: prod\n",
+        "  route53:\n    zone: example.com   # the zone terraform made\n    owner: prod\n",
         "  route53:\n    - {zone: llm.example.com, owner: a}\n    - {zone: chat.llm.example.com, owner: b}\n",
     )
     outputs = {
-        "route53_zone": out("llm.example.com"),
+        "route53": out({"zone": "llm.example.com", "ttl": "60"}),
         "vpc_id": out("vpc-1"),
-        "region_buckets": out({"mars": "s3://weights-mars"}),
+        "buckets": out({"mars": "s3://weights-mars"}),
     }
     text, diff, notes, problems = fill(outputs, two_zones)
     assert diff == "" and text == two_zones and problems == []
     assert notes == (
         "output 'vpc_id' has no place in a policy: ignored",
+        "output route53: field 'ttl' has no place in providers.route53: ignored",
         "providers.route53 lists 2 instances; terraform describes one: left as is, edit it by hand",
-        "output region_buckets: region 'mars' is not in the policy: ignored",
+        "output buckets: region 'mars' is not in the policy: ignored",
     )
 
 
@@ -175,7 +201,8 @@ def test_cli_shows_the_diff_and_writes_only_with_write(
 
 def test_cli_never_prints_a_sensitive_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outputs, policy = write(
-        tmp_path, {**OUTPUTS, "global_accelerator_listener_arn": out(ARN, sensitive=True)}
+        tmp_path,
+        {**OUTPUTS, "global_accelerator": out({"listener_arn": ARN, "endpoint_groups": GROUPS}, True)},
     )
     assert main(["policy", "from-terraform", str(outputs), "--into", str(policy), "--write"]) == 0
     assert main(["policy", "from-terraform", str(outputs)]) == 0
@@ -184,7 +211,7 @@ def test_cli_never_prints_a_sensitive_value(tmp_path: Path, capsys: pytest.Captu
     assert '+    listener_arn: "(sensitive)"' in shown.out.splitlines()
     assert parse_policy(policy.read_text()).providers.global_accelerator_list[0].listener_arn == ARN
     # An invalid sensitive value is also kept out of the validation messages that quote it.
-    outputs, policy = write(tmp_path, {"global_accelerator_listener_arn": out("secret-arn-value", True)})
+    outputs, policy = write(tmp_path, {"global_accelerator": out({"listener_arn": "secret-arn-value"}, True)})
     assert main(["policy", "from-terraform", str(outputs), "--into", str(policy)]) == 1
     shown = capsys.readouterr()
     assert "secret-arn-value" not in shown.out + shown.err and "listener_arn" in shown.err
@@ -193,7 +220,7 @@ def test_cli_never_prints_a_sensitive_value(tmp_path: Path, capsys: pytest.Captu
 def test_cli_refuses_an_invalid_result_with_its_position(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outputs, policy = write(tmp_path, {"region_buckets": out({"eu-west": "ftp://nope"})})
+    outputs, policy = write(tmp_path, {"buckets": out({"eu-west": "ftp://nope"})})
     assert main(["policy", "from-terraform", str(outputs), "--into", str(policy), "--write"]) == 1
     err = capsys.readouterr().err
     assert f"{policy}:8:13: regions.1.bucket: must be a bucket URL" in err
@@ -230,13 +257,13 @@ services: [{name: chat, dns_name: chat.llm.example.com, regions: [us-east]}]
 def test_a_provider_the_policy_lacks_is_inserted_whatever_the_shape_around_it(
     providers: str, written: str
 ) -> None:
-    text, _, _, problems = fill({"route53_zone": out("llm.example.com")}, MINIMAL + providers)
+    text, _, _, problems = fill({"route53": out({"zone": "llm.example.com"})}, MINIMAL + providers)
     assert text.endswith(written + "\n")
     assert [p.split(": ", 1)[1] for p in problems] == ["providers.route53.owner: required field is missing"]
 
 
 def test_a_value_written_through_an_alias_is_not_edited() -> None:
     # Replacing `*y` would change every place the anchor is used, or break the document.
-    policy = "y: &y old.example.com\n" + POLICY.replace("zone: old.example.com", "zone: *y")
+    policy = "y: &y example.com\n" + POLICY.replace("zone: example.com", "zone: *y")
     with pytest.raises(InvalidInput, match=r"providers\.route53\.zone is not a plain value"):
-        fill({"route53_zone": out("llm.example.com")}, policy)
+        fill({"route53": out({"zone": "llm.example.com"})}, policy)
