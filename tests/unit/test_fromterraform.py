@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -267,3 +268,57 @@ def test_a_value_written_through_an_alias_is_not_edited() -> None:
     policy = "y: &y example.com\n" + POLICY.replace("zone: example.com", "zone: *y")
     with pytest.raises(InvalidInput, match=r"providers\.route53\.zone is not a plain value"):
         fill({"route53": out({"zone": "llm.example.com"})}, policy)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "policies" / "examples"
+
+
+@pytest.mark.parametrize(
+    ("policy", "buckets"),
+    [
+        (
+            "two-region.yaml",
+            {
+                "us-east": "s3://llm-prod-weights-us-east-1/models",
+                "eu-west": "s3://llm-prod-weights-eu-west-1/models",
+            },
+        ),
+        (
+            "eu-residency.yaml",
+            {
+                "eu-west": "s3://llm-eu-weights-eu-west-1/models",
+                "eu-central": "s3://llm-eu-weights-eu-central-1/models",
+                "eu-nl": "gs://llm-eu-weights-eu-nl/models",
+            },
+        ),
+    ],
+)
+def test_the_example_policies_match_their_terraform_examples(policy: str, buckets: dict[str, str]) -> None:
+    """Outputs as terraform/examples/* name things with their default variables: only the zone's id, which
+    only an apply knows, is new to the policy."""
+    text = (EXAMPLES / policy).read_text()
+    owner = parse_policy(text).providers.route53_list[0].owner
+    outputs = {
+        "route53": out({"hosted_zone_id": "Z0123456789ABCDEFGHIJ", "owner": owner}),
+        "buckets": out(buckets),
+        "global_accelerator": out(None),
+        "name_servers": out(["ns-1.awsdns-01.org"]),
+        "role_arn": out("arn:aws:iam::123456789012:role/x"),
+    }
+    _, diff, _, problems = fill(outputs, text)
+    assert problems == []
+    changed = [line for line in diff.splitlines()[2:] if line[:1] in "+-"]
+    assert [line.split("#")[0].strip() for line in changed] == [
+        f"-    zone: {parse_policy(text).providers.route53_list[0].zone}",
+        "+    hosted_zone_id: Z0123456789ABCDEFGHIJ",
+    ]
+
+
+def test_cli_reads_the_outputs_from_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, policy = write(tmp_path, {})
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(json.dumps(OUTPUTS).encode())))
+    assert main(["policy", "from-terraform", "-", "--into", str(policy), "--write"]) == 0
+    assert parse_policy(policy.read_text()).providers.route53_list[0].zone == "llm.example.com"
+    assert "written" in capsys.readouterr().err
