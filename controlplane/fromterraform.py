@@ -79,6 +79,7 @@ def parse_outputs(data: bytes, source: str = "<outputs>") -> dict[str, Output]:
             raise OutputsError(
                 f'{source}: output {cut(repr(name))} is not {{"value": ..., "type": ..., "sensitive": ...}}'
             )
+        # Without the flag, an output counts as sensitive: printing a secret cannot be undone.
         outputs[name] = Output(entry["value"], entry.get("sensitive") is not False)
     return outputs
 

@@ -11,7 +11,7 @@ import yaml
 
 from controlplane.cli import main
 from controlplane.errors import InvalidInput
-from controlplane.fromterraform import OutputsError, fill_policy, parse_outputs, scalar
+from controlplane.fromterraform import OutputsError, fill_policy, parse_outputs, redact, scalar, secrets
 from controlplane.policy import parse_policy
 from controlplane.yamldoc import MAX_DOCUMENT_BYTES
 
@@ -322,3 +322,21 @@ def test_cli_reads_the_outputs_from_stdin(
     assert main(["policy", "from-terraform", "-", "--into", str(policy), "--write"]) == 0
     assert parse_policy(policy.read_text()).providers.route53_list[0].zone == "llm.example.com"
     assert "written" in capsys.readouterr().err
+
+
+def test_every_string_of_a_sensitive_output_is_hidden() -> None:
+    deep: object = "bottom-secret"
+    for _ in range(5):
+        deep = [{"x": deep}]
+    outputs = parse_outputs(
+        json.dumps(
+            {
+                "a": {"value": {"k": ["s3cr3t", deep]}, "sensitive": True},
+                "b": {"value": "x-plain"},
+                "c": out("shown"),
+            }
+        ).encode()
+    )
+    hidden = secrets(outputs)
+    assert hidden == {"s3cr3t", "bottom-secret", "x-plain"}  # b has no flag: it counts as sensitive
+    assert redact("s3cr3t bottom-secret x-plain shown", hidden) == "(sensitive) (sensitive) (sensitive) shown"
