@@ -33,7 +33,7 @@ import yaml
 
 from controlplane.errors import InvalidInput
 from controlplane.policy import PolicyError, parse_with_warnings
-from controlplane.yamldoc import MAX_DOCUMENT_BYTES, Problem, _composer, cut
+from controlplane.yamldoc import MAX_DOCUMENT_BYTES, Problem, compose, cut
 
 # Each provider output's fields the policy takes from terraform; the map-valued one is endpoint_groups.
 PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
@@ -351,7 +351,7 @@ class Filled:
 def fill_policy(text: str, filename: str, outputs: Mapping[str, Output]) -> Filled:
     """The policy text with terraform's outputs written in, validated as the daemon would load it."""
     try:
-        root = yaml.compose(text, Loader=_composer("policy"))
+        root = compose(text, "policy")
     except yaml.YAMLError:
         root = None
     if not isinstance(root, yaml.MappingNode):

@@ -83,7 +83,7 @@ class _Alias(yaml.Node):
 class _Composer(yaml.SafeLoader):
     """SafeLoader's composer with bounds: node count and depth, checked as events arrive."""
 
-    what = "document"  # what the file is, in messages; set by a subclass per kind (see _composer)
+    what = "document"  # what the file is, in messages; set by a subclass per kind (see compose)
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -245,6 +245,11 @@ def _composer(what: str) -> type[_Composer]:
     return type(f"_Composer_{what}", (_Composer,), {"what": what})
 
 
+def compose(text: str, what: str) -> yaml.Node | None:
+    """The node tree of `text`, composed within MAX_NODES and MAX_DEPTH; yaml's errors as they are."""
+    return yaml.compose(text, Loader=_composer(what))
+
+
 @dataclass(frozen=True, slots=True)
 class Locator:
     """Where each value of a parsed document was written."""
@@ -279,7 +284,7 @@ def parse_document(
     regions and services"); `file_path` maps a pydantic error location to the one written in the file."""
     builder = _Builder(what)
     try:
-        root = yaml.compose(text, Loader=_composer(what))
+        root = compose(text, what)
         if root is None:
             raise DocumentError([Problem(filename, 1, 1, f"{what} is empty; expected {expected}")])
         data = builder.build(root)

@@ -58,12 +58,3 @@ def test_checkov_finds_nothing_and_every_skip_says_why(checkov: Path) -> None:
         assert len(skipped["check_result"].get("suppress_comment") or "") > 20, skipped["check_id"]
     passed = {(c["check_id"], c["resource"]) for c in results["passed_checks"]}
     assert passed >= PROMISED
-
-
-def test_validate_where_a_mirror_carries_the_google_provider(terraform: Terraform, tmp_path: Path) -> None:
-    if not any((m / GOOGLE_PROVIDER).is_dir() for m in mirror_candidates()):
-        pytest.skip(f"{OPTIONAL_TOOL}: no mirror holds {GOOGLE_PROVIDER}; fmt and checkov cover the module")
-    tree = terraform_tree(ROOT, tmp_path)
-    for folder in (tree / "modules" / "gcp", tree / "examples" / "eu-residency"):
-        terraform.init(folder)
-        terraform.run(folder, "validate", "-no-color")

@@ -288,8 +288,10 @@ def test_the_example_parses_to_the_contract() -> None:
 
 
 def test_existing_policies_are_unchanged() -> None:
+    # The terraform examples' policies (issue 9) name buckets and models by design.
+    with_weights = {EXAMPLE.name, "two-region.yaml", "eu-residency.yaml"}
     for path in [DEMO, *(DEMO.parent / "examples").glob("*.yaml")]:
-        if path == EXAMPLE:
+        if path.name in with_weights:
             continue
         policy, warnings = load_with_warnings(path)
         assert warnings == []
