@@ -160,6 +160,37 @@ def check_role(client: Any, zone_id: str, buckets: dict[str, str]) -> None:
     assert sorted(objects if isinstance(objects, list) else [objects]) == sorted(expected)
 
 
+def test_the_accelerator_plans_one_endpoint_group_per_region(
+    terraform: Terraform, moto_server: str, tmp_path: Path
+) -> None:
+    """moto has no Global Accelerator to apply to; the plan (nothing read, nothing called) still shows what
+    the module would make of the example's endpoints."""
+    workdir = terraform_tree(TERRAFORM, tmp_path) / EXAMPLE
+    (workdir / "moto_override.tf").write_text(moto_override(moto_server))
+    endpoints = {
+        "us-east": ["arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/a/1"],
+        "eu-west": ["arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/net/b/2"],
+    }
+    tfvars = {"trusted_principal_arns": [PRINCIPAL], "accelerator_endpoints": endpoints}
+    (workdir / "test.auto.tfvars.json").write_text(json.dumps(tfvars))
+    terraform.init(workdir)
+    terraform.run(workdir, "plan", "-refresh=false", "-input=false", "-no-color", "-out=plan")
+    plan = json.loads(terraform.run(workdir, "show", "-json", "plan"))
+    made = {
+        r["address"]: r["change"]["after"]
+        for r in plan["resource_changes"]
+        if "globalaccelerator" in r["type"]
+    }
+    groups = {k: v for k, v in made.items() if ".aws_globalaccelerator_endpoint_group." in k}
+    assert {v["endpoint_group_region"] for v in groups.values()} == {"us-east-1", "eu-west-1"}
+    assert {v["endpoint_configuration"][0]["endpoint_id"] for v in groups.values()} == {
+        e for ids in endpoints.values() for e in ids
+    }
+    [listener] = [v for k, v in made.items() if ".aws_globalaccelerator_listener." in k]
+    assert listener["protocol"] == "TCP" and listener["port_range"] == [{"from_port": 443, "to_port": 443}]
+    assert len(made) == 4  # accelerator, listener, two groups
+
+
 async def test_apply_against_moto_then_the_plane_drives_what_it_made(
     terraform: Terraform, on_moto: str, fleet: SimFleet, tmp_path: Path
 ) -> None:
