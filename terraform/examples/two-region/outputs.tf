@@ -27,3 +27,8 @@ output "role_arn" {
   description = "The role the control plane assumes."
   value       = module.plane.role_arn
 }
+
+output "endpoint_group_arns" {
+  description = "Each policy region's endpoint group ARN; empty without an accelerator."
+  value       = module.plane.endpoint_group_arns
+}
