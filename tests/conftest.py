@@ -15,6 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.fakes.terraform import OPTIONAL_TOOL
+
 T = TypeVar("T")
 
 
@@ -30,11 +32,14 @@ def require_binary(name: str, source: str = "a Debian package") -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under CI=true nothing may be skipped: CI installs every binary the tests need."""
+    """Under CI=true nothing may be skipped: CI installs every binary the tests need. The one exception is
+    issue 9's rule: terraform and its provider mirror come with the machine image (neither PyPI nor Debian
+    carries them), so their tests skip where the image lacks them, with a reason saying so (OPTIONAL_TOOL)."""
     if os.environ.get("CI") != "true":
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter else []
+    every = reporter.stats.get("skipped", []) if reporter else []
+    skipped = [r for r in every if OPTIONAL_TOOL not in str(getattr(r, "longrepr", ""))]
     if skipped and reporter is not None:
         reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; failing the run", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
