@@ -68,6 +68,13 @@ def _params(expectation: Expectation) -> Params:
     return dumped
 
 
+def _in_time(took: float, within: float, what: str, since: str) -> tuple[bool, float, str]:
+    """A timed expectation's verdict: `what` happened `took` seconds after `since`, at most `within`."""
+    passed = took <= within
+    verdict = "" if passed else ", later than the limit"
+    return passed, round(took, 3), f"{what} {_s(took)} after {since}{verdict} (limit {_limit(within)})"
+
+
 def _where(region: str, group: str | None) -> str:
     return f"{region} (group {group})" if group else region
 
@@ -98,9 +105,7 @@ def _leaves(e: LeavesDns, journal: Journal) -> tuple[bool, float | None, str]:
     took = faults[0].apply
     if took is None:
         return False, None, f"{where} never left DNS after its fault (limit {limit})"
-    passed = took <= spec.within
-    verdict = "" if passed else ", later than the limit"
-    return passed, round(took, 3), f"{where} left DNS {_s(took)} after the fault{verdict} (limit {limit})"
+    return _in_time(took, spec.within, f"{where} left DNS", "the fault")
 
 
 def _returns(e: ReturnsToDns, journal: Journal) -> tuple[bool, float | None, str]:
@@ -114,13 +119,7 @@ def _returns(e: ReturnsToDns, journal: Journal) -> tuple[bool, float | None, str
         return False, None, f"the last fault on {where} never ended"
     if last.recovery is None:
         return False, None, f"{where} was not back in DNS after its fault ended (limit {limit})"
-    passed = last.recovery <= spec.within
-    verdict = "" if passed else ", later than the limit"
-    return (
-        passed,
-        round(last.recovery, 3),
-        f"{where} was back in DNS {_s(last.recovery)} after the fault ended{verdict} (limit {limit})",
-    )
+    return _in_time(last.recovery, spec.within, f"{where} was back in DNS", "the fault ended")
 
 
 def _method_start(journal: Journal) -> float:
@@ -184,9 +183,7 @@ def _weight_falls(e: WeightFalls, journal: Journal) -> tuple[bool, float | None,
             round(fell, 3),
             f"{where} fell to 0 at {_s(zero)}: a slow region should keep some traffic",
         )
-    passed = fell <= spec.within
-    verdict = "" if passed else ", later than the limit"
-    return passed, round(fell, 3), f"{where} fell by {spec.by}% {_s(fell)} after the fault{verdict}"
+    return _in_time(fell, spec.within, f"{where} fell by {spec.by}%", "the fault")
 
 
 def _fails_closed(e: FailsClosed, journal: Journal) -> tuple[bool, float | None, str]:
@@ -201,13 +198,7 @@ def _fails_closed(e: FailsClosed, journal: Journal) -> tuple[bool, float | None,
     )
     if closed is None:
         return False, None, f"group {spec.group} was always answered with some region (limit {limit})"
-    passed = closed <= spec.within
-    verdict = "" if passed else ", later than the limit"
-    return (
-        passed,
-        round(closed, 3),
-        f"group {spec.group} got no region {_s(closed)} after the first fault{verdict} (limit {limit})",
-    )
+    return _in_time(closed, spec.within, f"group {spec.group} got no region", "the first fault")
 
 
 def _survives(

@@ -281,7 +281,7 @@ def test_weight_falls_holds_when_the_share_drops_in_time_but_not_to_zero() -> No
     expect = "weight_falls: {region: us-east, by: 20, within: 3s}"
     held = one(expect, slowed([25, 23, 20, 17, 17]))  # 20 is 80 % of 25
     assert (held.passed, held.observed) == (True, 2.0)
-    assert held.message == "us-east fell by 20% 2.00 s after the fault"
+    assert held.message == "us-east fell by 20% 2.00 s after the fault (limit 3 s)"
     late = one(expect, slowed([25, 24, 23, 22, 19]))
     assert (late.passed, late.observed) == (False, 4.0) and "later than the limit" in late.message
     never = one(expect, slowed([25, 25, 24, 25]))
