@@ -251,13 +251,19 @@ def in_progress(bucket: str, key: str) -> list[str]:
     return [u["UploadId"] for u in uploads.get("Uploads", [])]
 
 
-async def test_s3_put_resends_only_the_parts_a_killed_upload_lacks(
-    aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+async def folder_to_s3(moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Bucket, Bucket]:
+    """A folder holding the shard and an S3 destination putting it in 5 MiB parts."""
     _, destination = s3_pair(moto, monkeypatch)
     monkeypatch.setattr(buckets, "PART_SIZE", 5 * MiB)
     source = open_bucket(f"file://{tmp_path}/source")
     await source.write("llama/v1/shard", stream(SHARD))
+    return source, destination
+
+
+async def test_s3_put_resends_only_the_parts_a_killed_upload_lacks(
+    aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source, destination = await folder_to_s3(moto, monkeypatch, tmp_path)
     # What killed runs leave: an older upload, and a newer one with part 1 right and part 2 of the right
     # size but other bytes (its ETag is not the MD5 of the source's part 2).
     s3 = boto3.client("s3", region_name="us-east-1")
@@ -279,10 +285,7 @@ async def test_s3_put_resends_only_the_parts_a_killed_upload_lacks(
 async def test_s3_put_keeps_its_parts_when_interrupted_and_drops_them_when_the_source_is_wrong(
     aws_credentials: None, moto: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    _, destination = s3_pair(moto, monkeypatch)
-    monkeypatch.setattr(buckets, "PART_SIZE", 5 * MiB)
-    source = open_bucket(f"file://{tmp_path}/source")
-    await source.write("llama/v1/shard", stream(SHARD))
+    source, destination = await folder_to_s3(moto, monkeypatch, tmp_path)
     await source.write("llama/v1/short", stream(SHARD[: 11 * MiB]))
 
     # A source shorter than its manifest entry fails verification after two parts landed: parts of the
