@@ -30,12 +30,14 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
+from controlplane import __version__
 from controlplane.policy import Policy
 from controlplane.stats import quantile
 from probes.http import RefusedBody, make_session, refuse_encoded
 from probes.inference import StreamReading, read_stream
 
 NO_REGION = "-"
+CLIENT_USER_AGENT = f"llm-failover-plane-drill-client/{__version__}"
 """The region of an outcome that never reached one (the name did not resolve, or to an unknown address)."""
 
 
@@ -289,7 +291,7 @@ class LoadGenerator:
     async def start(self) -> None:
         if self._session is not None:
             raise RuntimeError("the load generator is already running")
-        self._session = make_session(self._settings.max_in_flight)
+        self._session = make_session(self._settings.max_in_flight, CLIENT_USER_AGENT)
         self._started = asyncio.get_running_loop().time()
         self._drivers = [asyncio.create_task(self._drive(group)) for group in self._settings.groups]
 

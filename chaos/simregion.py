@@ -47,6 +47,8 @@ class FaultMode(StrEnum):
 
 
 _NUMBER = ((int, float), "a number")
+_MAX_CALLERS = 1024
+
 # JSON field -> (accepted Python types, how to name them in an error).
 _FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "mode": ((str,), "a string"),
@@ -140,6 +142,7 @@ class SimRegion:
         self.token_interval = token_interval
         self._fault = FaultSpec()
         self._rng = random.Random()
+        self._calls: dict[tuple[str, str], int] = {}  # requests per (path, caller) under the errors fault
         self._running = 0
         self._hung: set[RequestHandler] = set()
         self._transition = asyncio.Lock()
@@ -288,6 +291,7 @@ class SimRegion:
 
     async def _apply(self, spec: FaultSpec) -> None:
         previous, self._fault = self._fault, spec
+        self._calls.clear()
         log.info("region %s: fault %s", self.name, spec)
         if previous.mode is FaultMode.HANG and spec.mode is not FaultMode.HANG:
             self._drop_connections(list(self._hung))
@@ -322,7 +326,7 @@ class SimRegion:
         if (
             spec.mode is FaultMode.ERRORS
             and request.path != "/health"  # vLLM's /health stays 200 while inference is broken
-            and self._rng.random() < spec.fraction
+            and self._fails_next(request, spec.fraction)
         ):
             status = self._rng.choice((500, 503))
             return web.json_response(
@@ -336,6 +340,17 @@ class SimRegion:
                 status=status,
             )
         return await handler(request)
+
+    def _fails_next(self, request: web.Request, fraction: float) -> bool:
+        """Spread failures evenly over each caller's requests to each path: exactly `fraction` of them, never
+        two in a row below one half. A random pick would hand the probes an unlucky streak now and then, and a
+        drill's verdict would rest on luck rather than on the plane's rules."""
+        key = (request.path, request.headers.get("User-Agent", ""))
+        if key not in self._calls and len(self._calls) >= _MAX_CALLERS:
+            self._calls.clear()  # a flood of made-up paths must not grow the table without end
+        n = self._calls.get(key, 0)
+        self._calls[key] = n + 1
+        return int((n + 1) * fraction) > int(n * fraction)
 
     async def _stall_while_hung(self, request: web.Request) -> None:
         """Never answer while the region hangs; leaving the fault closes the connection, ending this."""

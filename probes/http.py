@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from controlplane import __version__
 from controlplane.policy import ProbeSettings, Region
 from probes.observation import Observation, ProbeKind
 
@@ -39,7 +40,12 @@ def connection_limit() -> int:
     return 4096 if soft == resource.RLIM_INFINITY else max(64, soft // 2)
 
 
-def make_session(limit: int | None = None) -> aiohttp.ClientSession:
+# Names the probes in the servers' access logs, so operators can tell them from clients (as Route 53's
+# checkers do); the same header lets a simulated region count each caller's requests apart.
+PROBE_USER_AGENT = f"llm-failover-plane-probe/{__version__}"
+
+
+def make_session(limit: int | None = None, user_agent: str = PROBE_USER_AGENT) -> aiohttp.ClientSession:
     """One session for every probe: pooled keep-alive connections, no cookies, no environment proxies.
 
     TLS verification stays on in the connector; a probe turns it off per request only when the policy's
@@ -56,7 +62,7 @@ def make_session(limit: int | None = None) -> aiohttp.ClientSession:
         trust_env=False,
         raise_for_status=False,
         auto_decompress=False,
-        headers={"Accept-Encoding": "identity"},
+        headers={"Accept-Encoding": "identity", "User-Agent": user_agent},
     )
 
 

@@ -214,14 +214,24 @@ async def test_errors_fail_api_and_metrics_but_not_health(
         assert resp.status == 200
 
 
-async def test_errors_hit_about_the_given_fraction(sim: SimRegion, session: aiohttp.ClientSession) -> None:
-    await sim.set_fault(FaultSpec(FaultMode.ERRORS, fraction=0.5))
-    statuses = []
-    for _ in range(60):
-        async with session.get(f"{sim.endpoint}/v1/models") as resp:
-            statuses.append(resp.status)
-    failures = sum(s >= 500 for s in statuses)
-    assert 10 < failures < 50  # binomial(60, 0.5): outside this band about once in 10^6 runs
+async def test_errors_hit_the_given_fraction_of_each_callers_requests_spread_evenly(
+    sim: SimRegion, session: aiohttp.ClientSession
+) -> None:
+    await sim.set_fault(FaultSpec(FaultMode.ERRORS, fraction=0.3))
+
+    async def statuses(user_agent: str, count: int = 20) -> list[int]:
+        seen = []
+        for _ in range(count):
+            async with session.get(f"{sim.endpoint}/v1/models", headers={"User-Agent": user_agent}) as resp:
+                seen.append(resp.status)
+        return seen
+
+    probe = await statuses("probe")
+    await statuses("client", 21)  # another caller's requests do not move the probe's pattern
+    probe += await statuses("probe")
+    failed = [s >= 500 for s in probe]
+    assert sum(failed) == 12  # 30 % of 40
+    assert failed == [int((n + 1) * 0.3) > int(n * 0.3) for n in range(40)]  # never two in a row
 
 
 async def test_wrong_model_is_served_everywhere(sim: SimRegion, session: aiohttp.ClientSession) -> None:
