@@ -145,6 +145,36 @@ class AllDown(StrEnum):
     FREEZE = "freeze"
 
 
+class ReservedTerm(StrEnum):
+    ONE_YEAR = "1y"
+    THREE_YEARS = "3y"
+
+
+# A cloud's own identifiers: aws/us-east-1/g6e.xlarge, gcp/europe-west4/g2-standard-8.
+CloudId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+
+
+class Fleet(_Frozen):
+    """What a region runs on, for the cost model: the price sheet is looked up by (cloud, region, instance)."""
+
+    cloud: CloudId = Field(description="Price sheet cloud, e.g. aws or gcp")
+    region: CloudId = Field(description="The cloud's region, e.g. us-east-1 or europe-west4")
+    instance: CloudId = Field(description="GPU instance type, e.g. g6e.xlarge")
+    reserved: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=0, description="Instances reserved (paid every hour, busy or not)"
+    )
+    reserved_term: ReservedTerm = ReservedTerm.ONE_YEAR
+    on_demand_max: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=1000, description="Most on-demand instances the region may add above its reserved ones"
+    )
+    spot_max: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=0, description="Most spot instances, used before on-demand ones when cheaper"
+    )
+    tokens_per_s: Annotated[float, Field(gt=0, le=1e9)] = Field(
+        description="Output tokens per second one instance sustains at the latency target"
+    )
+
+
 class Region(_Frozen):
     name: Name
     endpoint: HttpUrl = Field(
@@ -163,6 +193,7 @@ class Region(_Frozen):
     bucket: BucketUrlText | None = Field(
         default=None, description="Where this region's servers load model weights from"
     )
+    fleet: Fleet | None = Field(default=None, description="Instances and prices, for the cost model")
 
     @field_validator("address")
     @classmethod
@@ -428,6 +459,16 @@ class Service(_Frozen):
     when_all_down: AllDown = AllDown.FAIL_CLOSED
     model: Name | None = Field(
         default=None, description="A models entry: regions lacking its verified version get no traffic"
+    )
+    cost_weight: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description=(
+            "Active-active: how far weights lean toward regions with a lower cost per token (0 not at all,"
+            " 1 in proportion to cheapness), among healthy allowed regions within the TTFT target"
+        ),
+    )
+    cost_floor: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.25, description="The least share of its cost-blind weight a region keeps under cost_weight"
     )
 
 
