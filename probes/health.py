@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -35,6 +35,9 @@ class KindHealth:
     # Seconds of unbroken success the next recovery needs: HealthSettings.recover_after, doubled for each
     # failure that came within flap_window of the recovery before it (a flapping region waits longer).
     hold: float = 0.0
+    # metrics: the last good read of the output-token counter (at, count) and the rate it last gave
+    tokens_out: tuple[float, float] | None = None
+    tokens_out_per_s: float | None = None
 
     @property
     def transitioning(self) -> bool:
@@ -44,10 +47,42 @@ class KindHealth:
 Kinds = Mapping[tuple[str, ProbeKind], KindHealth]
 
 
+def token_rate(
+    previous: KindHealth | None, obs: Observation
+) -> tuple[tuple[float, float] | None, float | None]:
+    """The output-token counter's last good read and its rate per second since the read before it.
+
+    A failed scrape changes neither: the next good one measures over the whole gap. The first read gives no
+    rate; a counter that went down (the server restarted) gives none for that interval, so the rate before
+    it stands until the next interval measures again.
+    """
+    sample = previous.tokens_out if previous else None
+    rate = previous.tokens_out_per_s if previous else None
+    if not obs.ok:
+        return sample, rate
+    if obs.output_tokens is None:
+        return None, None  # the server stopped exporting it: no figure rather than an old one
+    read = (obs.at, obs.output_tokens)
+    if sample is None:
+        return read, None
+    elapsed, counted = obs.at - sample[0], obs.output_tokens - sample[1]
+    if elapsed <= 0:
+        return sample, rate
+    return read, counted / elapsed if counted >= 0 else rate
+
+
 def advance(previous: KindHealth | None, obs: Observation, settings: HealthSettings) -> KindHealth:
     """One observation through rise/fall hysteresis and flap damping. The first verdict needs no streak: it
     is not a guess, it is the first fact, and start-up waits for it. A recovery needs `rise` successes in a
     row and, since the last failure, `hold` seconds of them, which doubles with each flap."""
+    kept = _advance(previous, obs, settings)
+    if obs.kind is not ProbeKind.METRICS:
+        return kept
+    tokens_out, rate = token_rate(previous, obs)
+    return replace(kept, tokens_out=tokens_out, tokens_out_per_s=rate)
+
+
+def _advance(previous: KindHealth | None, obs: Observation, settings: HealthSettings) -> KindHealth:
     ttft = previous.ttft_ewma if previous else None
     if obs.ok and obs.ttft_s is not None:
         ttft = obs.ttft_s if ttft is None else _EWMA_ALPHA * obs.ttft_s + (1 - _EWMA_ALPHA) * ttft
@@ -102,6 +137,7 @@ class RegionHealth:
     tokens_per_s: float | None = None
     queue_depth: float | None = None
     kv_cache_usage: float | None = None
+    tokens_out_per_s: float | None = None  # output tokens/s the server counted, from its last two scrapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +215,7 @@ def region_health(kinds: Kinds, policy: Policy, region: str, now: float) -> Regi
     tokens_per_s = inference.last.tokens_per_s if inference and inference.last.ok else None
     queue = fresh_metrics.queue_depth if fresh_metrics else None
     kv = fresh_metrics.kv_cache_usage if fresh_metrics else None
+    tokens_out_per_s = metrics.tokens_out_per_s if metrics and fresh_metrics else None
     if State.UNHEALTHY in verdicts:
         overall = State.UNHEALTHY
     elif State.UNKNOWN in verdicts:
@@ -187,7 +224,17 @@ def region_health(kinds: Kinds, policy: Policy, region: str, now: float) -> Regi
         overall = State.HEALTHY
     value = score(settings, ttft, queue, kv) if overall is State.HEALTHY else 0.0
     return RegionHealth(
-        region, overall, value, since, tuple(reasons), last_seen, ttft, tokens_per_s, queue, kv
+        region,
+        overall,
+        value,
+        since,
+        tuple(reasons),
+        last_seen,
+        ttft,
+        tokens_per_s,
+        queue,
+        kv,
+        tokens_out_per_s,
     )
 
 

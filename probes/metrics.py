@@ -1,4 +1,5 @@
-"""The metrics probe: scrape the server's Prometheus page and read its queue, batch and KV-cache load."""
+"""The metrics probe: scrape the server's Prometheus page and read its queue, batch and KV-cache load, and
+its cumulative output-token and finished-request counters."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +21,21 @@ from probes.observation import Observation, ProbeKind
 QUEUE = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size")
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
-_WANTED = frozenset((*QUEUE, *RUNNING, *KV_CACHE))
+# Counters since the server started. TGI has no output-token counter, but its histogram of generated tokens
+# per request has one in its sum. SGLang counts requests processed, not only those that succeeded.
+OUTPUT_TOKENS = (
+    "vllm:generation_tokens_total",
+    "sglang:generation_tokens_total",
+    "tgi_request_generated_tokens_sum",
+)
+# TGI's counter has no _total suffix on the page; the parser adds one when a TYPE line says "counter".
+REQUESTS_OK = (
+    "vllm:request_success_total",
+    "sglang:num_requests_total",
+    "tgi_request_success_total",
+    "tgi_request_success",
+)
+_WANTED = frozenset((*QUEUE, *RUNNING, *KV_CACHE, *OUTPUT_TOKENS, *REQUESTS_OK))
 _WANTED_BYTES = tuple(name.encode() for name in sorted(_WANTED))
 # A real vLLM page, histograms of every engine and model included, is 50-500 KB; 4 MiB leaves room for
 # many models behind one endpoint and bounds what a hostile page costs in memory and in scanning.
@@ -32,11 +48,19 @@ MAX_LOAD_LINES = 1000
 _LOOKBACK = 16
 _LINE_PREFIXES: tuple[list[bytes], ...] = ([], [b"#", b"TYPE"], [b"#", b"HELP"])
 
-Load = tuple[float | None, float | None, float | None]
+
+class Load(NamedTuple):
+    """What one page says; None for what it does not export."""
+
+    queue_depth: float | None
+    running: float | None
+    kv_cache_usage: float | None  # 0..1
+    output_tokens: float | None  # cumulative
+    requests_ok: float | None  # cumulative
 
 
 def read_load(text: str) -> Load:
-    """(queue depth, running requests, KV-cache usage 0..1) from a Prometheus text page; None if absent.
+    """The load gauges and counters of a Prometheus text page.
 
     Counts add up across label sets (several models or engines behind one endpoint). KV-cache usage is a
     fraction, so across label sets it is the fullest one, not a sum. Raises ValueError on a malformed page.
@@ -50,7 +74,13 @@ def read_load(text: str) -> Load:
     def pick(names: Iterable[str], combine: Callable[[list[float]], float]) -> float | None:
         return next((combine(values[n]) for n in names if n in values), None)
 
-    return pick(QUEUE, sum), pick(RUNNING, sum), pick(KV_CACHE, max)
+    return Load(
+        pick(QUEUE, sum),
+        pick(RUNNING, sum),
+        pick(KV_CACHE, max),
+        pick(OUTPUT_TOKENS, sum),
+        pick(REQUESTS_OK, sum),
+    )
 
 
 def read_page(page: bytes) -> Load:
@@ -106,10 +136,10 @@ async def probe_metrics(
         return failed(region, ProbeKind.METRICS, started, now, f"HTTP {resp.status}")
     try:
         # Off the loop: even filtered, a page is the region's input, and the probes share this loop.
-        queue, running, kv = await asyncio.to_thread(read_page, page)
+        load = await asyncio.to_thread(read_page, page)
     except ValueError as exc:
         return failed(region, ProbeKind.METRICS, started, now, f"unparseable metrics: {exc}")
-    if queue is None and running is None and kv is None:
+    if load.queue_depth is None and load.running is None and load.kv_cache_usage is None:
         return failed(
             region, ProbeKind.METRICS, started, now, "no vLLM, SGLang or TGI load metrics on the page"
         )
@@ -119,7 +149,9 @@ async def probe_metrics(
         True,
         now(),
         time.perf_counter() - started,
-        queue_depth=queue,
-        running=running,
-        kv_cache_usage=kv,
+        queue_depth=load.queue_depth,
+        running=load.running,
+        kv_cache_usage=load.kv_cache_usage,
+        output_tokens=load.output_tokens,
+        requests_ok=load.requests_ok,
     )

@@ -33,3 +33,5 @@ class Observation:
     queue_depth: float | None = None
     running: float | None = None
     kv_cache_usage: float | None = None
+    output_tokens: float | None = None  # counters since the server started: rates come from two scrapes
+    requests_ok: float | None = None

@@ -143,6 +143,23 @@ async def test_metrics_reflect_load_knobs_and_running_requests(
     assert (await streaming).ok
 
 
+async def test_metrics_count_the_output_tokens_and_requests_a_region_served(
+    sim: SimRegion, probe_session: aiohttp.ClientSession
+) -> None:
+    region = region_of(sim)
+    # A labelled counter appears on the page with the first request it counts.
+    assert (await probe_inference(probe_session, region, SETTINGS)).ok
+    before = await probe_metrics(probe_session, region, SETTINGS)
+    assert before.output_tokens is not None and before.requests_ok is not None
+    for _ in range(3):
+        assert (await probe_inference(probe_session, region, SETTINGS)).ok
+    after = await probe_metrics(probe_session, region, SETTINGS)
+    assert after.output_tokens is not None and after.requests_ok is not None
+    # Three completions of max_tokens each, counted by the server itself.
+    assert after.output_tokens - before.output_tokens == 3 * SETTINGS.inference.max_tokens
+    assert after.requests_ok - before.requests_ok == 3
+
+
 async def test_metrics_probe_uses_metrics_url_and_reports_unknown_pages(
     sim: SimRegion, probe_session: aiohttp.ClientSession
 ) -> None:
