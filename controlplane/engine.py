@@ -5,13 +5,18 @@ never to a region the model may not be stored in. Lacking weights is a fact, not
 region gets nothing in every mode, fail-open and freeze included (a frozen plan keeps only the regions that
 hold the weights; when none does, the group fails closed), and its weight leaves at once, undamped, like
 that of a region gone unhealthy.
+
+A service with a cost_weight leans its active-active weights toward the live regions that cost less per 1M
+output tokens (`costs`), among those within the TTFT target (`_lean`). Cost only rescales the shares of
+regions that already get traffic: residency, health, drains, the weights gate, active-passive order, damping
+and the all-down modes never see it, and an operator's pinned weight is the operator's word, not leaned.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import compress
 from operator import attrgetter, not_, sub
@@ -59,6 +64,9 @@ class _Candidates:
 # Per region, in the order of _Candidates.members: exact (unrounded) target shares, and why.
 _Targets = tuple[list[float], list[str]]
 Weighing = tuple[GroupMode, tuple[RouteWeight, ...], float]
+_Lean = tuple[
+    float, float
+]  # a service's (cost_weight, cost_floor), when its weights lean toward cheaper regions
 _NAME, _HEALTHY, _IDLE_REASON = attrgetter("name"), attrgetter("healthy"), attrgetter("idle_reason")
 _REGION, _WEIGHT = attrgetter("region"), attrgetter("weight")
 _EPSILON_MORE = (1e-9).__add__
@@ -88,8 +96,12 @@ class _Facts:
         now: float,
         models: Mapping[str, Model],
         artifacts: ArtifactView | None,
+        costs: Mapping[str, float] | None,
+        ttft_target: float,
     ) -> None:
         self.health = health
+        self.costs = costs or None  # None: no region has a figure, so nothing leans
+        self.ttft_target = ttft_target
         self.models = models
         self._lacks = forbidden if artifacts is None else artifacts.lacks
         self.overrides = overrides
@@ -178,11 +190,14 @@ class _Facts:
             )
         return found
 
-    def targets(self, service: Service, candidates: _Candidates) -> _Targets:
-        key = (service.mode, service.slow_start, service.trickle, id(candidates))
+    def targets(self, service: Service, candidates: _Candidates, lean: _Lean | None) -> _Targets:
+        key = (service.mode, service.slow_start, service.trickle, id(candidates), lean)
         found = self._targets.get(key)
         if found is None:
-            found = self._targets[key] = _targets(service, candidates, self.now)
+            leaned = None
+            if lean is not None and self.costs is not None and service.mode is Mode.ACTIVE_ACTIVE:
+                leaned = _leaned(candidates, lean, self.costs, self.ttft_target)
+            found = self._targets[key] = _targets(service, candidates, self.now, leaned)
         return found
 
 
@@ -227,14 +242,67 @@ def _slow_start(service: Service, health: RegionHealth, now: float) -> float:
     return min(1.0, max(0.1, (now - health.since) / service.slow_start))
 
 
-def _targets(service: Service, candidates: _Candidates, now: float) -> _Targets:
+def _money(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 0.1 else f"${amount:.2g}"
+
+
+def _leaned(
+    candidates: _Candidates, lean: _Lean, costs: Mapping[str, float], ttft_target: float
+) -> tuple[_Candidate, ...] | None:
+    """The group's members with each live region's weight rescaled by its cost multiplier
+    m = max(floor, (1 - w) + w * cheapest / cost): the cheapest region within the TTFT target keeps all of its
+    weight, a dearer one less, never below the floor. None when nothing leans.
+
+    Only a region within the TTFT target may be the cheapest; one over it is weighed as the dearest live
+    region, so a cheap but slow region never draws traffic for its price. A region with no cost figure and a
+    pinned weight keep m = 1."""
+    members = candidates.members
+    # Per live region: position, cost figure, within the TTFT target. A figure that is no price at all
+    # (negative, NaN, infinite) must not poison the arithmetic: it counts as none.
+    rows = []
+    for i in candidates.live:
+        figure = costs.get(members[i].name)
+        priced = figure is not None and 0 <= figure < math.inf
+        rows.append((i, figure if priced else None, _within(members[i].health, ttft_target)))
+    fast = [figure for _, figure, within in rows if within and figure is not None]
+    if not fast:
+        return None
+    cheapest = min(fast)
+    dearest = max([figure for _, figure, _ in rows if figure is not None])
+    weight, floor = lean
+    out = list(members)
+    for i, cost, within in rows:
+        c = members[i]
+        figure = cost if within else dearest
+        if c.pinned is not None or figure is None or figure <= cheapest:
+            continue
+        m = max(floor, (1 - weight) + weight * cheapest / figure)
+        if m >= 1:  # a floor of 1 keeps every region whole
+            continue
+        slow = "" if within else "over TTFT target, weighed as the dearest: "
+        note = f"{slow}{_money(figure)} vs cheapest {_money(cheapest)} per 1M tokens"
+        if m == floor:
+            note += f"; floor {floor:g}"
+        out[i] = replace(c, weight=c.weight * m, weight_reason=f"{c.weight_reason} x cost {m:.2f} ({note})")
+    return tuple(out)
+
+
+def _within(health: RegionHealth, ttft_target: float) -> bool:
+    return health.ttft_s is None or health.ttft_s <= ttft_target
+
+
+def _targets(
+    service: Service, candidates: _Candidates, now: float, leaned: tuple[_Candidate, ...] | None
+) -> _Targets:
+    """`leaned`: the members with cost-rescaled weights (active-active only), or None to weigh them as they are."""
     members, live = candidates.members, candidates.live
     shares = [0.0] * len(members)
     reasons = list(map(_IDLE_REASON, members))
     if service.mode is Mode.ACTIVE_ACTIVE:
         ramps = service.slow_start > 0
+        weighed = members if leaned is None else leaned
         for i in live:
-            c = members[i]
+            c = weighed[i]
             ramp = _slow_start(service, c.health, now) if ramps and c.health.since > 0 else 1.0
             if ramp < 1:
                 shares[i] = c.weight * ramp
@@ -362,7 +430,14 @@ class _Weighing:
         "weights",
     )
 
-    def __init__(self, service: Service, candidates: _Candidates, previous: GroupPlan | None, facts: _Facts):
+    def __init__(
+        self,
+        service: Service,
+        candidates: _Candidates,
+        previous: GroupPlan | None,
+        facts: _Facts,
+        lean: _Lean | None,
+    ):
         # No reference to `facts`: it holds this weighing, and a cycle would leave every call's memo to the
         # garbage collector's slow passes.
         self.candidates, self.previous, self.now = candidates, previous, facts.now
@@ -379,7 +454,9 @@ class _Weighing:
             self.start: Sequence[float] = []
             return
         self.mode = GroupMode.NORMAL
-        self.target, self.reasons = facts.targets(service, candidates)  # shared by other groups: read only
+        self.target, self.reasons = facts.targets(
+            service, candidates, lean
+        )  # shared by other groups: read only
         self.start = self.target
         if previous is not None and self.before is not None and previous.mode is GroupMode.NORMAL:
             self.start = _start(self.before, self.target, candidates, removed)
@@ -440,6 +517,10 @@ def _decide_group(
         since = previous.since if previous is not None and not held else facts.now
         return GroupPlan(service.name, group.name, GroupMode.FAIL_CLOSED, (), since)
     candidates = facts.candidates(service, allowed)
+    # Tested on cost_weight first, so a service that does not lean pays one attribute read for the feature.
+    lean = (
+        (service.cost_weight, service.cost_floor) if service.cost_weight and facts.costs is not None else None
+    )
     # Services with the same settings, regions and last weights get the same answer: weigh once per call.
     key = (
         service.mode,
@@ -447,6 +528,7 @@ def _decide_group(
         service.trickle,
         service.when_all_down,
         id(candidates),
+        lean,
         # Identity is enough for the weights: a weighing's tuple is shared by every group it answered, and
         # `previous` outlives this call, so equal last weights mostly share one; a miss only costs a
         # recomputation.
@@ -454,7 +536,7 @@ def _decide_group(
     )
     weighing = facts.weighings.get(key)
     if weighing is None:
-        weighing = facts.weighings[key] = _Weighing(service, candidates, previous, facts)
+        weighing = facts.weighings[key] = _Weighing(service, candidates, previous, facts, lean)
     allowance = _allowance(service.max_shift, facts.now - previous.since) if previous else 0
     if weighing.biggest <= allowance:
         return GroupPlan(service.name, group.name, *weighing.undamped(facts.interned))
@@ -472,14 +554,25 @@ def decide(
     now: float,
     overrides: Sequence[Override] = (),
     artifacts: ArtifactView | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> RoutingPlan:
     """Weights per (service, client group, region). Same inputs, same plan: no I/O, no clock.
 
     `artifacts`: what each region's bucket holds. None means no bucket was looked at (a one-shot plan):
-    then only residency gates a service's model, never a version."""
+    then only residency gates a service's model, never a version.
+    `costs`: region -> cost per 1M output tokens of serving more there, for services with a cost_weight.
+    A region left out has no figure and is not leaned; None leaves every plan as without the feature."""
     before = {(g.service, g.group): g for g in previous or ()}
     models = {m.name: m for m in policy.models}
-    facts = _Facts(health, tuple(o for o in overrides if now < o.until), now, models, artifacts)
+    facts = _Facts(
+        health,
+        tuple(o for o in overrides if now < o.until),
+        now,
+        models,
+        artifacts,
+        costs,
+        policy.health.ttft_target,
+    )
     groups = tuple(
         _decide_group(policy, service, group, facts, before.get((service.name, group.name)))
         for service in policy.services
