@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from controlplane.policy import load_policy
 
@@ -146,6 +147,29 @@ def test_a_price_sheet_of_ones_own_changes_only_what_it_prices(tmp_path: Path) -
             assert a["by_category"]["on_demand"] == pytest.approx(b["by_category"]["on_demand"])
         else:
             assert a["total"] == pytest.approx(b["total"]), a["region"]
+
+
+def test_a_region_without_a_fleet_routes_unpriced_and_is_not_taken_down_by_default(tmp_path: Path) -> None:
+    data = yaml.safe_load(POLICY.read_text(encoding="utf-8"))
+    del next(r for r in data["regions"] if r["name"] == "eu-central")["fleet"]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = cost("--json", policy=policy)
+    assert result.code == 0, result.err
+    reports = json.loads(result.out)["scenarios"]
+    priced = [r for r in fleets() if r != "eu-central"]
+    assert [s["scenario"] for s in reports] == ["normal", *(f"region-down:{r}" for r in priced)]
+    for report in reports:
+        assert [r["region"] for r in report["regions"]] == priced
+        assert any("eu-central" in w for w in report["warnings"]), report["scenario"]
+    # It can still be taken down by name: its traffic then lands on priced regions.
+    result = cost("--json", "--scenario", "region-down:eu-central", policy=policy)
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["scenarios"][0]["scenario"] == "region-down:eu-central"
+    # But it has no spot to lose.
+    result = cost("--scenario", "spot-loss:eu-central", policy=policy)
+    assert result.code == 2
+    assert "(regions with a fleet: us-east, us-west, eu-west)" in result.err
 
 
 def test_bad_traffic_yaml_exits_2_at_its_line_and_column_without_a_traceback(tmp_path: Path) -> None:
