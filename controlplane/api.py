@@ -20,7 +20,7 @@ from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
 from controlplane.policy import Model, Region
 from controlplane.providers.localdns import LocalDnsProvider
-from probes.health import RegionHealth
+from probes.health import HealthView, RegionHealth
 
 if TYPE_CHECKING:
     from controlplane.daemon import Daemon
@@ -123,6 +123,7 @@ def _models_of(daemon: Daemon) -> dict[str, list[Model]]:
 
 def status(daemon: Daemon) -> dict[str, Any]:
     view = daemon.health()
+    cost = daemon.live_cost(view)
     now = time.time()
     models = _models_of(daemon)
     services: dict[str, dict[str, Any]] = {}
@@ -152,6 +153,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "surveyed": daemon.weights_surveyed.is_set(),
         },
         "services": services,
+        "cost": cost.to_json() if cost else None,
         "alerts": alerts(daemon),
         "overrides": [o.to_json() for o in daemon.overrides if o.until > time.time()],
         "providers": {
@@ -255,6 +257,7 @@ class PlaneCollector(Collector):
                 connections.add_metric([], provider.connections)
         yield from (dropped, connections)
         yield from _weight_metrics(d)
+        yield from _cost_metrics(d, view)
         monitor = d.loop_monitor
         yield GaugeMetricFamily(
             "controlplane_loop_lag_seconds", "How late the event loop ran", value=monitor.lag
@@ -268,6 +271,35 @@ class PlaneCollector(Collector):
             "Probe results dropped: the plane could not look (loop stalled, out of descriptors)",
             value=d.scheduler.stats.inconclusive,
         )
+
+
+def _cost_metrics(d: Daemon, view: HealthView) -> Iterator[Metric]:
+    tokens = GaugeMetricFamily(
+        "llm_plane_region_output_tokens_per_second",
+        "Output tokens per second the region's server counted between its last two scrapes",
+        labels=["region"],
+    )
+    for r in d.policy.regions:
+        if (rate := view.get(r.name).tokens_out_per_s) is not None:
+            tokens.add_metric([r.name], rate)
+    yield tokens
+    cost = d.live_cost(view)
+    if cost is None:
+        return
+    per_region = GaugeMetricFamily(
+        "llm_plane_region_cost_per_hour",
+        f"Estimated {cost.currency} per hour: the observed output tokens/s spread as the current weights "
+        "spread traffic, priced with the region's fleet (reserved instances always counted)",
+        labels=["region"],
+    )
+    for row in cost.regions:
+        per_region.add_metric([row.region], row.per_hour)
+    yield per_region
+    yield GaugeMetricFamily(
+        "llm_plane_cost_per_hour",
+        f"Estimated {cost.currency} per hour over every region with a fleet",
+        value=cost.per_hour,
+    )
 
 
 def _weight_metrics(d: Daemon) -> Iterator[Metric]:

@@ -18,11 +18,14 @@ from typing import Any
 
 from opentelemetry import trace
 
+from controlplane.cost import marginal_cost_per_mtok
 from controlplane.engine import decide
 from controlplane.errors import InvalidInput
+from controlplane.livecost import LiveCost, live_cost
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Model, Policy, PolicyError, load_policy
+from controlplane.prices import PriceBook, PriceSheetError, check_fleets, load_prices, shipped_sheets
 from controlplane.providers.base import ManagedProvider, ProviderError
 from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore
@@ -66,6 +69,7 @@ class DaemonConfig:
     reload_interval: float = 1.0
     dry_run: bool = False
     provider_start_retry: float = 5.0  # seconds between attempts to start a provider that failed to start
+    prices: tuple[Path, ...] = ()  # the user's price sheets, read after the shipped ones (figure by figure)
 
 
 def _weights(plan: RoutingPlan | None) -> dict[str, dict[str, dict[str, int]]]:
@@ -109,6 +113,38 @@ class TooManyOverrides(InvalidInput):
     http_status = 409
 
 
+class UnpricedFleets(InvalidInput):
+    """A policy whose fleets need figures the price sheets lack: refused like any invalid policy."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The price sheets as loaded for one policy, and what the engine leans on: each fleet region's cost per
+    1M output tokens of serving more there."""
+
+    book: PriceBook
+    costs: Mapping[str, float]
+
+
+def load_pricing(policy: Policy, sheets: Sequence[Path]) -> Pricing | None:
+    """The shipped sheets, then `sheets`, checked against `policy`'s fleets. None when the policy has no
+    fleet and no sheet was given: then it runs exactly as before, needing no price sheet at all.
+
+    Raises PriceSheetError for a sheet that cannot be read, UnpricedFleets for figures a fleet lacks."""
+    if not sheets and not any(r.fleet for r in policy.regions):
+        return None
+    book = load_prices([*shipped_sheets(), *sheets])
+    problems = check_fleets(policy, book)
+    if problems:
+        raise UnpricedFleets(problems)
+    costs = {r.name: cost for r in policy.regions if (cost := marginal_cost_per_mtok(r, book)) is not None}
+    return Pricing(book, costs)
+
+
 class Daemon:
     """Observe -> decide -> gate -> diff -> apply, forever, changing nothing before the first probe round."""
 
@@ -121,6 +157,7 @@ class Daemon:
     ) -> None:
         self.config = config
         self.policy = policy
+        self.pricing = load_pricing(policy, config.prices)
         self._provider_factory = provider_factory
         self.providers: list[ManagedProvider] = []
         self.reconciler = Reconciler([])
@@ -187,6 +224,15 @@ class Daemon:
     def health(self, now: float | None = None) -> HealthView:
         return health_view(self.tracker.kinds, self.policy, time.time() if now is None else now)
 
+    def live_cost(self, view: HealthView | None = None) -> LiveCost | None:
+        """What the served plan costs per hour at the output token rates the servers count; None when no
+        region has a fleet."""
+        if self.pricing is None:
+            return None
+        view = view or self.health()
+        rates = {name: h.tokens_out_per_s for name, h in view.regions.items()}
+        return live_cost(self.policy, self.plan, rates, self.pricing.book)
+
     async def add_override(self, override: Override) -> None:
         """Takes effect at once; persisting it is best-effort (see `store.health`)."""
         kept = active(self.overrides, time.time())
@@ -223,7 +269,8 @@ class Daemon:
             if expired:
                 self.overrides = active(self.overrides, now)
                 await self.audit.write("override_expired", overrides=[o.to_json() for o in expired])
-            policy, previous = self.policy, self.plan  # one policy for the whole step, whatever a reload does
+            # One policy (and its prices) for the whole step, whatever a reload does.
+            policy, previous, pricing = self.policy, self.plan, self.pricing
             # Judging thousands of regions and deciding for thousands of services take tens of milliseconds
             # that probes would otherwise wait out: both are pure, so they run off the loop, on a snapshot.
             view, plan = await asyncio.to_thread(
@@ -234,6 +281,7 @@ class Daemon:
                 now,
                 self.overrides,
                 self.artifacts,
+                pricing.costs if pricing else None,
             )
             changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
@@ -344,12 +392,16 @@ class Daemon:
             return 0.0
 
     async def reload(self) -> bool:
-        """Load the policy file again; an invalid edit is refused and the last good policy keeps running."""
+        """Load the policy file and the price sheets again; an invalid edit, or fleets the sheets cannot price,
+        is refused and the last good policy keeps running."""
         try:
             policy = await asyncio.to_thread(load_policy, self.config.policy_path)
-        except PolicyError as exc:
+            pricing = await asyncio.to_thread(load_pricing, policy, self.config.prices)
+        except (PolicyError, PriceSheetError) as exc:
             return await self._refuse_reload([str(p) for p in exc.problems])
-        if policy == self.policy:
+        except UnpricedFleets as exc:
+            return await self._refuse_reload(exc.problems)
+        if policy == self.policy and pricing == self.pricing:
             return True
         old = self.policy
         refused = await self._swap_providers(old, policy)
@@ -360,7 +412,7 @@ class Daemon:
         # would lose its traffic at once, even those already holding the new version.
         changed = _changed_models(old, policy)
         reports = [await self._run_sync(policy, m, dry_run=True) for m in changed]
-        self._set_policy_and_weights(policy, reports)
+        self._set_policy_and_weights(policy, pricing, reports)
         self.tracker.forget_regions(r.name for r in policy.regions)
         self.scheduler.update_policy(policy)
         settle_heap()
@@ -372,12 +424,15 @@ class Daemon:
             self._sync_wanted.set()
         return True
 
-    def _set_policy_and_weights(self, policy: Policy, reports: Sequence[SyncReport]) -> None:
-        """One step, no await: a decision never sees the new policy with the old policy's weights."""
+    def _set_policy_and_weights(
+        self, policy: Policy, pricing: Pricing | None, reports: Sequence[SyncReport]
+    ) -> None:
+        """One step, no await: a decision never sees the new policy with the old policy's weights or prices."""
         view = self.artifacts
         for report in reports:
             view = view.with_report(report, _regions_of(policy, report.model), time.time())
         self.policy = policy
+        self.pricing = pricing
         self.artifacts = view.only(model_pairs(policy))
         if not policy.models:
             self.weights_surveyed.set()
@@ -656,9 +711,10 @@ def _judge_and_decide(
     now: float,
     overrides: tuple[Override, ...],
     artifacts: ArtifactView,
+    costs: Mapping[str, float] | None,
 ) -> tuple[HealthView, RoutingPlan]:
     view = health_view(kinds, policy, now)
-    return view, decide(policy, view, previous, now, overrides, artifacts)
+    return view, decide(policy, view, previous, now, overrides, artifacts, costs)
 
 
 def _regions_of(policy: Policy, model: str) -> list[str]:

@@ -206,6 +206,7 @@ async def demo_stack(
     extra: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (),
     handle_signals: bool = True,
     probes: Mapping[ProbeKind, ProbeFunction] = DEFAULT_PROBES,
+    prices: Sequence[Path] = (),
 ) -> AsyncIterator[DemoStack]:
     """Simulated regions, HAProxy (when asked for and installed) and the daemon with its admin API, running
     until the block exits. The e2e tests and benchmarks drive the same stack the demo shows."""
@@ -214,7 +215,9 @@ async def demo_stack(
     token = token or secrets.token_urlsafe(16)
     hap_settings = policy.providers.haproxy
     use_haproxy = haproxy and hap_settings is not None and haproxy_available()
-    config = DaemonConfig(policy_path=policy_path, state_dir=state_dir, api_port=api_port, token=token)
+    config = DaemonConfig(
+        policy_path=policy_path, state_dir=state_dir, api_port=api_port, token=token, prices=tuple(prices)
+    )
     async with contextlib.AsyncExitStack() as stack:
         fleet = await stack.enter_async_context(SimFleet.for_policy(policy))
         proc = None
@@ -253,10 +256,17 @@ def prepare_demo(policy_path: Path, state_dir: Path, haproxy: bool) -> tuple[Pol
     return policy, token
 
 
-async def run_demo(policy_path: Path, state_dir: Path, *, view: bool = True, haproxy: bool = True) -> int:
+async def run_demo(
+    policy_path: Path,
+    state_dir: Path,
+    *,
+    view: bool = True,
+    haproxy: bool = True,
+    prices: Sequence[Path] = (),
+) -> int:
     policy_path = await asyncio.to_thread(with_weights, policy_path, state_dir)
     policy, token = await asyncio.to_thread(prepare_demo, policy_path, state_dir, haproxy)
-    async with demo_stack(policy_path, state_dir, haproxy=haproxy, token=token) as stack:
+    async with demo_stack(policy_path, state_dir, haproxy=haproxy, token=token, prices=prices) as stack:
         text = guide(policy, state_dir, token, stack.haproxy is not None)
         shown = _live_view if view and sys.stdout.isatty() else _plain_view
         viewer = asyncio.create_task(shown(stack.daemon, text))
