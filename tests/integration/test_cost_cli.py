@@ -121,6 +121,8 @@ def test_the_table_has_a_row_per_region_and_a_total_and_explain_shows_the_price_
     lines = result.out.splitlines()
     for name in [*fleets(), "total", "global", "eu"]:
         assert any(line.split()[:1] == [name] for line in lines), name
+    # Piped, a row stays on one line: region, 7 categories, total, tokens, per 1M tok, peak instances.
+    assert next(len(line.split()) for line in lines if line.split()[:1] == ["us-east"]) == 12
     assert "normal: how each figure was made" in result.out
     assert re.search(r"^\[1\] https://\S+ \(\d{4}-\d{2}", result.out, re.MULTILINE)
     assert " x 730 h x $" in result.out
