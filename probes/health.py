@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -75,21 +75,15 @@ def advance(previous: KindHealth | None, obs: Observation, settings: HealthSetti
     """One observation through rise/fall hysteresis and flap damping. The first verdict needs no streak: it
     is not a guess, it is the first fact, and start-up waits for it. A recovery needs `rise` successes in a
     row and, since the last failure, `hold` seconds of them, which doubles with each flap."""
-    kept = _advance(previous, obs, settings)
-    if obs.kind is not ProbeKind.METRICS:
-        return kept
-    tokens_out, rate = token_rate(previous, obs)
-    return replace(kept, tokens_out=tokens_out, tokens_out_per_s=rate)
-
-
-def _advance(previous: KindHealth | None, obs: Observation, settings: HealthSettings) -> KindHealth:
+    # Only a metrics scrape reads the token counter; other kinds keep nothing of it.
+    counted = token_rate(previous, obs) if obs.kind is ProbeKind.METRICS else (None, None)
     ttft = previous.ttft_ewma if previous else None
     if obs.ok and obs.ttft_s is not None:
         ttft = obs.ttft_s if ttft is None else _EWMA_ALPHA * obs.ttft_s + (1 - _EWMA_ALPHA) * ttft
     if previous is None or previous.healthy is None:
-        return KindHealth(obs.ok, 0, 0.0, obs, ttft, hold=settings.recover_after)
+        return KindHealth(obs.ok, 0, 0.0, obs, ttft, 0.0, settings.recover_after, *counted)
     if obs.ok == previous.healthy:
-        return KindHealth(previous.healthy, 0, previous.changed_at, obs, ttft, hold=previous.hold)
+        return KindHealth(previous.healthy, 0, previous.changed_at, obs, ttft, 0.0, previous.hold, *counted)
     streak = previous.streak + 1
     since = obs.at if previous.streak == 0 else previous.streak_since
     if previous.healthy:
@@ -98,10 +92,12 @@ def _advance(previous: KindHealth | None, obs: Observation, settings: HealthSett
             flapped = recovered > 0.0 and obs.at - recovered < settings.flap_window
             base = max(previous.hold, settings.recover_after)
             hold = min(settings.max_recover_after, 2 * base) if flapped else settings.recover_after
-            return KindHealth(False, 0, obs.at, obs, ttft, hold=hold)
+            return KindHealth(False, 0, obs.at, obs, ttft, 0.0, hold, *counted)
     elif streak >= settings.rise and obs.at - since >= previous.hold:
-        return KindHealth(True, 0, obs.at, obs, ttft, hold=previous.hold)
-    return KindHealth(previous.healthy, streak, previous.changed_at, obs, ttft, since, previous.hold)
+        return KindHealth(True, 0, obs.at, obs, ttft, 0.0, previous.hold, *counted)
+    return KindHealth(
+        previous.healthy, streak, previous.changed_at, obs, ttft, since, previous.hold, *counted
+    )
 
 
 class HealthTracker:
