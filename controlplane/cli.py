@@ -1,4 +1,4 @@
-"""The `controlplane` command: run | demo | validate | plan | apply | sync | drill | status | schema | policy."""
+"""The `controlplane` command: run | demo | validate | plan | apply | sync | drill | status | schema | policy | cost."""
 
 from __future__ import annotations
 
@@ -11,22 +11,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from controlplane.errors import ControlPlaneError
 from controlplane.logs import LOG_FORMAT, OneLineFormatter
-from controlplane.policy import PolicyError, json_schema, load_policy, validate_files
+from controlplane.policy import Policy, PolicyError, json_schema, load_policy, validate_files
+from controlplane.yamldoc import DocumentError
 
 if TYPE_CHECKING:
     from chaos.drill import Drill
+    from controlplane.costreport import Scenario
     from controlplane.oneshot import OneShot
     from controlplane.reconciler import Outcome
 
 log = logging.getLogger("controlplane")
 PRICES_HELP = "a price sheet read after the shipped ones, overriding them figure by figure (repeatable)"
+T = TypeVar("T")
 
 
 def _setup_logging(level: str, path: Path | None = None) -> None:
@@ -371,6 +374,75 @@ def cmd_from_terraform(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from controlplane import costview
+    from controlplane.cost import estimate
+    from controlplane.prices import check_fleets, load_prices, shipped_sheets
+    from controlplane.traffic import check_traffic, load_traffic
+
+    problems: list[str] = []
+
+    def loaded(load: Callable[[], T]) -> T | None:
+        try:
+            return load()
+        except DocumentError as exc:
+            problems.extend(str(p) for p in exc.problems)
+            return None
+
+    policy = loaded(partial(load_policy, args.policy))
+    book = loaded(partial(load_prices, [*shipped_sheets(), *map(Path, args.prices)]))
+    traffic = loaded(partial(load_traffic, Path(args.traffic)))
+    if policy is not None and book is not None:
+        problems.extend(f"{args.policy}: {p}" for p in check_fleets(policy, book))
+    if policy is not None and traffic is not None:
+        problems.extend(f"{args.traffic}: {p}" for p in check_traffic(policy, traffic))
+    scenarios: list[Scenario] = []
+    if policy is not None:
+        try:
+            scenarios = _scenarios(policy, args.scenario)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems or policy is None or book is None or traffic is None:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    reports = [estimate(policy, book, traffic, s) for s in scenarios]
+    if args.json:
+        print(json.dumps(costview.to_json(reports), indent=2))
+    else:
+        # Piped, rich would fold the table at 80 columns: give it room for a row per line instead.
+        console = Console(width=None if sys.stdout.isatty() else 200)
+        costview.render(reports, console, explain_terms=args.explain)
+    if args.chart:
+        costview.write_chart(reports, Path(args.chart))
+        print(f"chart: {args.chart}", file=sys.stderr)
+    return 0
+
+
+def _scenarios(policy: Policy, given: Sequence[str]) -> list[Scenario]:
+    """The scenarios asked for, each region checked against the policy; none asked for: normal, then each
+    region with a fleet down in turn."""
+    from controlplane.costreport import Scenario, ScenarioKind, parse_scenario
+
+    fleets = [r.name for r in policy.regions if r.fleet is not None]
+    if not given:
+        return [Scenario(ScenarioKind.NORMAL), *(Scenario(ScenarioKind.REGION_DOWN, r) for r in fleets)]
+    # A region without a fleet can still go down (its traffic moves to priced regions); only a fleet has spot.
+    allowed = {ScenarioKind.REGION_DOWN: [r.name for r in policy.regions], ScenarioKind.SPOT_LOSS: fleets}
+    scenarios = []
+    for text in given:
+        scenario = parse_scenario(text)
+        names = allowed.get(scenario.kind)
+        if names is not None and scenario.region not in names:
+            which = "regions" if scenario.kind is ScenarioKind.REGION_DOWN else "regions with a fleet"
+            known = ", ".join(names) or "none"
+            raise ValueError(f"scenario {text!r}: no region {scenario.region!r} there ({which}: {known})")
+        scenarios.append(scenario)
+    return scenarios
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the drills and print their schedules")
     p.add_argument("--report-dir", default="drill-reports", help="a folder per drill, summary.md for several")
     p.set_defaults(func=cmd_drill)
+    p = sub.add_parser("cost", help="monthly cost per region, group and scenario, each figure with its sum")
+    p.add_argument("--policy", required=True, help="a policy whose regions have fleets")
+    p.add_argument(
+        "--traffic", required=True, help="a traffic profile (requests/s by hour of week per group)"
+    )
+    p.add_argument(
+        "--prices", action="append", default=[], metavar="FILE", help="a price sheet over the shipped ones"
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="S",
+        help="normal, region-down:REGION or spot-loss:REGION (repeatable; default: normal and each region down)",
+    )
+    p.add_argument("--json", action="store_true", help="the reports as JSON on stdout, nothing else")
+    p.add_argument("--chart", metavar="FILE", help="a PNG: a bar per scenario, its categories stacked")
+    p.add_argument("--explain", action="store_true", help="every term's formula and price pages")
+    p.set_defaults(func=cmd_cost)
     p = sub.add_parser("policy", help="policy tools")
     policy_sub = p.add_subparsers(dest="policy_command", required=True)
     p = policy_sub.add_parser(
