@@ -499,9 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--traffic", required=True, help="a traffic profile (requests/s by hour of week per group)"
     )
-    p.add_argument(
-        "--prices", action="append", default=[], metavar="FILE", help="a price sheet over the shipped ones"
-    )
+    p.add_argument("--prices", action="append", default=[], metavar="FILE", help=PRICES_HELP)
     p.add_argument(
         "--scenario",
         action="append",
