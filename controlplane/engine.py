@@ -7,7 +7,7 @@ hold the weights; when none does, the group fails closed), and its weight leaves
 that of a region gone unhealthy.
 
 A service with a cost_weight leans its active-active weights toward the live regions that cost less per 1M
-output tokens (`costs`), among those within the TTFT target (`_lean`). Cost only rescales the shares of
+output tokens (`costs`), among those within the TTFT target (`_leaned`). Cost only rescales the shares of
 regions that already get traffic: residency, health, drains, the weights gate, active-passive order, damping
 and the all-down modes never see it, and an operator's pinned weight is the operator's word, not leaned.
 """
@@ -64,9 +64,8 @@ class _Candidates:
 # Per region, in the order of _Candidates.members: exact (unrounded) target shares, and why.
 _Targets = tuple[list[float], list[str]]
 Weighing = tuple[GroupMode, tuple[RouteWeight, ...], float]
-_Lean = tuple[
-    float, float
-]  # a service's (cost_weight, cost_floor), when its weights lean toward cheaper regions
+# A service's (cost_weight, cost_floor), when its weights lean toward cheaper regions.
+_Lean = tuple[float, float]
 _NAME, _HEALTHY, _IDLE_REASON = attrgetter("name"), attrgetter("healthy"), attrgetter("idle_reason")
 _REGION, _WEIGHT = attrgetter("region"), attrgetter("weight")
 _EPSILON_MORE = (1e-9).__add__
@@ -454,9 +453,8 @@ class _Weighing:
             self.start: Sequence[float] = []
             return
         self.mode = GroupMode.NORMAL
-        self.target, self.reasons = facts.targets(
-            service, candidates, lean
-        )  # shared by other groups: read only
+        # Shared by other groups: read only.
+        self.target, self.reasons = facts.targets(service, candidates, lean)
         self.start = self.target
         if previous is not None and self.before is not None and previous.mode is GroupMode.NORMAL:
             self.start = _start(self.before, self.target, candidates, removed)
