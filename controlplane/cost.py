@@ -198,8 +198,10 @@ class _Load:
 
 
 def _loads(
-    policy: Policy, plan: RoutingPlan, traffic: TrafficProfile, warnings: list[str]
+    policy: Policy, plan: RoutingPlan, traffic: TrafficProfile, down: str | None, warnings: list[str]
 ) -> dict[str, _Load]:
+    """Each region's routed load. What fail-open or freeze still sends to the region that is down is not
+    served anywhere: those requests fail at the clients, so they are warned about, never priced."""
     loads = {r.name: _Load([0.0] * HOURS_PER_WEEK, {}) for r in policy.regions}
     for name, group in traffic.groups.items():
         service = group.service_of(policy)
@@ -210,15 +212,23 @@ def _loads(
         planned = plan.group(service.name, name)
         shares = {w.region: w.weight / 100 for w in planned.weights if w.weight > 0} if planned else {}
         weekly = sum(group.rps(h) for h in range(HOURS_PER_WEEK))
+        mode = planned.mode.value if planned else "not in the plan"
         if not shares:
             if weekly > 0:
-                mode = planned.mode.value if planned else "not in the plan"
                 warnings.append(
                     f"group {name} ({service.name}): no region may serve it ({mode}): "
                     f"{weekly * SECONDS_PER_HOUR * WEEKS_PER_MONTH:,.0f} requests/month unserved"
                 )
             continue
         for region, share in shares.items():
+            if region == down:
+                if weekly > 0:
+                    warnings.append(
+                        f"group {name} ({service.name}): {mode} sends"
+                        f" {share:.0%} to {region}, which is down: "
+                        f"{weekly * share * SECONDS_PER_HOUR * WEEKS_PER_MONTH:,.0f} requests/month fail"
+                    )
+                continue
             rates = [group.rps(h) * share for h in range(HOURS_PER_WEEK)]
             load = loads[region]
             load.requests[name] = rates
@@ -376,7 +386,8 @@ def estimate(policy: Policy, book: PriceBook, traffic: TrafficProfile, scenario:
         raise ValueError(f"scenario {scenario}: no region {scenario.region!r} in the policy")
     fleets = _fleets(policy, scenario)
     warnings: list[str] = []
-    loads = _loads(policy, _plan(policy, book, scenario, fleets), traffic, warnings)
+    down = scenario.region if scenario.kind is ScenarioKind.REGION_DOWN else None
+    loads = _loads(policy, _plan(policy, book, scenario, fleets), traffic, down, warnings)
     weights = _weight_terms(policy, book, traffic)
     compliance = _compliance_terms(policy, book)
     rows: list[RegionCost] = []

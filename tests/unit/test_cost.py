@@ -478,9 +478,10 @@ def test_the_eu_groups_traffic_is_never_priced_on_a_us_region(
     assert not us & set(eu.regions), (scenario, eu.regions)
     demand = sum(profile.groups["eu"].rps(h) for h in range(HOURS_PER_WEEK))
     if scenario.kind is ScenarioKind.REGION_DOWN and eu_regions == (scenario.region,) and demand > 0:
-        # The only EU region is down: the eu group is unserved (a warning), never sent to the US.
+        # The only EU region is down: the eu group is unserved (a warning), never sent to the US; what
+        # fail-open or freeze still sends to the dead region is warned about, not priced as served.
         assert eu.tokens == 0
-        assert any(w.startswith("group eu (chat): no region may serve it") for w in report.warnings)
+        assert any(w.startswith("group eu (chat): ") for w in report.warnings)
 
 
 def test_a_plan_that_breaks_residency_is_never_priced(
