@@ -275,7 +275,7 @@ class PlaneCollector(Collector):
 
 def _cost_metrics(d: Daemon, view: HealthView) -> Iterator[Metric]:
     tokens = GaugeMetricFamily(
-        "llm_plane_region_output_tokens_per_second",
+        "controlplane_region_output_tokens_per_second",
         "Output tokens per second the region's server counted between its last two scrapes",
         labels=["region"],
     )
@@ -287,7 +287,7 @@ def _cost_metrics(d: Daemon, view: HealthView) -> Iterator[Metric]:
     if cost is None:
         return
     per_region = GaugeMetricFamily(
-        "llm_plane_region_cost_per_hour",
+        "controlplane_region_cost_per_hour",
         f"Estimated {cost.currency} per hour: the observed output tokens/s spread as the current weights "
         "spread traffic, priced with the region's fleet (reserved instances always counted)",
         labels=["region"],
@@ -296,7 +296,7 @@ def _cost_metrics(d: Daemon, view: HealthView) -> Iterator[Metric]:
         per_region.add_metric([row.region], row.per_hour)
     yield per_region
     yield GaugeMetricFamily(
-        "llm_plane_cost_per_hour",
+        "controlplane_cost_per_hour",
         f"Estimated {cost.currency} per hour over every region with a fleet",
         value=cost.per_hour,
     )

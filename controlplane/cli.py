@@ -23,7 +23,7 @@ from controlplane.yamldoc import DocumentError
 
 if TYPE_CHECKING:
     from chaos.drill import Drill
-    from controlplane.costreport import Scenario
+    from controlplane.cost.report import Scenario
     from controlplane.oneshot import OneShot
     from controlplane.reconciler import Outcome
 
@@ -377,10 +377,10 @@ def cmd_from_terraform(args: argparse.Namespace) -> int:
 def cmd_cost(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from controlplane import costview
-    from controlplane.cost import estimate
-    from controlplane.prices import check_fleets, load_prices, shipped_sheets
-    from controlplane.traffic import check_traffic, load_traffic
+    from controlplane.cost import view as costview
+    from controlplane.cost.model import estimate
+    from controlplane.cost.prices import check_fleets, load_prices, shipped_sheets
+    from controlplane.cost.traffic import check_traffic, load_traffic
 
     problems: list[str] = []
 
@@ -424,7 +424,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 def _scenarios(policy: Policy, given: Sequence[str]) -> list[Scenario]:
     """The scenarios asked for, each region checked against the policy; none asked for: normal, then each
     region with a fleet down in turn."""
-    from controlplane.costreport import Scenario, ScenarioKind, parse_scenario
+    from controlplane.cost.report import Scenario, ScenarioKind, parse_scenario
 
     fleets = [r.name for r in policy.regions if r.fleet is not None]
     if not given:

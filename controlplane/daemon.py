@@ -18,14 +18,14 @@ from typing import Any
 
 from opentelemetry import trace
 
-from controlplane.cost import marginal_cost_per_mtok
+from controlplane.cost.live import LiveCost, live_cost
+from controlplane.cost.model import marginal_cost_per_mtok
+from controlplane.cost.prices import PriceBook, PriceSheetError, check_fleets, load_prices, shipped_sheets
 from controlplane.engine import decide
 from controlplane.errors import InvalidInput
-from controlplane.livecost import LiveCost, live_cost
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Model, Policy, PolicyError, load_policy
-from controlplane.prices import PriceBook, PriceSheetError, check_fleets, load_prices, shipped_sheets
 from controlplane.providers.base import ManagedProvider, ProviderError
 from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore

@@ -18,11 +18,11 @@ import pytest
 
 from chaos.loopback import free_port
 from chaos.simregion import SimFleet
-from controlplane.cost import hourly_cost
-from controlplane.livecost import LiveCost, live_cost
+from controlplane.cost.live import LiveCost, live_cost
+from controlplane.cost.model import hourly_cost
+from controlplane.cost.prices import PriceBook, PurchaseOption, load_prices, shipped_sheets
 from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 from controlplane.policy import Policy, load_policy
-from controlplane.prices import PriceBook, PurchaseOption, load_prices, shipped_sheets
 from tests.conftest import until
 from tests.integration.daemon_helpers import (
     FULL,
@@ -166,7 +166,7 @@ async def test_metrics_export_the_cost_per_hour_of_each_region_and_in_total(
         samples = await priced.metrics()
         return (
             samples
-            if samples[("llm_plane_cost_per_hour", frozenset())] > bottom + one_more_instance(book)
+            if samples[("controlplane_cost_per_hour", frozenset())] > bottom + one_more_instance(book)
             else None
         )
 
@@ -175,7 +175,7 @@ async def test_metrics_export_the_cost_per_hour_of_each_region_and_in_total(
     rates = {
         dict(labels)["region"]: value
         for (name, labels), value in samples.items()
-        if name == "llm_plane_region_output_tokens_per_second"
+        if name == "controlplane_region_output_tokens_per_second"
     }
     assert rates["us-east"] > 200  # a region not yet scraped twice has no rate and adds nothing
     plan = plan_of(
@@ -186,11 +186,11 @@ async def test_metrics_export_the_cost_per_hour_of_each_region_and_in_total(
     )
     expected = live_cost(policy, plan, rates, book)
     assert expected is not None
-    assert samples[("llm_plane_cost_per_hour", frozenset())] == pytest.approx(expected.per_hour)
+    assert samples[("controlplane_cost_per_hour", frozenset())] == pytest.approx(expected.per_hour)
     per_region = {
         dict(labels)["region"]: value
         for (name, labels), value in samples.items()
-        if name == "llm_plane_region_cost_per_hour"
+        if name == "controlplane_region_cost_per_hour"
     }
     assert per_region == {r.region: pytest.approx(r.per_hour) for r in expected.regions}
 
@@ -253,7 +253,7 @@ async def test_a_policy_without_fleets_needs_no_price_sheet_and_shows_no_cost(
         _, body = await plane.get("/status")
         assert body["cost"] is None
         samples = await plane.metrics()
-        assert not any(name.startswith("llm_plane_cost") or "cost_per_hour" in name for name, _ in samples)
+        assert not any(name.startswith("controlplane_cost") or "cost_per_hour" in name for name, _ in samples)
         # The token rates are the servers' whether or not anything is priced.
         await until(
             lambda: plane.daemon.health().get("us-east").tokens_out_per_s is not None, what="a token rate"

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.cost import estimate, hourly_cost, marginal_cost_per_mtok
-from controlplane.costreport import (
+from controlplane.cost.model import estimate, hourly_cost, marginal_cost_per_mtok
+from controlplane.cost.prices import PriceBook, Priced, load_prices, shipped_sheets
+from controlplane.cost.report import (
     HOURS_PER_WEEK,
     WEEKS_PER_MONTH,
     Category,
@@ -21,9 +22,8 @@ from controlplane.costreport import (
     ScenarioKind,
     parse_scenario,
 )
+from controlplane.cost.traffic import GroupTraffic, TrafficProfile, load_traffic
 from controlplane.policy import Policy, load_policy
-from controlplane.prices import PriceBook, Priced, load_prices, shipped_sheets
-from controlplane.traffic import GroupTraffic, TrafficProfile, load_traffic
 from tests.builders import DEMO, US_ONLY, demo_data, policy_data
 
 MONTH_H = 730  # hours a month; WEEKS_PER_MONTH x 168
@@ -487,7 +487,7 @@ def test_the_eu_groups_traffic_is_never_priced_on_a_us_region(
 def test_a_plan_that_breaks_residency_is_never_priced(
     demo: tuple[Policy, PriceBook, TrafficProfile], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from controlplane import cost
+    from controlplane.cost import model as cost
     from controlplane.plan import GroupMode, GroupPlan, RouteWeight, RoutingPlan
 
     policy, book, load = demo

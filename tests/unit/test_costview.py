@@ -14,7 +14,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.patches import Rectangle
 from rich.console import Console
 
-from controlplane.costreport import (
+from controlplane.cost.report import (
     Category,
     CostReport,
     GroupCost,
@@ -23,7 +23,7 @@ from controlplane.costreport import (
     ScenarioKind,
     Term,
 )
-from controlplane.costview import COLOURS, chart, money, render, to_json, tokens, write_chart
+from controlplane.cost.view import COLOURS, chart, money, render, to_json, tokens, write_chart
 
 EC2 = "https://aws.amazon.com/ec2/pricing/on-demand/ (2026-11-01)"
 S3 = "https://aws.amazon.com/s3/pricing/ (2026-11-01)"

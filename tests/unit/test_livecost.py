@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from controlplane.livecost import instances, live_cost, weight_shares
+from controlplane.cost.live import live_cost, weight_shares
+from controlplane.cost.model import instances
+from controlplane.cost.prices import PriceBook, load_prices
 from controlplane.policy import HealthSettings, Policy
-from controlplane.prices import PriceBook, load_prices
 from probes.health import HealthTracker, region_health
 from probes.observation import Observation, ProbeKind
 from tests.builders import US_ONLY, plan, policy, policy_data

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.policy import Policy
-from controlplane.prices import (
+from controlplane.cost.prices import (
     Priced,
     PriceMissing,
     PriceSheetError,
@@ -20,6 +19,7 @@ from controlplane.prices import (
     load_prices,
     shipped_sheets,
 )
+from controlplane.policy import Policy
 from tests.builders import policy_data
 
 SHEET = """\

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.cost.traffic import TrafficError, check_traffic, load_traffic, parse_traffic
 from controlplane.policy import Policy, load_policy
-from controlplane.traffic import TrafficError, check_traffic, load_traffic, parse_traffic
 from tests.builders import DEMO, demo_data
 
 PROFILE = """\

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from controlplane.policy import Fleet, Policy, ReservedTerm
 from controlplane.yamldoc import DocumentError, Path_, Problem, by_position, parse_document, quoted, read_text
 
-PRICES_DIR = Path(__file__).resolve().parent.parent / "policies" / "prices"
+PRICES_DIR = Path(__file__).resolve().parents[2] / "policies" / "prices"
 
 
 class PurchaseOption(StrEnum):

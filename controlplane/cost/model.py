@@ -8,7 +8,8 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from controlplane.costreport import (
+from controlplane.cost.prices import PriceBook, Priced, PurchaseOption
+from controlplane.cost.report import (
     HOURS_PER_MONTH,
     HOURS_PER_WEEK,
     WEEKS_PER_MONTH,
@@ -20,12 +21,11 @@ from controlplane.costreport import (
     ScenarioKind,
     Term,
 )
+from controlplane.cost.traffic import TrafficProfile
 from controlplane.engine import decide
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Fleet, Policy, Region
-from controlplane.prices import PriceBook, Priced, PurchaseOption
 from controlplane.residency import check_plan
-from controlplane.traffic import TrafficProfile
 from probes.health import HealthView, RegionHealth, State
 
 SECONDS_PER_HOUR = 3600.0
@@ -93,6 +93,16 @@ def marginal_cost_per_mtok(region: Region, book: PriceBook) -> float | None:
 def _marginal(fleet: Fleet, book: PriceBook) -> float:
     prices = _FleetPrices.of(fleet, book)
     return (prices.spot or prices.on_demand).amount / (fleet.tokens_per_s * SECONDS_PER_HOUR) * 1e6
+
+
+def instances(region: Region, book: PriceBook, tokens_out_per_s: float) -> int:
+    """Instances running at a steady rate, as hourly_cost prices them: the reserved ones (running and paid
+    either way) and the spot and on-demand ones the rate needs above them, within the fleet's limits."""
+    fleet = region.fleet
+    if fleet is None:
+        return 0
+    spot, on_demand, _ = _FleetPrices.of(fleet, book).split(_needed(fleet, tokens_out_per_s))
+    return fleet.reserved + spot + on_demand
 
 
 def hourly_cost(

@@ -19,7 +19,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from controlplane.costreport import Category, CostReport, Term
+from controlplane.cost.report import Category, CostReport, Term
 
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 _HEADS = {

@@ -7,13 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# The model's own rule for how many instances a rate runs on (spot only where cheaper, the float sum rounded),
-# so the count shown is the one priced; private there because only this module and the model need it.
-from controlplane.cost import _FleetPrices, _needed, hourly_cost
-from controlplane.costreport import Term
+from controlplane.cost.model import hourly_cost, instances
+from controlplane.cost.prices import PriceBook
+from controlplane.cost.report import Term
 from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy, Region
-from controlplane.prices import PriceBook
+from controlplane.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +60,6 @@ def weight_shares(plan: RoutingPlan | None) -> dict[str, float]:
             sums[w.region] = sums.get(w.region, 0) + w.weight
     total = sum(sums.values())
     return {region: weight / total for region, weight in sums.items()} if total else {}
-
-
-def instances(region: Region, book: PriceBook, tokens_out_per_s: float) -> int:
-    """Instances running at a steady rate, as hourly_cost prices them: the reserved ones (running and paid
-    either way) and the spot and on-demand ones the rate needs above them, within the fleet's limits."""
-    fleet = region.fleet
-    if fleet is None:
-        return 0
-    spot, on_demand, _ = _FleetPrices.of(fleet, book).split(_needed(fleet, tokens_out_per_s))
-    return fleet.reserved + spot + on_demand
 
 
 def live_cost(

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from controlplane.costreport import HOURS_PER_WEEK
+from controlplane.cost.report import HOURS_PER_WEEK
 from controlplane.policy import Policy, Service
 from controlplane.yamldoc import DocumentError, parse_document, quoted, read_text
 
