@@ -21,7 +21,7 @@ from controlplane.cost.report import (
     ScenarioKind,
     Term,
 )
-from controlplane.cost.traffic import TrafficProfile
+from controlplane.cost.traffic import STREAMED_BYTES_PER_TOKEN, TEXT_BYTES_PER_TOKEN, TrafficProfile
 from controlplane.engine import decide
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Fleet, Policy, Region
@@ -30,7 +30,6 @@ from probes.health import HealthView, RegionHealth, State
 
 SECONDS_PER_HOUR = 3600.0
 BYTES_PER_GB = 1e9
-DEFAULT_BYTES_PER_TOKEN = 4.0
 
 
 class ResidencyBreach(RuntimeError):
@@ -109,7 +108,7 @@ def hourly_cost(
     region: Region, book: PriceBook, output_tokens_per_s: float
 ) -> tuple[float, tuple[Term, ...]]:
     """One hour at a steady output rate: reserved + spot + on-demand instances and the internet egress of
-    those tokens (DEFAULT_BYTES_PER_TOKEN each). Term amounts here are per hour, not per month. Demand beyond
+    those tokens (STREAMED_BYTES_PER_TOKEN each). Term amounts here are per hour, not per month. Demand beyond
     the fleet's limits is not served, so not priced. No fleet: nothing to price."""
     fleet = region.fleet
     if fleet is None:
@@ -118,7 +117,7 @@ def hourly_cost(
     spot, on_demand, _ = prices.split(_needed(fleet, output_tokens_per_s))
     served = min(output_tokens_per_s, prices.ceiling * fleet.tokens_per_s)
     terms = list(_instance_terms(prices, 1.0, spot, on_demand, "1 h"))
-    gb = served * SECONDS_PER_HOUR * DEFAULT_BYTES_PER_TOKEN / BYTES_PER_GB
+    gb = served * SECONDS_PER_HOUR * STREAMED_BYTES_PER_TOKEN / BYTES_PER_GB
     internet = book.internet_egress(fleet.cloud, fleet.region)
     if gb > 0:
         terms.append(
@@ -126,7 +125,7 @@ def hourly_cost(
                 Category.EGRESS,
                 "egress to the internet",
                 gb * internet.amount,
-                f"{served:,.0f} tok/s x 3600 s x {DEFAULT_BYTES_PER_TOKEN:g} B/tok = {gb:,.3f} GB x {_usd(internet)}",
+                f"{served:,.0f} tok/s x 3600 s x {STREAMED_BYTES_PER_TOKEN:g} B/tok = {gb:,.3f} GB x {_usd(internet)}",
                 (internet.source,),
             )
         )
@@ -291,7 +290,9 @@ def _egress_terms(
         requests = _month(sum(r * s for r, s in zip(rates, served, strict=True)) * SECONDS_PER_HOUR)
         internet_gb += requests * group.tokens_out * group.bytes_per_token / BYTES_PER_GB
         if group.home is not None and group.home != region.name:
-            inter_gb += requests * (group.tokens_in + group.tokens_out) * group.bytes_per_token / BYTES_PER_GB
+            # Forwarded from home and back: the prompt as text, the reply as the clients get it.
+            wire = group.tokens_in * TEXT_BYTES_PER_TOKEN + group.tokens_out * group.bytes_per_token
+            inter_gb += requests * wire / BYTES_PER_GB
             away.append(name)
     if internet_gb > 0:
         price = book.internet_egress(fleet.cloud, fleet.region)
@@ -308,7 +309,7 @@ def _egress_terms(
             Category.EGRESS,
             f"inter-region egress (groups served away from home: {', '.join(away)})",
             inter_gb * price.amount,
-            f"{inter_gb:,.2f} GB ((tokens in + out) x bytes/token) x {_usd(price)}",
+            f"{inter_gb:,.2f} GB (tokens in x {TEXT_BYTES_PER_TOKEN:g} B + out x bytes/token) x {_usd(price)}",
             (price.source,),
         )
 

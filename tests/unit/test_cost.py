@@ -101,11 +101,15 @@ def test_reserved_spot_on_demand_egress_and_compliance_by_hand(book: PriceBook) 
             "reserved gpu (1y)": 1 * 730 * 1.5,  # 1,095
             "spot gpu": 730 * 1.0,  # 168 inst-h a week x 730/168 weeks = 730 inst-h
             "on-demand gpu": 730 * 2.0,  # 1,460
-            "egress to the internet": requests * 250 * 4 / 1e9 * 0.1,  # 26.28 GB x $0.1 = 2.628
+            "egress to the internet": requests
+            * 250
+            * 230
+            / 1e9
+            * 0.1,  # streamed: 1,511.1 GB x $0.1 = 151.11
             "US compliance, shared": 1000 / 1,
         }
     )
-    assert report.total == pytest.approx(1095 + 730 + 1460 + 2.628 + 1000)
+    assert report.total == pytest.approx(1095 + 730 + 1460 + 151.11 + 1000)
     assert report.region("us-a").tokens == pytest.approx(requests * 350)
     assert report.region("us-a").instances_peak == 3
     assert report.warnings == ()
@@ -130,7 +134,7 @@ def test_reserved_term_and_spot_dearer_than_on_demand(book: PriceBook) -> None:
     assert amounts(estimate(dear, book, one, NORMAL), "us-a") == pytest.approx(
         {
             "on-demand dear-spot": 730 * 2.0,
-            "egress to the internet": 10 * 3600 * 730 * 100 * 4 / 1e9 * 0.1,
+            "egress to the internet": 10 * 3600 * 730 * 100 * 230 / 1e9 * 0.1,
             "US compliance, shared": 1000,
         }
     )
@@ -167,7 +171,7 @@ def test_demand_beyond_the_fleets_limits_is_unserved_and_warned(book: PriceBook)
     served_requests = 10 * 3600 * MONTH_H * 2 / 3
     assert row.tokens == pytest.approx(served_requests * 450)
     assert amounts(report, "us-a")["egress to the internet"] == pytest.approx(
-        served_requests * 450 * 4 / 1e9 * 0.1
+        served_requests * 450 * 230 / 1e9 * 0.1
     )
     assert report.warnings == (
         "region us-a: demand above its fleet's limits (3 instances of 1000 tok/s) in 168 h/week: "
@@ -195,7 +199,10 @@ def test_traffic_served_away_from_home_pays_inter_region_egress(book: PriceBook)
         {
             "on-demand gpu": 730 * 3.0,  # 100 tok/s: one instance every hour, at us-2's $3.0/h
             "egress to the internet": half * 100 * 5 / 1e9 * 0.2,  # us-2's internet price
-            "inter-region egress (groups served away from home: global)": half * (300 + 100) * 5 / 1e9 * 0.03,
+            "inter-region egress (groups served away from home: global)": half
+            * (300 * 4 + 100 * 5)
+            / 1e9
+            * 0.03,  # the prompt as text
             "US compliance, shared": 1000 / 2,
         }
     )
@@ -288,14 +295,14 @@ def test_marginal_cost_is_the_next_instance_above_reserved(book: PriceBook) -> N
 def test_hourly_cost_is_one_hour_of_the_same_rules(book: PriceBook) -> None:
     us_a = us_policy(region("us-a", fleet=fleet(reserved=1, spot_max=1, on_demand_max=1))).regions[0]
     total, terms = hourly_cost(us_a, book, 2500)  # 3 instances: reserved, spot, on-demand
-    egress = 2500 * 3600 * 4 / 1e9 * 0.1  # 0.036 GB x $0.1
+    egress = 2500 * 3600 * 230 / 1e9 * 0.1  # 2.07 GB x $0.1
     assert {t.label: t.amount for t in terms} == pytest.approx(
         {"reserved gpu (1y)": 1.5, "spot gpu": 1.0, "on-demand gpu": 2.0, "egress to the internet": egress}
     )
     assert total == pytest.approx(4.5 + egress)
     # Idle, the reserved instance is still paid; beyond the limits, nothing more is bought.
     assert hourly_cost(us_a, book, 0) == (1.5, terms[:1])
-    assert hourly_cost(us_a, book, 10_000)[0] == pytest.approx(4.5 + 3000 * 3600 * 4 / 1e9 * 0.1)
+    assert hourly_cost(us_a, book, 10_000)[0] == pytest.approx(4.5 + 3000 * 3600 * 230 / 1e9 * 0.1)
     assert hourly_cost(us_policy(region("us-a")).regions[0], book, 100) == (0.0, ())
 
 

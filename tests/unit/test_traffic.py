@@ -28,7 +28,7 @@ def rate(text: str) -> str:
 def test_a_constant_rate_holds_every_hour() -> None:
     group = parse_traffic(rate("12.5")).groups["global"]
     assert {group.rps(h) for h in range(168)} == {12.5}
-    assert group.bytes_per_token == 4.0 and group.home is None and group.service is None
+    assert group.bytes_per_token == 230.0 and group.home is None and group.service is None
 
 
 def test_weekday_and_weekend_shapes_fall_on_the_right_hours() -> None:
