@@ -51,8 +51,8 @@ def test_validate_refuses_hostile_files_promptly_with_positions(tmp_path: Path) 
         f"{fifo}:1:1: cannot read policy: it is a FIFO, not a regular file",
         f"{zero}:1:1: cannot read policy: it is a character device, not a regular file",
         f"{bomb}:6:10: invalid YAML: too many alias expansions (more than 100,000 values)",
-        f"{date}:14:15: invalid YAML: '2001-02-30' is not a valid !!timestamp: day is out of range for month",
+        f"{date}:20:15: invalid YAML: '2001-02-30' is not a valid !!timestamp: day is out of range for month",
     ]
-    assert lines[4].startswith(f"{huge}:37:5: services.0.dns_name: 'chat.llm.internal' is outside")
+    assert lines[4].startswith(f"{huge}:46:5: services.0.dns_name: 'chat.llm.internal' is outside")
     assert lines[4].endswith("zzz… (1,048,578 characters)")
     assert len(lines) == 5

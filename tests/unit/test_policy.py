@@ -27,39 +27,39 @@ def test_demo_and_examples_are_valid():
         (
             "capacity: 60",
             "capacity: 0",
-            "p.yaml:14:15: regions.1.capacity: Input should be greater than or equal to 1, got 0",
+            "p.yaml:20:15: regions.1.capacity: Input should be greater than or equal to 1, got 0",
         ),
         (
             "when_all_down: fail-closed",
             "when_all_down: sometimes",
-            "p.yaml:43:20: services.0.when_all_down: must be one of 'fail-open', 'fail-closed' or 'freeze', got 'sometimes'",
+            "p.yaml:52:20: services.0.when_all_down: must be one of 'fail-open', 'fail-closed' or 'freeze', got 'sometimes'",
         ),
         (
             "regions: [us-east, us-west, eu-west, eu-central]",
             "regions: [us-east, mars]",
-            "p.yaml:40:24: services.0.regions.1: unknown region 'mars'",
+            "p.yaml:49:24: services.0.regions.1: unknown region 'mars'",
         ),
-        ("  - name: us-west", "  - name: us-east", "p.yaml:11:5: regions.1.name: duplicate name 'us-east'"),
+        ("  - name: us-west", "  - name: us-east", "p.yaml:17:5: regions.1.name: duplicate name 'us-east'"),
         (
             "allowed_jurisdictions: [EU]",
             "allowed_jurisdictions: [CH]",
-            "p.yaml:30:5: client_groups.0.allowed_jurisdictions: no region is in ['CH']",
+            "p.yaml:39:5: client_groups.0.allowed_jurisdictions: no region is in ['CH']",
         ),
-        ("    ttl: 5", "    ttl: 5\n    colour: red", "p.yaml:39:5: services.0.colour: unknown field"),
+        ("    ttl: 5", "    ttl: 5\n    colour: red", "p.yaml:48:5: services.0.colour: unknown field"),
         (
             "sources: [127.0.1.0/24]",
             "sources: [127.0.1.0/33]",
-            "p.yaml:29:14: client_groups.0.sources: '127.0.1.0/33' is not a CIDR",
+            "p.yaml:38:14: client_groups.0.sources: '127.0.1.0/33' is not a CIDR",
         ),
         (
             "      us-west: us-west",
             "      us-north: us-west",
-            "p.yaml:79:7: providers.haproxy.servers.us-north: unknown region",
+            "p.yaml:88:7: providers.haproxy.servers.us-north: unknown region",
         ),
         (
             "    port: 5353",
             "    port: 5353\n    port: 53",
-            "p.yaml:71:5: providers.localdns.port: duplicate key",
+            "p.yaml:80:5: providers.localdns.port: duplicate key",
         ),
     ],
 )
@@ -72,7 +72,7 @@ def test_errors_point_at_the_field(old, new, expected):
 def test_staleness_must_outlast_the_probe_period():
     found = problems(DEMO_TEXT.replace("stale_after: 2.0", "stale_after: 0.5"))
     assert found == [
-        "p.yaml:63:3: health.stale_after: 0.5s must exceed probes.inference.interval (0.5s), "
+        "p.yaml:72:3: health.stale_after: 0.5s must exceed probes.inference.interval (0.5s), "
         "or every region turns unknown between two probes"
     ]
 
