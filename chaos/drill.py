@@ -403,17 +403,15 @@ def _file_path(loc: Path_) -> Path_:
 
 
 def parse_drill(text: str, filename: str = "<drill>") -> Drill:
-    try:
-        parsed = parse_document(
-            text,
-            filename,
-            Drill,
-            what="drill",
-            expected="a mapping with method and expect",
-            file_path=_file_path,
-        )
-    except DocumentError as exc:
-        raise DrillError(exc.problems) from None
+    parsed = parse_document(
+        text,
+        filename,
+        Drill,
+        what="drill",
+        expected="a mapping with method and expect",
+        file_path=_file_path,
+        error=DrillError,
+    )
     problems: list[Problem] = parsed.problems + [
         parsed.at.problem(loc, msg) for loc, msg in _remote(parsed.value)
     ]

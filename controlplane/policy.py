@@ -944,12 +944,9 @@ def parse_policy(text: str, filename: str = "<policy>") -> Policy:
 
 def parse_with_warnings(text: str, filename: str = "<policy>") -> tuple[Policy, list[Problem]]:
     """As parse_policy, and also what is allowed but probably not meant (Problem.warning set)."""
-    try:
-        parsed = parse_document(
-            text, filename, Policy, what="policy", expected=_EXPECTED, file_path=_file_path
-        )
-    except DocumentError as exc:
-        raise PolicyError(exc.problems) from None
+    parsed = parse_document(
+        text, filename, Policy, what="policy", expected=_EXPECTED, file_path=_file_path, error=PolicyError
+    )
     policy, at = parsed.value, parsed.at
     problems = parsed.problems + [at.problem(loc, msg, at_key=True) for loc, msg in _cross_check(policy)]
     if problems:

@@ -278,10 +278,21 @@ def parse_document(
     what: str,
     expected: str,
     file_path: Any = None,
+    error: type[DocumentError] = DocumentError,
 ) -> Parsed[M]:
-    """Compose `text` with bounds, build it remembering positions, validate it as `model`. DocumentError
-    lists every problem, sorted by position. `expected` says what the top level must be ("a mapping with
-    regions and services"); `file_path` maps a pydantic error location to the one written in the file."""
+    """Compose `text` with bounds, build it remembering positions, validate it as `model`. `error` (a
+    DocumentError) lists every problem, sorted by position. `expected` says what the top level must be ("a
+    mapping with regions and services"); `file_path` maps a pydantic error location to the one written in
+    the file."""
+    try:
+        return _parse(text, filename, model, what, expected, file_path)
+    except DocumentError as exc:
+        if type(exc) is error:
+            raise
+        raise error(exc.problems) from None
+
+
+def _parse(text: str, filename: str, model: type[M], what: str, expected: str, file_path: Any) -> Parsed[M]:
     builder = _Builder(what)
     try:
         root = compose(text, what)

@@ -253,16 +253,14 @@ def _undated(sheet: PriceSheet) -> Iterator[Path_]:
 
 
 def parse_sheet(text: str, filename: str = "<prices>") -> PriceSheet:
-    try:
-        parsed = parse_document(
-            text,
-            filename,
-            PriceSheet,
-            what="price sheet",
-            expected="a mapping with version, currency and clouds",
-        )
-    except DocumentError as exc:
-        raise PriceSheetError(exc.problems) from None
+    parsed = parse_document(
+        text,
+        filename,
+        PriceSheet,
+        what="price sheet",
+        expected="a mapping with version, currency and clouds",
+        error=PriceSheetError,
+    )
     sheet, at = parsed.value, parsed.at
     problems = parsed.problems + [
         at.problem(

@@ -132,17 +132,15 @@ def _file_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
 
 
 def parse_traffic(text: str, filename: str = "<traffic>") -> TrafficProfile:
-    try:
-        parsed = parse_document(
-            text,
-            filename,
-            TrafficProfile,
-            what="traffic profile",
-            expected="a mapping with version and groups",
-            file_path=_file_path,
-        )
-    except DocumentError as exc:
-        raise TrafficError(exc.problems) from None
+    parsed = parse_document(
+        text,
+        filename,
+        TrafficProfile,
+        what="traffic profile",
+        expected="a mapping with version and groups",
+        file_path=_file_path,
+        error=TrafficError,
+    )
     if parsed.problems:
         raise TrafficError(parsed.problems)
     return parsed.value
