@@ -1,0 +1,1 @@
+"""Replicas of the plane coordinated through etcd: client, leader election, vantage quorum."""
