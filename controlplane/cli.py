@@ -175,6 +175,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     for name, r in data["regions"].items():
         print(f"  {name:<12} {r['state']:<10} score {r['score']:.2f}  {'; '.join(r['reasons'])}")
+    if cost := data.get("cost"):
+        regions = ", ".join(
+            f"{name} {c['per_hour']:,.2f} ({c['instances']} inst)" for name, c in cost["regions"].items()
+        )
+        print(
+            f"  cost: {cost['per_hour']:,.2f} {cost['currency']}/h at {cost['tokens_out_per_s']:,.0f}"
+            f" output tokens/s: {regions}"
+        )
     for service, groups in data["services"].items():
         for group, g in groups.items():
             weights = ", ".join(f"{region}={w['weight']}" for region, w in g["weights"].items())

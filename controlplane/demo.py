@@ -26,6 +26,7 @@ from rich.text import Text
 
 from chaos.simregion import SimFleet
 from controlplane.api import serve
+from controlplane.cost.live import RegionLiveCost
 from controlplane.daemon import Daemon, DaemonConfig
 from controlplane.haproxy_process import HaproxyProcess, haproxy_available, render_config
 from controlplane.logs import LOG_FORMAT, OneLineFormatter
@@ -129,8 +130,12 @@ def render_view(daemon: Daemon) -> Table:
     )
     service = daemon.policy.services[0]
     model = daemon.policy.model(service.model) if service.model is not None else None
+    cost = daemon.live_cost(view)
+    priced = {r.region: r for r in cost.regions} if cost is not None else {}
     for column in ("region", "jurisdiction", "state", "score", "ttft ms", "queue", "kv %"):
         table.add_column(column)
+    if cost is not None:
+        table.add_column(f"{cost.currency}/h", justify="right")
     if model is not None:
         table.add_column(f"{model.name} {model.version}")
     for g in groups:
@@ -145,6 +150,7 @@ def render_view(daemon: Daemon) -> Table:
             f"{h.ttft_s * 1000:.0f}" if h.ttft_s is not None else "-",
             f"{h.queue_depth:.0f}" if h.queue_depth is not None else "-",
             f"{h.kv_cache_usage * 100:.0f}" if h.kv_cache_usage is not None else "-",
+            *([_cost_cell(priced.get(region.name))] if cost is not None else []),
             *([_weights_cell(daemon, region, model)] if model is not None else []),
             *(str(g.weight(region.name)) if region.name in g.as_dict() else "-" for g in groups),
         )
@@ -157,8 +163,16 @@ def render_view(daemon: Daemon) -> Table:
         troubled += [
             f"{r.name}: {why}" for r in daemon.policy.regions if (why := daemon.artifacts.lacks(r, model))
         ]
+    if cost is not None:
+        troubled.append(
+            f"estimated {cost.per_hour:,.2f} {cost.currency}/h at {cost.tokens_out_per_s:,.0f} output tokens/s"
+        )
     table.caption = "\n".join(troubled) or None
     return table
+
+
+def _cost_cell(region: RegionLiveCost | None) -> str:
+    return "-" if region is None else f"{region.per_hour:,.2f} ({region.instances} inst)"
 
 
 def _weights_cell(daemon: Daemon, region: Region, model: Model) -> Text:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -318,3 +320,24 @@ async def test_run_prices_reads_the_users_sheet_over_the_shipped_ones(
         async with asyncio.timeout(10):
             await proc.wait()
     assert proc.returncode == 0, log.read_text()
+
+
+async def test_the_status_command_and_the_demo_view_show_the_cost(priced: Plane) -> None:
+    from rich.console import Console
+
+    from controlplane.demo import render_view
+    from tests.integration.test_cli import arun_cli
+
+    result = await arun_cli("status", "--api", priced.api)
+    assert result.code == 0, result.err
+    shown = [line for line in result.out.splitlines() if line.startswith("  cost: ")]
+    assert len(shown) == 1, result.out
+    assert re.fullmatch(
+        r"  cost: [\d,]+\.\d\d USD/h at [\d,]+ output tokens/s: "
+        r"us-east [\d,]+\.\d\d \(\d+ inst\), eu-west [\d,]+\.\d\d \(\d+ inst\)",
+        shown[0],
+    ), shown[0]
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_view(priced.daemon))
+    view = console.export_text()
+    assert "USD/h" in view and "(1 inst)" in view and "estimated " in view, view
