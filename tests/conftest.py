@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, overload
 
 import pytest
@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.fakes.etcd import EtcdCluster, EtcdDidNotStart, etcd_cluster
 from tests.fakes.terraform import OPTIONAL_TOOL
 
 T = TypeVar("T")
@@ -71,3 +72,24 @@ def spans() -> InMemorySpanExporter:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return exporter
+
+
+def _etcd(tmp_path_factory: pytest.TempPathFactory, size: int) -> Iterator[EtcdCluster]:
+    binary = require_binary("etcd", "Debian's etcd-server")
+    try:
+        with etcd_cluster(binary, tmp_path_factory.mktemp(f"etcd{size}"), size) as cluster:
+            yield cluster
+    except EtcdDidNotStart as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session", name="etcd")
+def etcd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One etcd member for the whole run; tests keep to key prefixes of their own."""
+    yield from _etcd(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="session", name="etcd_cluster")
+def etcd_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three etcd members; a test that stops or kills one brings it back before it ends."""
+    yield from _etcd(tmp_path_factory, 3)
