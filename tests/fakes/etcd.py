@@ -126,6 +126,19 @@ class EtcdCluster:
                     )
                 time.sleep(0.05)
 
+    def leader(self) -> EtcdMember:
+        """The member raft elected, as the members report it (/v3/maintenance/status)."""
+        ids: dict[str, EtcdMember] = {}
+        leaders: set[str] = set()
+        for member in self.members:
+            request = urllib.request.Request(f"{member.url}/v3/maintenance/status", data=b"{}", method="POST")
+            with urllib.request.urlopen(request, timeout=2.0) as reply:
+                status = json.loads(reply.read(65536))
+            ids[status["header"]["member_id"]] = member
+            leaders.add(status["leader"])
+        (leader,) = leaders
+        return ids[leader]
+
     def restart(self, member: EtcdMember) -> None:
         """Start a killed member again on its data dir and ports; returns once the cluster is healthy."""
         member.kill()

@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
+from aiohttp import web
 
+from chaos.loopback import free_port, serve_app, stop_app
 from controlplane.coord.etcd import (
+    MAX_BODY,
+    WATCH_IDLE_TIMEOUTS,
     Compare,
     Delete,
     EtcdClient,
@@ -162,3 +167,200 @@ async def test_watch_ends_unavailable_when_its_member_dies(tmp_path_factory: pyt
                         seen.append(kind)
                         await asyncio.to_thread(cluster.members[0].kill)
             assert seen == ["PUT"]
+
+
+CLUSTER_TIMEOUT = 1.0
+
+
+async def until_healthy(cluster: EtcdCluster) -> None:
+    await asyncio.to_thread(cluster.wait_healthy)
+
+
+async def test_a_stopped_member_costs_one_timeout_then_calls_go_elsewhere(
+    etcd_cluster: EtcdCluster, prefix: bytes
+) -> None:
+    # The raft leader first: its loss also costs an election before the others take writes.
+    first = await asyncio.to_thread(etcd_cluster.leader)
+    endpoints = [first.url, *(m.url for m in etcd_cluster.members if m is not first)]
+    async with EtcdClient(endpoints, timeout=CLUSTER_TIMEOUT) as client:
+        await client.put(prefix + b"k", b"before")  # through the first endpoint: the last good one now
+        first.stop()
+        try:
+            started = time.monotonic()
+            await client.put(prefix + b"k", b"after")
+            # one timeout on the stopped member, then a new raft leader if it was the leader
+            assert time.monotonic() - started < 2 * CLUSTER_TIMEOUT + 2.0
+            started = time.monotonic()
+            got = await client.get(prefix + b"k")
+            assert got is not None and got.value == b"after"
+            assert time.monotonic() - started < CLUSTER_TIMEOUT, (
+                "the next call waited on the stopped member again"
+            )
+        finally:
+            first.cont()
+            await until_healthy(etcd_cluster)
+        await client.delete(prefix, prefix=True)
+
+
+async def test_every_member_stopped_is_unavailable_within_the_timeouts(etcd_cluster: EtcdCluster) -> None:
+    async with EtcdClient(etcd_cluster.endpoints, timeout=TIMEOUT) as client:
+        for member in etcd_cluster.members:
+            member.stop()
+        try:
+            started = time.monotonic()
+            with pytest.raises(EtcdUnavailable, match="no etcd endpoint answered"):
+                await client.get(b"/anything")
+            assert time.monotonic() - started < len(etcd_cluster.members) * TIMEOUT + 2.0
+        finally:
+            for member in etcd_cluster.members:
+                member.cont()
+            await until_healthy(etcd_cluster)
+
+
+async def test_a_watch_on_a_stopped_member_ends_unavailable(etcd_cluster: EtcdCluster, prefix: bytes) -> None:
+    """A SIGSTOPped member keeps the stream open and says nothing: the watch asks it and gives up."""
+    member = etcd_cluster.members[-1]
+    async with EtcdClient([member.url], timeout=TIMEOUT) as client:
+        start = await client.put(prefix, b"1")
+        seen: list[str] = []
+        try:
+            with pytest.raises(EtcdUnavailable, match="does not answer"):
+                async with asyncio.timeout((WATCH_IDLE_TIMEOUTS + 1) * TIMEOUT + 3.0):
+                    async for kind, _ in client.watch(prefix, start):
+                        seen.append(kind)
+                        member.stop()
+        finally:
+            member.cont()
+            await until_healthy(etcd_cluster)
+        assert seen == ["PUT"]
+        await client.delete(prefix)
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[str]:
+    """A TCP server that accepts and reads, and never answers: a hung host, a black-holing proxy."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_refused_endpoint_is_skipped_at_once_even_for_a_txn(etcd: EtcdCluster, prefix: bytes) -> None:
+    async with EtcdClient([f"http://127.0.0.1:{free_port()}", *etcd.endpoints], timeout=30) as client:
+        async with asyncio.timeout(5):  # far below the 30 s timeout: nothing waited on the refused port
+            result = await client.txn([Compare(prefix, "CREATE", "EQUAL", 0)], [Put(prefix, b"1")])
+        assert result.succeeded
+        await client.delete(prefix)
+
+
+async def test_a_silent_endpoint_times_out_and_a_txn_is_not_retried_elsewhere(
+    etcd: EtcdCluster, prefix: bytes
+) -> None:
+    async with silent_server() as silent:
+        async with EtcdClient([silent], timeout=TIMEOUT) as alone:
+            with pytest.raises(EtcdUnavailable, match="timed out"):
+                await alone.get(prefix)
+        async with EtcdClient([silent, *etcd.endpoints], timeout=TIMEOUT) as client:
+            await client.put(prefix, b"retried on the next endpoint")
+        async with EtcdClient([silent, *etcd.endpoints], timeout=TIMEOUT) as client:
+            # the silent one may have applied it: a second try would see its own put as a lost compare
+            with pytest.raises(EtcdUnavailable, match="outcome unknown"):
+                await client.txn([Compare(prefix, "VERSION", "EQUAL", 1)], [Put(prefix, b"txn")])
+            got = await client.get(prefix)  # the next call starts from the next endpoint
+            assert got is not None and got.value == b"retried on the next endpoint"
+        async with EtcdClient([silent], timeout=TIMEOUT) as alone:
+            with pytest.raises(EtcdUnavailable):
+                async for _ in alone.watch(prefix, 1):
+                    pass
+    async with EtcdClient(etcd.endpoints) as client:
+        await client.delete(prefix)
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    chunk = b'{"kvs":[' + b" " * 65536
+    while True:
+        await response.write(chunk)
+
+
+async def oversized(request: web.Request) -> web.Response:
+    return web.Response(
+        body=b'{"header":{}, "pad":"' + b"x" * MAX_BODY + b'"}', content_type="application/json"
+    )
+
+
+async def endless_line(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b'{"result":{"created":true}}\n')
+    while True:
+        await response.write(b"x" * 65536)
+
+
+def answering(status: int, body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    return handler
+
+
+@asynccontextmanager
+async def hostile(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/{path:.*}", handler)
+    runner, port = await serve_app(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await stop_app(runner, drop_connections=True)
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "match"),
+    [
+        (endless, EtcdRequestError, "over 1048576 bytes"),
+        (oversized, EtcdRequestError, "over 1048576 bytes"),
+        (answering(200, b'{"kvs": [{"key": "Zm9v"'), EtcdRequestError, "malformed JSON"),
+        (answering(200, b"[1, 2]"), EtcdRequestError, "expected a JSON object"),
+        (answering(200, b'{"kvs": [{"key": "not base64!"}]}'), EtcdRequestError, "bad base64"),
+        (
+            answering(200, b'{"kvs": [{"key": "Zm9v", "version": "one"}]}'),
+            EtcdRequestError,
+            "expected an integer",
+        ),
+        (answering(503, b'{"error": "etcdserver: no leader", "code": 14}'), EtcdUnavailable, "no leader"),
+        (
+            answering(404, b'{"error": "etcdserver: requested lease not found", "code": 5}'),
+            EtcdRequestError,
+            "lease",
+        ),
+    ],
+    ids=["endless", "oversized", "truncated", "not-an-object", "bad-base64", "bad-int", "503", "404"],
+)
+async def test_a_hostile_answer_is_refused_in_time(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], error: type[Exception], match: str
+) -> None:
+    async with hostile(handler) as url, EtcdClient([url], timeout=5) as client:
+        async with asyncio.timeout(4):  # refused on what arrived, not by the client's 5 s timer
+            with pytest.raises(error, match=match):
+                await client.get(b"foo")
+
+
+async def test_a_watch_line_over_the_cap_is_refused() -> None:
+    async with hostile(endless_line) as url, EtcdClient([url], timeout=5) as client:
+        async with asyncio.timeout(4):
+            with pytest.raises(EtcdRequestError, match="over 1048576 bytes"):
+                async for _ in client.watch(b"foo", 1):
+                    pass
