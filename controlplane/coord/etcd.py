@@ -394,39 +394,41 @@ class EtcdClient:
         answering (resume from the last mod_revision + 1), EtcdRequestError when etcd cancels the watch
         (start_revision compacted away)."""
         request = {"create_request": {**_range_fields(prefix, True), "start_revision": str(start_revision)}}
-        resp = await self._open_watch(request)
+        resp, endpoint = await self._open_watch(request)
         lines = _lines(resp)
         try:
             while True:
-                line = await self._next_line(resp, lines, prefix)
+                line = await self._next_line(endpoint, lines, prefix)
                 for event in self._events(line):
                     yield event
         finally:
             await lines.aclose()
             resp.close()
 
-    async def _open_watch(self, request: Mapping[str, Any]) -> aiohttp.ClientResponse:
+    async def _open_watch(self, request: Mapping[str, Any]) -> tuple[aiohttp.ClientResponse, str]:
+        """The stream's response, once etcd accepted the watch, and the endpoint that serves it."""
         problems: list[str] = []
         for index in self._order():
             url = self._endpoints[index] + "/v3/watch"
             try:
                 async with asyncio.timeout(self._timeout):
                     resp = await self._http().post(url, json=request)
+                    if resp.status != 200:
+                        body = await resp.content.read(MAX_BODY)
+                        resp.close()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 problems.append(f"{url}: {'timed out' if isinstance(exc, TimeoutError) else exc}")
                 continue
+            if 400 <= resp.status < 500:
+                raise EtcdRequestError(f"{url}: {resp.status} {_error_text(body)}")
             if resp.status != 200:
-                body = await resp.content.read(MAX_BODY)
-                resp.close()
-                error = EtcdUnavailable if resp.status >= 500 else EtcdRequestError
-                raise error(f"{url}: {resp.status} {_error_text(body)}")
+                problems.append(f"{url}: {resp.status} {_error_text(body)}")
+                continue
             self._current = index
-            return resp
+            return resp, self._endpoints[index]
         raise EtcdUnavailable("no etcd endpoint answered a watch: " + "; ".join(problems))
 
-    async def _next_line(
-        self, resp: aiohttp.ClientResponse, lines: AsyncIterator[bytes], prefix: bytes
-    ) -> bytes:
+    async def _next_line(self, endpoint: str, lines: AsyncIterator[bytes], prefix: bytes) -> bytes:
         # The read runs as a task that is waited on, never cancelled by a timer: cancelling it mid-line
         # would drop the half read, so silence is answered by asking the member instead.
         reading = asyncio.ensure_future(anext(lines))
@@ -435,7 +437,7 @@ class EtcdClient:
                 done, _ = await asyncio.wait({reading}, timeout=self._timeout * WATCH_IDLE_TIMEOUTS)
                 if done:
                     break
-                await self._member_answers(resp, prefix)
+                await self._member_answers(endpoint, prefix)
             return reading.result()
         except StopAsyncIteration:
             raise EtcdUnavailable("the watch stream ended") from None
@@ -446,8 +448,8 @@ class EtcdClient:
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
 
-    async def _member_answers(self, resp: aiohttp.ClientResponse, prefix: bytes) -> None:
-        url = f"{resp.url.scheme}://{resp.url.host}:{resp.url.port}/v3/kv/range"
+    async def _member_answers(self, endpoint: str, prefix: bytes) -> None:
+        url = endpoint + "/v3/kv/range"
         try:
             await self._post_once(url, {**_range_fields(prefix, False), "count_only": True})
         except (_NotSent, TimeoutError, aiohttp.ClientError, EtcdError) as exc:

@@ -7,7 +7,6 @@ share them: each keeps to a key prefix of its own and leaves every member runnin
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -39,7 +38,8 @@ def healthy(url: str) -> bool:
 
 
 class EtcdMember:
-    """One etcd process; its own process group, so a kill takes every thread and nothing is left behind."""
+    """One etcd process, left in the test run's process group: a run stopped by `timeout` or Ctrl-C, which
+    signal the whole group, takes its members with it instead of leaving them running."""
 
     def __init__(self, binary: str, name: str, data_dir: Path) -> None:
         self.binary = binary
@@ -67,14 +67,12 @@ class EtcdMember:
             f"--election-timeout={ELECTION_MS}",
         ]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.poll() is None:
             with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
+                self.process.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL, as a crash; the data dir stays for restart()."""
@@ -138,6 +136,13 @@ class EtcdCluster:
             leaders.add(status["leader"])
         (leader,) = leaders
         return ids[leader]
+
+    def compact(self, revision: int) -> None:
+        """Drop history before `revision` (the plane itself never compacts: tests of a watch that is too late)."""
+        body = json.dumps({"revision": str(revision), "physical": True}).encode()
+        request = urllib.request.Request(f"{self.members[0].url}/v3/kv/compaction", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=5.0) as reply:
+            reply.read(65536)
 
     def restart(self, member: EtcdMember) -> None:
         """Start a killed member again on its data dir and ports; returns once the cluster is healthy."""

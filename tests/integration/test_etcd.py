@@ -24,6 +24,7 @@ from controlplane.coord.etcd import (
     Get,
     KeyValue,
     Put,
+    prefix_end,
 )
 from tests.conftest import require_binary
 from tests.fakes.etcd import EtcdCluster, etcd_cluster
@@ -91,12 +92,21 @@ async def test_txn_compares_and_branches(client: EtcdClient, prefix: bytes) -> N
     assert lost.responses == ((kv,), ())
 
     fenced = await client.txn(
-        [Compare(leader, "MOD", "EQUAL", kv.mod_revision), Compare(leader, "VALUE", "EQUAL", b"a")],
+        [
+            Compare(leader, "CREATE", "EQUAL", kv.create_revision),
+            Compare(leader, "MOD", "EQUAL", kv.mod_revision),
+            Compare(leader, "VALUE", "EQUAL", b"a"),
+        ],
         [Put(prefix + b"plan", b"p1")],
     )
     assert fenced.succeeded and fenced.responses == ((),)
-    stale = await client.txn([Compare(leader, "VALUE", "NOT_EQUAL", b"a")], [Put(prefix + b"plan", b"p2")])
-    assert not stale.succeeded and stale.responses == ()
+    for stale_compare in (
+        Compare(leader, "VALUE", "NOT_EQUAL", b"a"),
+        Compare(leader, "CREATE", "LESS", kv.create_revision),
+        Compare(leader, "MOD", "GREATER", kv.mod_revision),
+    ):
+        stale = await client.txn([stale_compare], [Put(prefix + b"plan", b"p2")])
+        assert not stale.succeeded and stale.responses == ()
     plan = await client.get(prefix + b"plan")
     assert plan is not None and plan.value == b"p1"
 
@@ -126,6 +136,8 @@ async def test_revoke_deletes_the_leases_keys(client: EtcdClient, prefix: bytes)
     lease = await client.grant(60)
     await client.put(prefix + b"a", b"1", lease=lease)
     await client.put(prefix + b"b", b"1", lease=lease)
+    held = await client.txn([Compare(prefix + b"a", "LEASE", "EQUAL", lease)], [Get(prefix, prefix=True)])
+    assert held.succeeded and [kv.lease for kv in held.responses[0]] == [lease, lease]
     await client.revoke(lease)
     assert (await client.range(prefix))[1] == ()
     assert await client.keepalive(lease) == 0
@@ -159,7 +171,13 @@ async def test_watch_ends_unavailable_when_its_member_dies(tmp_path_factory: pyt
     binary = require_binary("etcd", "Debian's etcd-server")
     with etcd_cluster(binary, tmp_path_factory.mktemp("etcd-dies"), 1) as cluster:
         async with EtcdClient(cluster.endpoints, timeout=TIMEOUT) as client:
-            start = await client.put(b"k", b"v")
+            first = await client.put(b"k", b"v")
+            start = await client.put(b"k", b"w")
+            await asyncio.to_thread(cluster.compact, start)
+            with pytest.raises(EtcdRequestError, match=f"compacted at {start}"):
+                async with asyncio.timeout(5):
+                    async for _ in client.watch(b"k", first):
+                        pass
             seen: list[str] = []
             with pytest.raises(EtcdUnavailable):
                 async with asyncio.timeout(5):
@@ -189,7 +207,7 @@ async def test_a_stopped_member_costs_one_timeout_then_calls_go_elsewhere(
             started = time.monotonic()
             await client.put(prefix + b"k", b"after")
             # one timeout on the stopped member, then a new raft leader if it was the leader
-            assert time.monotonic() - started < 2 * CLUSTER_TIMEOUT + 2.0
+            assert time.monotonic() - started < 3 * CLUSTER_TIMEOUT + 3.0
             started = time.monotonic()
             got = await client.get(prefix + b"k")
             assert got is not None and got.value == b"after"
@@ -358,9 +376,41 @@ async def test_a_hostile_answer_is_refused_in_time(
                 await client.get(b"foo")
 
 
-async def test_a_watch_line_over_the_cap_is_refused() -> None:
-    async with hostile(endless_line) as url, EtcdClient([url], timeout=5) as client:
+async def one_line_then_eof(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"result":{"created":true}}\n', content_type="application/json")
+
+
+async def error_line(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b'{"result":{"created":true}}\n{"error":{"grpc_code":14,"message":"no leader"}}\n')
+    return response
+
+
+@pytest.mark.parametrize(
+    ("handler", "error", "match"),
+    [
+        (endless_line, EtcdRequestError, "over 1048576 bytes"),
+        (one_line_then_eof, EtcdUnavailable, "stream ended"),
+        (error_line, EtcdUnavailable, "no leader"),
+        (answering(503, b'{"error": "no leader"}'), EtcdUnavailable, "503"),
+        (answering(400, b'{"error": "bad"}'), EtcdRequestError, "400"),
+    ],
+    ids=["line-over-cap", "eof", "error-line", "503", "400"],
+)
+async def test_a_hostile_watch_stream_ends_the_watch(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], error: type[Exception], match: str
+) -> None:
+    async with hostile(handler) as url, EtcdClient([url], timeout=5) as client:
         async with asyncio.timeout(4):
-            with pytest.raises(EtcdRequestError, match="over 1048576 bytes"):
+            with pytest.raises(error, match=match):
                 async for _ in client.watch(b"foo", 1):
                     pass
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"),
+    [(b"/a/", b"/a0"), (b"a\xff", b"b"), (b"a\xfe\xff\xff", b"a\xff"), (b"\xff\xff", b"\0"), (b"", b"\0")],
+)
+def test_prefix_end_bounds_exactly_the_prefix(prefix: bytes, end: bytes) -> None:
+    assert prefix_end(prefix) == end
