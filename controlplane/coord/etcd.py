@@ -254,8 +254,8 @@ class EtcdClient:
     A txn is not retried on another endpoint once its request may have reached a member (a timeout, a 5xx,
     a connection broken mid-answer): it may have been applied, and a second try would report the compare's
     failure for what was the first try's success. It raises EtcdUnavailable and the next call starts from
-    the next endpoint. Puts, deletes and lease calls are retried: repeating them changes nothing a caller
-    reads (a put's revision moves on; a lease granted twice expires unused)."""
+    the next endpoint. Reads, puts, deletes and lease calls are retried: a repeat leaves the same keys (a put's
+    revision moves on, a repeated delete may count 0, a lease granted twice expires unused)."""
 
     def __init__(
         self, endpoints: Sequence[str], *, timeout: float = 2.0, session: aiohttp.ClientSession | None = None
