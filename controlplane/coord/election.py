@@ -17,8 +17,8 @@ until the deadline. A deposed leader revokes its lease (best effort) so the next
 Every write a leader makes to etcd goes through `fenced`: one txn comparing CREATE(<prefix>/leader) ==
 epoch, so a leader deposed without knowing it yet has its write refused by etcd itself.
 
-For the keepalive to fail over to another member before the deadline, the client's timeout must be well
-under ttl/2 (a stalled member costs one timeout).
+A keepalive has ttl/2 to land (deadline - next send) and a stalled member costs it one client timeout:
+for the leader to survive a member's loss, give its client a timeout of about ttl/6 (0.5 s at ttl 3).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Leadership:
         unrevoked lease runs out within the TTL by itself."""
         self.depose("resigned")
         if self._keeper is not None:
-            await self._keeper  # it revokes once it sees `lost`
+            await asyncio.wait([self._keeper])  # it revokes once it sees `lost` (a cancelled one cannot)
         else:
             await _revoke_quietly(self.client, self.lease)
 
