@@ -281,19 +281,30 @@ def _month(per_week: float) -> float:
 
 
 def _egress_terms(
-    region: Region, fleet: Fleet, book: PriceBook, load: _Load, served: list[float], traffic: TrafficProfile
+    policy: Policy,
+    region: Region,
+    fleet: Fleet,
+    book: PriceBook,
+    load: _Load,
+    served: list[float],
+    traffic: TrafficProfile,
 ) -> Iterator[Term]:
-    internet_gb = inter_gb = 0.0
-    away: list[str] = []
+    internet_gb = 0.0
+    # Forwarded from a group's home and back, by whether the home runs on the same cloud: between two
+    # clouds the bytes leave over the internet and pay its price, not the cloud's inter-region one.
+    forwarded = {True: 0.0, False: 0.0}
+    away: dict[bool, list[str]] = {True: [], False: []}
     for name, rates in load.requests.items():
         group = traffic.groups[name]
         requests = _month(sum(r * s for r, s in zip(rates, served, strict=True)) * SECONDS_PER_HOUR)
         internet_gb += requests * group.tokens_out * group.bytes_per_token / BYTES_PER_GB
         if group.home is not None and group.home != region.name:
-            # Forwarded from home and back: the prompt as text, the reply as the clients get it.
+            home = policy.region(group.home).fleet
+            same_cloud = home is None or home.cloud == fleet.cloud
+            # The prompt as text, the reply as the clients get it.
             wire = group.tokens_in * TEXT_BYTES_PER_TOKEN + group.tokens_out * group.bytes_per_token
-            inter_gb += requests * wire / BYTES_PER_GB
-            away.append(name)
+            forwarded[same_cloud] += requests * wire / BYTES_PER_GB
+            away[same_cloud].append(name)
     if internet_gb > 0:
         price = book.internet_egress(fleet.cloud, fleet.region)
         yield Term(
@@ -303,13 +314,16 @@ def _egress_terms(
             f"{internet_gb:,.2f} GB (output tokens x bytes/token) x {_usd(price)}",
             (price.source,),
         )
-    if inter_gb > 0:
-        price = book.inter_region_egress(fleet.cloud, fleet.region)
+    for same_cloud, gb in forwarded.items():
+        if gb <= 0:
+            continue
+        price = (book.inter_region_egress if same_cloud else book.internet_egress)(fleet.cloud, fleet.region)
+        what = "inter-region egress" if same_cloud else "egress to another cloud"
         yield Term(
             Category.EGRESS,
-            f"inter-region egress (groups served away from home: {', '.join(away)})",
-            inter_gb * price.amount,
-            f"{inter_gb:,.2f} GB (tokens in x {TEXT_BYTES_PER_TOKEN:g} B + out x bytes/token) x {_usd(price)}",
+            f"{what} (groups served away from home: {', '.join(away[same_cloud])})",
+            gb * price.amount,
+            f"{gb:,.2f} GB (tokens in x {TEXT_BYTES_PER_TOKEN:g} B + out x bytes/token) x {_usd(price)}",
             (price.source,),
         )
 
@@ -422,7 +436,7 @@ def estimate(policy: Policy, book: PriceBook, traffic: TrafficProfile, scenario:
                 _month(served.on_demand_hours),
                 "per month",
             ),
-            *_egress_terms(region, fleet, book, load, served.served, traffic),
+            *_egress_terms(policy, region, fleet, book, load, served.served, traffic),
             *weights.get(region.name, ()),
             *([compliance[region.name]] if region.name in compliance else []),
         ]

@@ -208,6 +208,26 @@ def test_traffic_served_away_from_home_pays_inter_region_egress(book: PriceBook)
     )
 
 
+def test_traffic_forwarded_from_home_on_another_cloud_pays_that_clouds_internet_egress(
+    book: PriceBook,
+) -> None:
+    policy = Policy.model_validate(
+        policy_data(
+            [region("us-a", fleet=fleet()), region("eu-a", "EU", fleet=fleet(region="eu-1", cloud="gcp"))],
+            client_groups=({"name": "global", "allowed_jurisdictions": ["US", "EU"]},),
+        )
+    )
+    load = traffic({"global": {"tokens_in": 300, "tokens_out": 100, "home": "us-a", "requests_per_s": 2}})
+    report = estimate(policy, book, load, NORMAL)
+    half = 2 * 0.5 * 3600 * MONTH_H  # equal capacities: each region serves half the requests
+    gcp = amounts(report, "eu-a")
+    # Between AWS and GCP the bytes leave over the internet: gcp/eu-1's $0.3/GB, not its $0.05 inter-region.
+    assert gcp["egress to another cloud (groups served away from home: global)"] == pytest.approx(
+        half * (300 * 4 + 100 * 230) / 1e9 * 0.3
+    )
+    assert not any(label.startswith("inter-region egress") for label in gcp)
+
+
 def test_storage_and_weight_sync_by_hand(book: PriceBook) -> None:
     regions = [
         region("us-a", bucket="s3://bucket-a/m", fleet=fleet()),  # same cloud region as the source: no egress
