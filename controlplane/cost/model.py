@@ -85,13 +85,18 @@ def _usd(priced: Priced) -> str:
 
 def marginal_cost_per_mtok(region: Region, book: PriceBook) -> float | None:
     """What one more million output tokens cost in `region` above its reserved instances (already paid):
-    the spot price when it may run spot and spot is cheaper, else on-demand. None without a fleet."""
+    the instance time (spot when it may run spot and spot is cheaper, else on-demand) plus sending them
+    to the clients streamed (a fifth of the instance time for an 8B model on an L40S). None without a fleet."""
     return None if region.fleet is None else _marginal(region.fleet, book)
 
 
 def _marginal(fleet: Fleet, book: PriceBook) -> float:
     prices = _FleetPrices.of(fleet, book)
-    return (prices.spot or prices.on_demand).amount / (fleet.tokens_per_s * SECONDS_PER_HOUR) * 1e6
+    compute = (prices.spot or prices.on_demand).amount / (fleet.tokens_per_s * SECONDS_PER_HOUR) * 1e6
+    egress = (
+        book.internet_egress(fleet.cloud, fleet.region).amount * STREAMED_BYTES_PER_TOKEN * 1e6 / BYTES_PER_GB
+    )
+    return compute + egress
 
 
 def instances(region: Region, book: PriceBook, tokens_out_per_s: float) -> int:

@@ -305,10 +305,12 @@ def test_marginal_cost_is_the_next_instance_above_reserved(book: PriceBook) -> N
     def marginal(**more: Any) -> float | None:
         return marginal_cost_per_mtok(us_policy(region("us-a", fleet=fleet(**more))).regions[0], book)
 
-    # $1.0/h spot over 1,000 tok/s x 3600 s = 3.6M tokens an hour: $0.2778 per 1M.
-    assert marginal(spot_max=1, reserved=3) == pytest.approx(1.0 / 3.6)
-    assert marginal() == pytest.approx(2.0 / 3.6)  # no spot allowed: on-demand
-    assert marginal(instance="dear-spot", spot_max=4) == pytest.approx(2.0 / 3.6)  # spot dearer: on-demand
+    # $1.0/h spot over 1,000 tok/s x 3600 s = 3.6M tokens an hour: $0.2778 per 1M; and 1M tokens streamed
+    # at 230 B each are 0.23 GB to the internet at $0.1/GB: $0.023.
+    egress = 0.23 * 0.1
+    assert marginal(spot_max=1, reserved=3) == pytest.approx(1.0 / 3.6 + egress)
+    assert marginal() == pytest.approx(2.0 / 3.6 + egress)  # no spot allowed: on-demand
+    assert marginal(instance="dear-spot", spot_max=4) == pytest.approx(2.0 / 3.6 + egress)  # spot dearer
     assert marginal_cost_per_mtok(us_policy(region("us-a")).regions[0], book) is None
 
 
