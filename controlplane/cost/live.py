@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.cost.model import hourly_cost, instances
+from controlplane.cost.model import hourly_cost
 from controlplane.cost.prices import PriceBook
 from controlplane.cost.report import Term
 from controlplane.plan import RoutingPlan
@@ -78,8 +78,6 @@ def live_cost(
             continue
         share = shares.get(region.name, 0.0)
         tokens = total * share
-        per_hour, terms = hourly_cost(region, book, tokens)
-        rows.append(
-            RegionLiveCost(region.name, share, tokens, instances(region, book, tokens), per_hour, terms)
-        )
+        hour = hourly_cost(region, book, tokens)
+        rows.append(RegionLiveCost(region.name, share, tokens, hour.instances, hour.per_hour, hour.terms))
     return LiveCost(book.currency, total, tuple(rows))

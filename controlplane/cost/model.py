@@ -99,25 +99,22 @@ def _marginal(fleet: Fleet, book: PriceBook) -> float:
     return compute + egress
 
 
-def instances(region: Region, book: PriceBook, tokens_out_per_s: float) -> int:
-    """Instances running at a steady rate, as hourly_cost prices them: the reserved ones (running and paid
-    either way) and the spot and on-demand ones the rate needs above them, within the fleet's limits."""
-    fleet = region.fleet
-    if fleet is None:
-        return 0
-    spot, on_demand, _ = _FleetPrices.of(fleet, book).split(_needed(fleet, tokens_out_per_s))
-    return fleet.reserved + spot + on_demand
+@dataclass(frozen=True, slots=True)
+class HourCost:
+    """One hour of a region at a steady output rate."""
+
+    per_hour: float
+    terms: tuple[Term, ...]  # amounts per hour, not per month
+    instances: int  # running: the reserved ones (paid either way) and the spot and on-demand ones needed
 
 
-def hourly_cost(
-    region: Region, book: PriceBook, output_tokens_per_s: float
-) -> tuple[float, tuple[Term, ...]]:
+def hourly_cost(region: Region, book: PriceBook, output_tokens_per_s: float) -> HourCost:
     """One hour at a steady output rate: reserved + spot + on-demand instances and the internet egress of
-    those tokens (STREAMED_BYTES_PER_TOKEN each). Term amounts here are per hour, not per month. Demand beyond
-    the fleet's limits is not served, so not priced. No fleet: nothing to price."""
+    those tokens (STREAMED_BYTES_PER_TOKEN each). Demand beyond the fleet's limits is not served, so not
+    priced. No fleet: nothing to price."""
     fleet = region.fleet
     if fleet is None:
-        return 0.0, ()
+        return HourCost(0.0, (), 0)
     prices = _FleetPrices.of(fleet, book)
     spot, on_demand, _ = prices.split(_needed(fleet, output_tokens_per_s))
     served = min(output_tokens_per_s, prices.ceiling * fleet.tokens_per_s)
@@ -134,7 +131,7 @@ def hourly_cost(
                 (internet.source,),
             )
         )
-    return sum(t.amount for t in terms), tuple(terms)
+    return HourCost(sum(t.amount for t in terms), tuple(terms), fleet.reserved + spot + on_demand)
 
 
 def _instance_terms(

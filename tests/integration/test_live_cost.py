@@ -94,7 +94,7 @@ def shipped() -> PriceBook:
 
 def floor(policy: Policy, book: PriceBook) -> float:
     """What the fleets cost with no token flowing: their reserved instances."""
-    return sum(hourly_cost(r, book, 0.0)[0] for r in policy.regions if r.fleet)
+    return sum(hourly_cost(r, book, 0.0).per_hour for r in policy.regions if r.fleet)
 
 
 def one_more_instance(book: PriceBook) -> float:

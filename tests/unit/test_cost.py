@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.cost.model import estimate, hourly_cost, marginal_cost_per_mtok
+from controlplane.cost.model import HourCost, estimate, hourly_cost, marginal_cost_per_mtok
 from controlplane.cost.prices import PriceBook, Priced, load_prices, shipped_sheets
 from controlplane.cost.report import (
     HOURS_PER_WEEK,
@@ -316,16 +316,18 @@ def test_marginal_cost_is_the_next_instance_above_reserved(book: PriceBook) -> N
 
 def test_hourly_cost_is_one_hour_of_the_same_rules(book: PriceBook) -> None:
     us_a = us_policy(region("us-a", fleet=fleet(reserved=1, spot_max=1, on_demand_max=1))).regions[0]
-    total, terms = hourly_cost(us_a, book, 2500)  # 3 instances: reserved, spot, on-demand
+    hour = hourly_cost(us_a, book, 2500)  # 3 instances: reserved, spot, on-demand
+    total, terms = hour.per_hour, hour.terms
+    assert hour.instances == 3
     egress = 2500 * 3600 * 230 / 1e9 * 0.1  # 2.07 GB x $0.1
     assert {t.label: t.amount for t in terms} == pytest.approx(
         {"reserved gpu (1y)": 1.5, "spot gpu": 1.0, "on-demand gpu": 2.0, "egress to the internet": egress}
     )
     assert total == pytest.approx(4.5 + egress)
     # Idle, the reserved instance is still paid; beyond the limits, nothing more is bought.
-    assert hourly_cost(us_a, book, 0) == (1.5, terms[:1])
-    assert hourly_cost(us_a, book, 10_000)[0] == pytest.approx(4.5 + 3000 * 3600 * 230 / 1e9 * 0.1)
-    assert hourly_cost(us_policy(region("us-a")).regions[0], book, 100) == (0.0, ())
+    assert hourly_cost(us_a, book, 0) == HourCost(1.5, terms[:1], 1)
+    assert hourly_cost(us_a, book, 10_000).per_hour == pytest.approx(4.5 + 3000 * 3600 * 230 / 1e9 * 0.1)
+    assert hourly_cost(us_policy(region("us-a")).regions[0], book, 100) == HourCost(0.0, (), 0)
 
 
 # ------------------------------------------------------------------------------------ on the demo policy

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from controlplane.cost.live import live_cost, weight_shares
-from controlplane.cost.model import instances
+from controlplane.cost.model import hourly_cost
 from controlplane.cost.prices import PriceBook, load_prices
 from controlplane.policy import HealthSettings, Policy
 from probes.health import HealthTracker, region_health
@@ -145,7 +145,7 @@ def test_instances_running_at_a_rate_never_fewer_than_reserved_nor_more_than_the
     rate: float, running: int, book: PriceBook
 ) -> None:
     # 1000 x 0.3 is 300.00000000000006 in floats: still 3 instances, as the model prices it.
-    assert instances(fleet_policy().region("a"), book, rate) == running
+    assert hourly_cost(fleet_policy().region("a"), book, rate).instances == running
 
 
 def test_the_observed_total_is_spread_by_weight_share_and_priced_per_region(book: PriceBook) -> None:
