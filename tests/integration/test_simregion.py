@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chaos.simregion import FaultMode, FaultSpec, SimFleet, SimRegion
+from controlplane.cost.traffic import STREAMED_BYTES_PER_TOKEN
 from tests.builders import us_policy
 
 CHAT = {"messages": [{"role": "user", "content": "say ok"}], "max_tokens": 5}
@@ -232,6 +233,16 @@ async def test_errors_hit_the_given_fraction_of_each_callers_requests_spread_eve
     failed = [s >= 500 for s in probe]
     assert sum(failed) == 12  # 30 % of 40
     assert failed == [int((n + 1) * 0.3) > int(n * 0.3) for n in range(40)]  # never two in a row
+
+
+async def test_a_streamed_reply_costs_what_the_cost_model_prices_per_token(
+    sim: SimRegion, session: aiohttp.ClientSession
+) -> None:
+    # One SSE chunk of OpenAI JSON per token: the bytes the cost model's streamed egress default stands for.
+    body = {**CHAT, "max_tokens": 100, "stream": True}
+    async with session.post(f"{sim.endpoint}/v1/chat/completions", json=body) as resp:
+        wire = len(await resp.read())
+    assert wire / 100 == pytest.approx(STREAMED_BYTES_PER_TOKEN, rel=0.1)
 
 
 async def test_wrong_model_is_served_everywhere(sim: SimRegion, session: aiohttp.ClientSession) -> None:
