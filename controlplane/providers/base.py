@@ -1,7 +1,9 @@
-"""The provider Protocol, its capabilities, and the two kinds of provider error."""
+"""The provider Protocol, its capabilities, the two kinds of provider error, and the fence of a replica's
+writes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +26,16 @@ class TransientProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     """Retrying will not help: bad request, missing permission, foreign record in the way."""
+
+
+class Fenced(PermanentProviderError):
+    """This replica may not write: it does not lead, its leadership lapsed, or the provider holds a newer
+    epoch."""
+
+
+# The epoch to write under now; raises Fenced when this replica may not write. An external provider's
+# `fence` attribute holds one when replicas coordinate (None: the plane runs alone and writes unfenced).
+Fence = Callable[[], int]
 
 
 @dataclass(frozen=True, slots=True)
