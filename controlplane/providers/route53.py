@@ -25,6 +25,8 @@ from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy, Route53Settings, in_zone
 from controlplane.providers.base import (
     Capabilities,
+    Fence,
+    Fenced,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 HERITAGE = "llm-failover-plane"
 MARKER_LABEL = "_cp"  # the marker is _cp.<service>; every weighted set lies below it
 MARKER_TTL = 300
+# The fence's lease record, one per owner at the zone's apex: never below a marker (`_cp.`), so no service's
+# layout takes it for one of its records; every fenced batch deletes it exactly as read and recreates it.
+LEASE_LABEL = "_cp-lease"
 MAX_WEIGHT = 255  # Route 53's own bound on Weight
 # Where a group's geolocation record points when it must give no address (failing closed, or the group has
 # no region of the queried type): addresses that are no region and reach nothing (RFC 5737 TEST-NET-1 for
@@ -57,6 +62,8 @@ MAX_BATCH_CHARS = 32000  # characters of Value elements per ChangeResourceRecord
 MAX_SET_IDENTIFIER = 128
 MAX_NAME = 253  # characters of a DNS name without its final dot
 MAX_TXT = 255
+# What a fenced batch keeps free for the lease's DELETE and CREATE (one value each, a quoted TXT string)
+FENCE_RECORDS, FENCE_CHARS = 2, 2 * (MAX_TXT + 2)
 MAX_TTL = 2_147_483_647
 PAGE = 300  # ListResourceRecordSets' largest page
 MAX_PAGES = 1000  # 300,000 record sets: beyond that the zone is not one this plane should list
@@ -76,6 +83,7 @@ _TRANSIENT_CODES = frozenset(
 )
 _REGION = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _MARKER = re.compile(rf'"heritage={HERITAGE},owner=([a-z0-9-]+)(?:,layout=([0-9a-f]+))?"')
+_LEASE = re.compile(rf'"heritage={HERITAGE},owner=([a-z0-9-]+),epoch=([0-9]+)"')
 _ROUTING_KEYS = ("Weight", "GeoLocation", "Region", "Failover", "MultiValueAnswer", "CidrRoutingConfig")
 
 RRSet = dict[str, Any]  # a ResourceRecordSet as boto3 sends and lists it, names with their final dot
@@ -264,6 +272,43 @@ def _marker_match(rrset: Mapping[str, Any]) -> re.Match[str] | None:
     if rrset["Type"] != "TXT" or len(values) != 1:
         return None
     return _MARKER.fullmatch(values[0]["Value"])
+
+
+def lease_name(owner: str, zone_name: str) -> str:
+    return f"{LEASE_LABEL}.{owner}.{fqdn(zone_name)}"
+
+
+def lease(owner: str, zone_name: str, epoch: int) -> RRSet:
+    """The lease record saying that the leader of `epoch` wrote `owner`'s records in the zone last."""
+    return {
+        "Name": lease_name(owner, zone_name),
+        "Type": "TXT",
+        "TTL": MARKER_TTL,
+        "ResourceRecords": [{"Value": f'"heritage={HERITAGE},owner={owner},epoch={epoch}"'}],
+    }
+
+
+def lease_epoch(owner: str, zone_name: str, held: Mapping[RRKey, RRSet]) -> tuple[RRSet | None, int]:
+    """The lease record in `held` and the epoch it holds (0 when there is none)."""
+    rrset = held.get((lease_name(owner, zone_name), "TXT", ""))
+    if rrset is None:
+        return None, 0
+    values = rrset.get("ResourceRecords") or []
+    match = _LEASE.fullmatch(values[0]["Value"]) if len(values) == 1 else None
+    if match is None or match.group(1) != owner:
+        raise PermanentProviderError(f"{rrset['Name']} holds no lease of owner {owner!r}: {values}")
+    return rrset, int(match.group(2))
+
+
+def fence_ops(owner: str, zone_name: str, held: Mapping[RRKey, RRSet], epoch: int) -> list[Op]:
+    """What a batch written under `epoch` carries first: the lease's exact-match DELETE as held (Route 53
+    refuses the whole batch if it changed since) and its CREATE at `epoch` (refused if it exists, when none
+    was held). Fenced, and nothing to send, when the held lease is already newer."""
+    now, held_epoch = lease_epoch(owner, zone_name, held)
+    if held_epoch > epoch:
+        raise Fenced(f"the zone's lease record holds epoch {held_epoch}, newer than this leader's {epoch}")
+    deletion: list[Op] = [] if now is None else [("DELETE", now)]
+    return [*deletion, ("CREATE", lease(owner, zone_name, epoch))]
 
 
 def layout_record(service: str, digest: str) -> Record:
@@ -572,6 +617,13 @@ def _aws_error(exc: Exception, what: str) -> ProviderError:
     return cls(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def _refused_over(exc: ClientError, name: str) -> bool:
+    """Whether Route 53 refused a batch over the record set at `name` (a DELETE not matching its values, or
+    a CREATE of it while it exists): its message names each record set it refused a change of."""
+    error = exc.response.get("Error", {})
+    return error.get("Code") == "InvalidChangeBatch" and f"name='{name}'" in error.get("Message", "")
+
+
 def _read_page(client: Route53Client, zone_id: str, start: RRKey | None) -> tuple[list[RRSet], RRKey | None]:
     """One page of the zone, canonical, and where the next starts (in a worker thread: boto3 blocks)."""
     args: dict[str, Any] = {"HostedZoneId": zone_id, "MaxItems": str(PAGE)}
@@ -615,6 +667,8 @@ class Route53Provider:
         self._layout: Layout | None = None
         self._zone_name = settings.zone
         self._held: dict[RRKey, RRSet] | None = None  # the zone as last read and written since
+        # Set by the daemon when replicas coordinate: every batch then carries the lease record's rewrite.
+        self.fence: Fence | None = None
 
     # ------------------------------------------------------------------ pure
 
@@ -705,7 +759,10 @@ class Route53Provider:
         zone = self._zone_name or ""
         try:
             units, _ = await asyncio.to_thread(plan_ops, layout, self._policy, zone, held, changes)
-            for batch in batches(units):
+            room = (MAX_BATCH_RECORDS, MAX_BATCH_CHARS)
+            if self.fence is not None:
+                room = (MAX_BATCH_RECORDS - FENCE_RECORDS, MAX_BATCH_CHARS - FENCE_CHARS)
+            for batch in batches(units, *room):
                 held = await self._send(batch, held)
         except BaseException:
             self._held = None  # what landed is not known: the next diff reads the zone
@@ -740,6 +797,19 @@ class Route53Provider:
         except (ClientError, BotoCoreError, TimeoutError) as exc:
             raise _aws_error(exc, f"{self.name}: {what}") from None
 
+    async def _lease_moved(self, epoch: int) -> ProviderError:
+        """Why a batch under `epoch` was refused over the lease record, from the zone read afresh: a newer
+        leader holds it (Fenced), or this replica's view of it was only older than the zone (a retry reads
+        the zone and carries the lease as it is now)."""
+        _, now = lease_epoch(self._settings.owner, self._zone_name or "", await self._read())
+        if now > epoch:
+            return Fenced(
+                f"{self.name}: the zone's lease record holds epoch {now}, newer than ours ({epoch})"
+            )
+        return TransientProviderError(
+            f"{self.name}: the lease record changed since it was read (epoch {now} now, ours {epoch})"
+        )
+
     async def _read(self) -> dict[RRKey, RRSet]:
         client, zone_id = self._client, self._started().zone_id
         assert client is not None
@@ -761,15 +831,28 @@ class Route53Provider:
     async def _send(self, batch: list[Op], held: dict[RRKey, RRSet]) -> dict[RRKey, RRSet]:
         client, zone_id = self._client, self._started().zone_id
         assert client is not None
+        owner, zone = self._settings.owner, self._zone_name or ""
+        # Asked per batch: leadership may lapse between two batches of one apply.
+        epoch = None if self.fence is None else self.fence()
+        ops = batch if epoch is None else fence_ops(owner, zone, held, epoch) + batch
         body: Any = {
-            "Comment": f"{HERITAGE} owner={self._settings.owner}",
-            "Changes": [{"Action": action, "ResourceRecordSet": rrset} for action, rrset in batch],
+            "Comment": f"{HERITAGE} owner={owner}",
+            "Changes": [{"Action": action, "ResourceRecordSet": rrset} for action, rrset in ops],
         }
-        reply = await self._call(
-            "ChangeResourceRecordSets",
-            lambda: client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch=body),
-        )
-        after, _ = simulate(held, batch, self._zone_name or "")
+
+        def change() -> Any:
+            try:
+                return client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch=body)
+            except ClientError as exc:
+                if epoch is not None and _refused_over(exc, lease_name(owner, zone)):
+                    return None
+                raise
+
+        reply = await self._call("ChangeResourceRecordSets", change)
+        if reply is None:
+            assert epoch is not None
+            raise await self._lease_moved(epoch)
+        after, _ = simulate(held, ops, zone)
         self._held = after  # accepted: Route 53 serves it once INSYNC, and lists it already
         change_id = reply["ChangeInfo"]["Id"]
         status = reply["ChangeInfo"]["Status"]
