@@ -22,6 +22,8 @@ from controlplane.plan import RoutingPlan
 from controlplane.policy import CloudDnsSettings, Policy
 from controlplane.providers.base import (
     Capabilities,
+    Fence,
+    Fenced,
     PermanentProviderError,
     TransientProviderError,
     Tuning,
@@ -35,6 +37,9 @@ SCOPE = "https://www.googleapis.com/auth/ndev.clouddns.readwrite"
 HERITAGE = "heritage=llm-failover-plane"
 MARKER_LABEL = "_cp-owner"  # the marker's name is the same for every owner, so another owner's marker is seen
 MARKER_TTL = 300
+# The fence's lease record, one per owner below the zone's apex; no service's layout (`_cp-owner.<service>`,
+# `_cp-<owner>-<group>.<service>`) takes it for one of its names.
+LEASE_LABEL = "_cp-lease"
 GEO_WEIGHT = MAX_WEIGHT  # a geo item sends all of its location to its group: there is no split to show
 ADDRESS_TYPES = ("A", "AAAA")
 # Cloud DNS's per-change limits (https://cloud.google.com/dns/quotas): one reconcile is one atomic change,
@@ -69,6 +74,50 @@ def marker_owner(rrdatas: Iterable[str]) -> str | None:
         if f"heritage={fields.get('heritage')}" == HERITAGE and fields.get("owner"):
             return fields["owner"]
     return None
+
+
+def lease_name(owner: str, zone_name: str) -> str:
+    return f"{LEASE_LABEL}.{owner}.{absolute(zone_name)}"
+
+
+def lease_epoch(
+    rrsets: Mapping[Key, JsonObject], owner: str, zone_name: str
+) -> tuple[JsonObject | None, int]:
+    """The lease record among a zone's rrsets, as read, and the epoch it holds (0 when there is none)."""
+    rrset = rrsets.get((lease_name(owner, zone_name), "TXT"))
+    if rrset is None:
+        return None, 0
+    data = rrset.get("rrdatas") or []
+    fields = (
+        dict(part.partition("=")[::2] for part in data[0].strip('"').split(",")) if len(data) == 1 else {}
+    )
+    epoch = fields.get("epoch", "")
+    if (
+        f"heritage={fields.get('heritage')}" != HERITAGE
+        or fields.get("owner") != owner
+        or not epoch.isdigit()
+    ):
+        raise PermanentProviderError(f"{rrset.get('name')} holds no lease of owner {owner!r}: {data}")
+    return rrset, int(epoch)
+
+
+def fenced(
+    change: ZoneChange, rrsets: Mapping[Key, JsonObject], owner: str, zone_name: str, epoch: int
+) -> ZoneChange:
+    """`change` written under `epoch`: it also deletes the lease record exactly as read (Cloud DNS refuses
+    the whole change, 412, if it changed since) and adds it at `epoch` (409 if one appeared where none was
+    read). Fenced, and nothing to send, when the lease read is already newer."""
+    now, held = lease_epoch(rrsets, owner, zone_name)
+    if held > epoch:
+        raise Fenced(f"the zone's lease record holds epoch {held}, newer than this leader's {epoch}")
+    lease = {
+        "name": lease_name(owner, zone_name),
+        "type": "TXT",
+        "ttl": MARKER_TTL,
+        "rrdatas": [f'"{HERITAGE},owner={owner},epoch={epoch}"'],
+    }
+    deletion = () if now is None else (now,)
+    return ZoneChange((lease, *change.additions), (*deletion, *change.deletions))
 
 
 def group_prefix(owner: str) -> str:
@@ -402,6 +451,8 @@ class CloudDnsProvider:
         self._refreshing = asyncio.Lock()
         self._zone_name: str | None = None
         self._zone: ZoneState | None = None
+        # Set by the daemon when replicas coordinate: every change then carries the lease record's rewrite.
+        self.fence: Fence | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -453,12 +504,27 @@ class CloudDnsProvider:
         change = plan_change(zone, after.values(), self._settings.owner, self._zone_name)
         if not change:
             return
+        epoch = None if self.fence is None else self.fence()
+        if epoch is not None:
+            change = fenced(change, zone.rrsets, self._settings.owner, self._zone_name, epoch)
         self._zone = None  # until the change is known to be done, what the zone holds is not known
-        answer = await self._call(
-            "POST",
-            "/changes",
-            body={"additions": list(change.additions), "deletions": list(change.deletions)},
-        )
+        try:
+            answer = await self._call(
+                "POST",
+                "/changes",
+                body={"additions": list(change.additions), "deletions": list(change.deletions)},
+            )
+        except _ZoneMoved:
+            if epoch is None:
+                raise
+            # Refused as a whole: a newer leader's lease is why, or the zone merely moved (a retry rereads).
+            self._zone = await self._read()
+            _, now = lease_epoch(self._zone.rrsets, self._settings.owner, self._zone_name)
+            if now > epoch:
+                raise Fenced(
+                    f"{self.name}: the zone's lease record holds epoch {now}, newer than ours ({epoch})"
+                ) from None
+            raise
         await self._wait(answer)
         rrsets = dict(zone.rrsets)
         for rrset in change.deletions:
@@ -555,13 +621,18 @@ def _below(name: str, zone: str) -> bool:
     return dns_name(name).endswith("." + dns_name(zone))
 
 
+class _ZoneMoved(TransientProviderError):
+    """A change refused because the zone is no longer as it was read (409, 412): re-read, retry."""
+
+
 def _api_error(what: str, status: int, data: object) -> PermanentProviderError | TransientProviderError:
     """Google's error, as retrying will or will not help: throttling, 5xx and a zone that moved on are worth a
     re-read and a retry; everything else is a refusal a retry would only repeat."""
     error = data.get("error") if isinstance(data, dict) else None
     message = str(error.get("message", "")) if isinstance(error, dict) else ""
     text = f"{what}: {status} {message[:300]}".rstrip()
-    stale = status in (409, 412) or (status == 404 and "entity.change" in message)
-    if status == 429 or status >= 500 or stale:
+    if status in (409, 412) or (status == 404 and "entity.change" in message):
+        return _ZoneMoved(text)
+    if status == 429 or status >= 500:
         return TransientProviderError(text)
     return PermanentProviderError(text)

@@ -5,7 +5,7 @@ takes a DELETE of any value a record set ever had, so no fence could be seen on 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -16,15 +16,18 @@ from controlplane.plan import RoutingPlan
 from controlplane.policy import Policy
 from controlplane.providers import route53
 from controlplane.providers.base import Fenced, Tuning
+from controlplane.providers.clouddns import CloudDnsProvider
 from controlplane.providers.route53 import LEASE_LABEL, Route53Provider
 from controlplane.reconciler import Reconciler
 from tests.builders import plan
+from tests.fakes.clouddns import FakeCloudDns
 from tests.fakes.moto import listing, route53_client
 from tests.fakes.route53_strict import (  # noqa: F401 - fixtures
     StrictRoute53,
     strict_route53_fixture,
     strict_route53_server_fixture,
 )
+from tests.integration import test_clouddns as clouddns_tests
 from tests.integration.test_route53 import ZONE, chat_plan, cloud_policy, provider
 
 pytestmark = pytest.mark.needs_binary("moto_server")
@@ -230,5 +233,109 @@ async def test_a_new_leader_with_a_stale_view_of_the_lease_takes_over_on_the_ret
     assert leases(url, zone) == [[lease_value(7)]]
     assert len(proxy.refused) == 1 and f"[name='{LEASE}', type='TXT']" in proxy.refused[0]
     assert not diff(replica.name, replica.render(C), await replica.current())
+    await other.close()
+    await replica.close()
+
+
+# ---------------------------------------------------------------- Cloud DNS under a fence
+
+CLOUD_A = plan({"eu": {"eu-west": 60, "eu-central": 40}, "global": {"us-east": 50, "us-west": 50}})
+CLOUD_B = plan({"eu": {"eu-west": 60, "eu-central": 40}, "global": {"us-east": 20, "us-west": 80}})
+CLOUD_C = plan({"eu": {"eu-west": 90, "eu-central": 10}, "global": {"us-east": 50, "us-west": 50}})
+CLOUD_LEASE = (f"{LEASE_LABEL}.prod.{clouddns_tests.DNS_NAME}", "TXT")
+
+
+@pytest.fixture
+async def cloud() -> AsyncIterator[FakeCloudDns]:
+    async with FakeCloudDns() as fake:
+        fake.add_zone(clouddns_tests.PROJECT, clouddns_tests.ZONE, clouddns_tests.DNS_NAME)
+        for rrset in clouddns_tests.FOREIGN:
+            fake.seed(clouddns_tests.PROJECT, clouddns_tests.ZONE, rrset)
+        yield fake
+
+
+async def cloud_started(fake: FakeCloudDns, epoch: int | None) -> CloudDnsProvider:
+    p = await clouddns_tests.started(fake)
+    p.fence = None if epoch is None else at(epoch)
+    return p
+
+
+async def cloud_converge(p: CloudDnsProvider, target: RoutingPlan) -> None:
+    await p.apply(diff(p.name, p.render(target), await p.current()))
+
+
+def cloud_leases(fake: FakeCloudDns) -> list[list[str]]:
+    return [
+        r["rrdatas"]
+        for r in fake.rrsets(clouddns_tests.PROJECT, clouddns_tests.ZONE)
+        if r["name"].startswith(f"{LEASE_LABEL}.")
+    ]
+
+
+async def test_cloud_dns_a_fenced_change_carries_the_lease_and_an_unfenced_one_none(
+    cloud: FakeCloudDns,
+) -> None:
+    unfenced = await cloud_started(cloud, None)
+    await cloud_converge(unfenced, CLOUD_A)
+    assert cloud_leases(cloud) == []
+    before = clouddns_tests.zone(cloud)
+    await unfenced.close()
+
+    p = await cloud_started(cloud, 5)
+    await cloud_converge(p, CLOUD_C)
+    assert cloud_leases(cloud) == [[lease_value(5)]]
+    await cloud_converge(p, CLOUD_A)  # the steady state: deleted as read, added again at epoch 5
+    assert cloud_leases(cloud) == [[lease_value(5)]]
+    # The same zone as unfenced, plus the lease; the lease is no record of the service: current() never
+    # reports it and no diff deletes it.
+    assert clouddns_tests.zone(cloud).keys() - before.keys() == {CLOUD_LEASE}
+    records = await p.current()
+    assert not [r for r in records if LEASE_LABEL in r.name or "epoch" in r.target]
+    assert not diff(p.name, p.render(CLOUD_A), records)
+    await p.close()
+
+
+async def test_cloud_dns_a_deposed_leaders_change_is_refused_whole_and_a_reader_sends_nothing(
+    cloud: FakeCloudDns,
+) -> None:
+    old = await cloud_started(cloud, 5)
+    await cloud_converge(old, CLOUD_A)
+    new = await cloud_started(cloud, 7)
+    await cloud_converge(new, CLOUD_B)
+    assert cloud_leases(cloud) == [[lease_value(7)]]
+    held = clouddns_tests.zone(cloud)
+
+    # Only the EU group moves, which the new leader left alone: the lease alone refuses the change.
+    posts = cloud.calls("POST")
+    with pytest.raises(Fenced, match=r"holds epoch 7, newer than ours \(5\)"):
+        await old.apply(diff(old.name, old.render(CLOUD_C), old.render(CLOUD_A)))
+    assert cloud.calls("POST") == posts + 1
+    assert [r.status for r in cloud.log if r.method == "POST"][-1] == 412
+    assert clouddns_tests.zone(cloud) == held
+
+    with pytest.raises(Fenced, match="holds epoch 7, newer than this leader's 5"):
+        await cloud_converge(old, CLOUD_C)
+    assert cloud.calls("POST") == posts + 1
+    assert clouddns_tests.zone(cloud) == held
+    await new.close()
+    await old.close()
+
+
+async def test_cloud_dns_a_new_leader_with_a_stale_view_of_the_lease_takes_over_on_the_retry(
+    cloud: FakeCloudDns,
+) -> None:
+    replica = await cloud_started(cloud, 3)
+    reconciler = clouddns_tests.reconciler(replica)
+    [outcome] = await reconciler.reconcile(clouddns_tests.cloud_policy(cloud), CLOUD_A)
+    assert outcome.applied and outcome.error is None
+    other = await cloud_started(cloud, 5)
+    await cloud_converge(other, CLOUD_B)
+
+    replica.fence = at(7)
+    [outcome] = await reconciler.reconcile(clouddns_tests.cloud_policy(cloud), CLOUD_C)
+    assert outcome.applied and outcome.error is None, outcome
+    assert cloud_leases(cloud) == [[lease_value(7)]]
+    assert [r.status for r in cloud.log if r.method == "POST"][-2:] == [412, 200]
+    assert not diff(replica.name, replica.render(CLOUD_C), await replica.current())
     await other.close()
     await replica.close()
