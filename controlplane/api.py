@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controlplane.coord.replica import Role
 from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
 from controlplane.policy import Model, Region
@@ -166,6 +167,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             }
             for name, s in daemon.reconciler.stats.items()
         },
+        **({"coordination": daemon.coordinator.status()} if daemon.coordinator else {}),
     }
 
 
@@ -258,6 +260,7 @@ class PlaneCollector(Collector):
         yield from (dropped, connections)
         yield from _weight_metrics(d)
         yield from _cost_metrics(d, view)
+        yield from _coordination_metrics(d)
         monitor = d.loop_monitor
         yield GaugeMetricFamily(
             "controlplane_loop_lag_seconds", "How late the event loop ran", value=monitor.lag
@@ -271,6 +274,56 @@ class PlaneCollector(Collector):
             "Probe results dropped: the plane could not look (loop stalled, out of descriptors)",
             value=d.scheduler.stats.inconclusive,
         )
+
+
+def _coordination_metrics(d: Daemon) -> Iterator[Metric]:
+    """Who leads, under which epoch, and how the replicas' votes fall: what an alert on a split or frozen plane
+    needs. Nothing when the daemon runs alone."""
+    c = d.coordinator
+    if c is None:
+        return
+    status = c.status()
+    role = GaugeMetricFamily(
+        "controlplane_replica_role", "1 for this replica's current role", labels=["role"]
+    )
+    for each in Role:
+        role.add_metric([each.value], 1.0 if status["role"] == each.value else 0.0)
+    yield role
+    yield GaugeMetricFamily(
+        "controlplane_leader_epoch",
+        "The epoch of the leader this replica knows of (0: none)",
+        value=status["epoch"] or 0,
+    )
+    yield GaugeMetricFamily(
+        "controlplane_etcd_up",
+        "1 while this replica's etcd calls succeed",
+        value=0.0 if status["etcd"] else 1.0,
+    )
+    yield CounterMetricFamily(
+        "controlplane_fenced_writes",
+        "Writes refused because this replica did not lead (any more)",
+        value=c.fenced_writes,
+    )
+    quorum = c.quorum
+    if quorum is None:
+        return
+    yield GaugeMetricFamily(
+        "controlplane_quorum_live_replicas", "Replicas whose vote is fresh", value=len(quorum.live)
+    )
+    yield GaugeMetricFamily("controlplane_quorum_needed", "Votes that make a majority", value=quorum.needed)
+    votes = GaugeMetricFamily(
+        "controlplane_region_votes",
+        "Live replicas seeing the region in each state",
+        labels=["region", "state"],
+    )
+    for name, counted in sorted(quorum.regions.items()):
+        for state, who in (
+            ("unhealthy", counted.down),
+            ("healthy", counted.up),
+            ("unknown", counted.unknown),
+        ):
+            votes.add_metric([name, state], len(who))
+    yield votes
 
 
 def _cost_metrics(d: Daemon, view: HealthView) -> Iterator[Metric]:

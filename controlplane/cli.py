@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import time
 import urllib.error
@@ -61,6 +63,24 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+_REPLICA = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def replica_name(value: str) -> str:
+    """A replica's name: how its peers, its vote and its leadership are known in etcd."""
+    if not _REPLICA.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a replica name is 1-63 of a-z, 0-9 and -, not starting or ending with -"
+        )
+    return value
+
+
+def default_replica_name() -> str:
+    """The host name, lowered, with anything a replica name may not hold turned into -."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")[:63].strip("-")
+    return name or "replica"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from controlplane.api import serve
     from controlplane.daemon import Daemon, DaemonConfig
@@ -78,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         token=_token(),
         dry_run=args.dry_run,
         prices=tuple(Path(p) for p in args.prices),
+        replica=args.replica,
     )
     if config.token is None:
         log.warning("no CONTROLPLANE_TOKEN set: the admin API is read-only")
@@ -467,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="decide and diff, never apply")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--prices", action="append", default=[], metavar="FILE", help=PRICES_HELP)
+    p.add_argument(
+        "--replica",
+        type=replica_name,
+        default=default_replica_name(),
+        help="this replica's name, unique among the plane's replicas (policy `coordination`); default: the host name",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("plan", help="probe once, decide, and print the change set without applying")
     p.add_argument("--policy", required=True)

@@ -14,20 +14,23 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry import trace
 
+from controlplane.coord.etcd import EtcdError
+from controlplane.coord.quorum import QuorumView, combine
+from controlplane.coord.replica import Coordinator, Role
 from controlplane.cost.live import LiveCost, live_cost
 from controlplane.cost.model import marginal_cost_per_mtok
 from controlplane.cost.prices import PriceBook, PriceSheetError, check_fleets, load_prices, shipped_sheets
 from controlplane.engine import decide
-from controlplane.errors import InvalidInput
+from controlplane.errors import InvalidInput, Unavailable
 from controlplane.overrides import Override, active
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Model, Policy, PolicyError, load_policy
-from controlplane.providers.base import ManagedProvider, ProviderError
-from controlplane.reconciler import ProviderStats, Reconciler, ResidencyViolation
+from controlplane.providers.base import Fence, Fenced, ManagedProvider, ProviderError
+from controlplane.reconciler import Outcome, ProviderStats, Reconciler, ResidencyViolation
 from controlplane.state import MAX_OVERRIDES, AuditLog, StateStore
 from controlplane.telemetry import traced_probes
 from controlplane.weights.artifacts import ArtifactView, model_pairs
@@ -58,6 +61,13 @@ YOUNG_GC_THRESHOLD = 20_000  # see settle_heap()
 ProviderFactory = Callable[[Policy], list[ManagedProvider]]
 
 
+@runtime_checkable
+class Fenceable(Protocol):
+    """A provider that refuses to write unless its fence says this replica leads (see providers.base.Fence)."""
+
+    fence: Fence | None
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     policy_path: Path
@@ -70,6 +80,7 @@ class DaemonConfig:
     dry_run: bool = False
     provider_start_retry: float = 5.0  # seconds between attempts to start a provider that failed to start
     prices: tuple[Path, ...] = ()  # the user's price sheets, read after the shipped ones (figure by figure)
+    replica: str = "local"  # this replica's name among the plane's replicas (policy `coordination`)
 
 
 def _weights(plan: RoutingPlan | None) -> dict[str, dict[str, dict[str, int]]]:
@@ -157,13 +168,22 @@ class Daemon:
     ) -> None:
         self.config = config
         self.policy = policy
+        self.coordinator = (
+            Coordinator(policy.coordination, config.replica) if policy.coordination is not None else None
+        )
+        self._led_epoch: int | None = None  # the epoch this replica last led under
+        self._followed: tuple[int, float] | None = (
+            None  # the leader's plan last served: (epoch, generated_at)
+        )
         self.pricing = load_pricing(policy, config.prices)
         self._provider_factory = provider_factory
         self.providers: list[ManagedProvider] = []
         self.reconciler = Reconciler([])
         self.tracker = HealthTracker()
         self.store = StateStore(config.state_dir)
-        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.audit = AuditLog(
+            config.state_dir / "audit.jsonl", mirror=self.coordinator.note if self.coordinator else None
+        )
         persisted = self.store.load()
         self.state_problems = persisted.problems  # what state.json held that did not validate
         # The damping base: the last plan some provider really holds (or, at start, the one persisted).
@@ -234,30 +254,50 @@ class Daemon:
         return live_cost(self.policy, self.plan, rates, self.pricing.book)
 
     async def add_override(self, override: Override) -> None:
-        """Takes effect at once; persisting it is best-effort (see `store.health`)."""
-        kept = active(self.overrides, time.time())
-        if len(kept) >= MAX_OVERRIDES:
-            raise TooManyOverrides(
-                f"{len(kept)} overrides are active, the most this daemon keeps; remove some"
-            )
-        self.overrides = (*kept, override)
-        await self.store.save(self.plan, self.overrides, self.artifacts)
+        """Takes effect at once (on every replica, when coordinated); persisting it locally is best-effort
+        (see `store.health`)."""
+
+        def added(overrides: tuple[Override, ...]) -> tuple[Override, ...]:
+            kept = active(overrides, time.time())
+            if len(kept) >= MAX_OVERRIDES:
+                raise TooManyOverrides(
+                    f"{len(kept)} overrides are active, the most this daemon keeps; remove some"
+                )
+            return (*kept, override)
+
+        await self._change_overrides(added)
         await self.audit.write("override_added", override=override.to_json())
-        self._wake.set()
 
     async def remove_overrides(self, region: str, service: str | None = None) -> int:
-        kept = tuple(
-            o
-            for o in self.overrides
-            if not (o.region == region and (service is None or o.service == service))
-        )
-        removed = len(self.overrides) - len(kept)
+        removed = 0
+
+        def without(overrides: tuple[Override, ...]) -> tuple[Override, ...]:
+            nonlocal removed
+            kept = tuple(
+                o for o in overrides if not (o.region == region and (service is None or o.service == service))
+            )
+            removed = len(overrides) - len(kept)
+            return kept
+
+        await self._change_overrides(without)
         if removed:
-            self.overrides = kept
-            await self.store.save(self.plan, self.overrides, self.artifacts)
             await self.audit.write("override_removed", region=region, service=service, count=removed)
-            self._wake.set()
         return removed
+
+    async def _change_overrides(self, change: Callable[[tuple[Override, ...]], tuple[Override, ...]]) -> None:
+        """Replicas share their overrides through etcd, so one posted to any replica holds on all of them and
+        outlives any one of them; a daemon alone keeps them itself."""
+        if self.coordinator is None:
+            wanted = change(self.overrides)
+        else:
+            try:
+                wanted = await self.coordinator.change_overrides(change)
+            except EtcdError as exc:
+                raise Unavailable(f"overrides live in etcd, which did not answer: {exc}") from exc
+        if wanted != self.overrides:
+            self.overrides = wanted
+            await self.store.save(self.plan, self.overrides, self.artifacts)
+            self._wake.set()
 
     # ---------------------------------------------------------------- the loop
 
@@ -265,6 +305,14 @@ class Daemon:
         """One decision, gated and reconciled. Returns the plan decided."""
         with tracer.start_as_current_span("reconcile") as span:
             now = time.time()
+            coordinator = self.coordinator
+            quorum, leading = None, True
+            if coordinator is not None:
+                self.overrides = coordinator.overrides
+                quorum = coordinator.judge()
+                leading = quorum.frozen is None and coordinator.leads()
+                if leading:
+                    await self._take_lead(coordinator)
             expired = [o for o in self.overrides if now >= o.until]
             if expired:
                 self.overrides = active(self.overrides, now)
@@ -273,7 +321,7 @@ class Daemon:
             policy, previous, pricing = self.policy, self.plan, self.pricing
             # Judging thousands of regions and deciding for thousands of services take tens of milliseconds
             # that probes would otherwise wait out: both are pure, so they run off the loop, on a snapshot.
-            view, plan = await asyncio.to_thread(
+            own, view, plan = await asyncio.to_thread(
                 _judge_and_decide,
                 dict(self.tracker.kinds),
                 policy,
@@ -282,7 +330,15 @@ class Daemon:
                 self.overrides,
                 self.artifacts,
                 pricing.costs if pricing else None,
+                quorum,
+                leading,
             )
+            if coordinator is not None:
+                await coordinator.publish({name: h.state for name, h in own.regions.items()})
+            if plan is None or (coordinator is not None and not coordinator.leads()):
+                # Not leading (or no longer: the lease may have lapsed while it decided).
+                span.set_attribute("plan.role", coordinator.role().value if coordinator else "")
+                return await self._follow(policy, coordinator) if coordinator else RoutingPlan(now, ())
             changed = _weights(plan) != _weights(previous)
             span.set_attribute("plan.changed", changed)
             stall = self._unseen_stall()
@@ -316,6 +372,8 @@ class Daemon:
                 # What the providers now serve is the plan, and the next step's damping base. When none
                 # holds it, the base stays what they do hold: damping from a wish would let weights jump.
                 self.plan = plan
+                if coordinator is not None:
+                    await self._share(coordinator, plan, changed, outcomes)
             if changed and held:
                 _log_changes(previous, plan)
                 self.counters.plan_changes += 1
@@ -345,6 +403,81 @@ class Daemon:
             if (changed and held) or expired:
                 await self.store.save(self.plan, self.overrides, self.artifacts)
             return plan
+
+    async def _take_lead(self, coordinator: Coordinator) -> None:
+        """On a new epoch: start from the plan the last leader shared (what the providers hold, as far as the
+        plane knows), and read every provider afresh: what this replica knew of them dates from before."""
+        lead = coordinator.leadership
+        if lead is None or lead.epoch == self._led_epoch:
+            return
+        self._led_epoch = lead.epoch
+        shared = coordinator.shared_plan
+        if shared is not None and shared.epoch < lead.epoch:
+            self.plan = _within(shared.plan, self.policy)
+        for provider in self.providers:
+            self.reconciler.forget(provider.name)
+        log.info("%s leads the plane, epoch %d", coordinator.replica, lead.epoch)
+        await self.audit.write(
+            "leading", replica=coordinator.replica, epoch=lead.epoch, after=shared.leader if shared else None
+        )
+
+    async def _share(
+        self, coordinator: Coordinator, plan: RoutingPlan, changed: bool, outcomes: Sequence[Outcome]
+    ) -> None:
+        """After the leader's apply: tell the other replicas (their embedded DNS serves what it decided); step
+        down when a provider holds a newer leader's epoch than this one."""
+        if any(o.applied for o in outcomes):
+            coordinator.applied_at = time.time()
+        refused = [o for o in outcomes if o.error is not None and o.error.startswith(f"{Fenced.__name__}:")]
+        coordinator.fenced_writes += len(refused)
+        lead = coordinator.leadership
+        if refused and lead is not None:
+            lead.depose(f"provider {refused[0].provider} refused the write: {refused[0].error}")
+            return
+        shared = coordinator.shared_plan
+        if changed or shared is None or shared.epoch != self._led_epoch:
+            await coordinator.share_plan(plan)
+
+    async def _follow(self, policy: Policy, coordinator: Coordinator) -> RoutingPlan:
+        """Not leading: serve the leader's plan on this replica's own servers (its embedded DNS) and write to
+        nothing else; frozen or starting: change nothing at all."""
+        shared = coordinator.shared_plan
+        if coordinator.role() is not Role.FOLLOWER or shared is None:
+            return self.plan or RoutingPlan(time.time(), ())
+        plan = _within(shared.plan, policy)
+        try:
+            outcomes = await self.reconciler.reconcile(
+                policy, plan, dry_run=self.config.dry_run, providers=self._in_process()
+            )
+        except ResidencyViolation as exc:
+            if self._followed != (shared.epoch, shared.plan.generated_at):
+                self._followed = (shared.epoch, shared.plan.generated_at)
+                self.counters.residency_blocks += 1
+                log.error("residency gate refused the leader's plan: %s", exc)
+                await self.audit.write("plan_refused", violations=[str(v) for v in exc.violations])
+            return self.plan or plan
+        if outcomes and all(o.error is not None for o in outcomes):
+            return plan
+        if _weights(plan) != _weights(self.plan):
+            _log_changes(self.plan, plan)
+            self.counters.plan_changes += 1
+            self.last_change = time.time()
+            await self.audit.write(
+                "plan_followed", leader=shared.leader, epoch=shared.epoch, after=_weights(plan)
+            )
+            self.plan = plan
+            await self.store.save(self.plan, self.overrides, self.artifacts)
+        self._followed = (shared.epoch, shared.plan.generated_at)
+        return plan
+
+    def _in_process(self) -> list[ManagedProvider]:
+        return [p for p in self.providers if p.capabilities.in_process]
+
+    def _writable(self, providers: Sequence[ManagedProvider]) -> list[ManagedProvider]:
+        """What this replica may write to: everything when alone or leading; else only its own servers."""
+        if self.coordinator is None or self.coordinator.leads():
+            return list(providers)
+        return [p for p in providers if p.capabilities.in_process]
 
     def _unseen_stall(self) -> int | None:
         """The number of a recent stall while some region has not been probed since it ended; else None."""
@@ -403,6 +536,9 @@ class Daemon:
             return await self._refuse_reload(exc.problems)
         if policy == self.policy and pricing == self.pricing:
             return True
+        if policy.coordination != self.policy.coordination:
+            # The replica's etcd session, prefix and lease were made for the old settings.
+            return await self._refuse_reload(["coordination: a change takes a restart of every replica"])
         old = self.policy
         refused = await self._swap_providers(old, policy)
         if refused is not None:
@@ -455,7 +591,7 @@ class Daemon:
         retired: list[ManagedProvider] = []
         spare: list[ManagedProvider] = []
         failure: str | None = None
-        wanted = self._provider_factory(policy)
+        wanted = self._make_providers(policy)
         for fresh in wanted:
             current = running.pop(fresh.name, None)
             if current is not None:
@@ -483,7 +619,7 @@ class Daemon:
                 provider.update_policy(old)
             await _close_all([*started, *spare])
             return failure
-        await self._serve_held_plan(started, policy)
+        await self._serve_held_plan(self._writable(started), policy)
         await _close_all([*retired, *running.values(), *spare])
         order = [p.name for p in wanted]
         self.providers = sorted([*adopted, *started], key=lambda p: order.index(p.name))
@@ -587,12 +723,22 @@ class Daemon:
         it is audited, left out, and retried every few seconds."""
         started = [
             provider
-            for provider in self._provider_factory(self.policy)
+            for provider in self._make_providers(self.policy)
             if (only is None or provider.name in only) and await self._start_one(provider)
         ]
         self._next_start_retry = time.monotonic() + self.config.provider_start_retry
         self.providers = [*self.providers, *started] if only is not None else started
         self.reconciler.providers = list(self.providers)
+
+    def _make_providers(self, policy: Policy) -> list[ManagedProvider]:
+        """The policy's providers; when coordinated, each one outside this process asks the coordinator before
+        every write whether this replica still leads, and under which epoch."""
+        providers = self._provider_factory(policy)
+        if self.coordinator is not None:
+            for provider in providers:
+                if isinstance(provider, Fenceable) and not provider.capabilities.in_process:
+                    provider.fence = self.coordinator.fence
+        return providers
 
     async def _start_one(self, provider: ManagedProvider) -> bool:
         try:
@@ -674,7 +820,7 @@ class Daemon:
             "start", policy=str(self.config.policy_path), resumed_plan=self.plan is not None
         )
         await self._start_providers()
-        await self._serve_held_plan(self.providers, self.policy)
+        await self._serve_held_plan(self._writable(self.providers), self.policy)
         settle_heap()
         tasks = [
             asyncio.create_task(self._supervise(name, factory), name=name)
@@ -684,6 +830,7 @@ class Daemon:
                 ("reconcile", self._reconcile_loop),
                 ("reload", self._reload_loop),
                 ("sync", self._sync_loop),
+                *((("coordination", self.coordinator.run),) if self.coordinator else ()),
                 *extra,
             )
         ]
@@ -712,9 +859,18 @@ def _judge_and_decide(
     overrides: tuple[Override, ...],
     artifacts: ArtifactView,
     costs: Mapping[str, float] | None,
-) -> tuple[HealthView, RoutingPlan]:
-    view = health_view(kinds, policy, now)
-    return view, decide(policy, view, previous, now, overrides, artifacts, costs)
+    quorum: QuorumView | None = None,
+    leading: bool = True,
+) -> tuple[HealthView, HealthView, RoutingPlan | None]:
+    """This replica's own view, the view it acts on (its peers' votes counted), and the plan decided on it:
+    None when a coordinated replica may not decide (it does not lead, or it is frozen)."""
+    own = health_view(kinds, policy, now)
+    if quorum is None:
+        return own, own, decide(policy, own, previous, now, overrides, artifacts, costs)
+    view = combine(own, quorum)
+    if not leading:
+        return own, view, None
+    return own, view, decide(policy, view, previous, now, overrides, artifacts, costs)
 
 
 def _regions_of(policy: Policy, model: str) -> list[str]:

@@ -622,6 +622,29 @@ class Providers(_Frozen):
 _CLOUD_KEYS = ("route53", "cloud_dns", "global_accelerator")
 
 
+def _key_prefix(value: str) -> str:
+    if not value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError(
+            "must start with /, not end with /, and have no empty segment, e.g. /controlplane/prod"
+        )
+    return value
+
+
+class Coordination(_Frozen):
+    """Replicas of one plane coordinating through etcd: one leader writes, a majority of vantage points
+    decides that a region is down."""
+
+    etcd: Annotated[tuple[HttpUrl, ...], Field(min_length=1, max_length=7)] = Field(
+        description="Endpoints of an etcd v3 cluster (its JSON gateway), e.g. http://127.0.0.1:2379"
+    )
+    lease_ttl: Annotated[int, Field(ge=2, le=60)] = Field(
+        default=3, description="Seconds; leadership and published votes live on leases this long"
+    )
+    prefix: Annotated[
+        str, Field(min_length=2, max_length=200, pattern=r"^[A-Za-z0-9/_.-]+$"), AfterValidator(_key_prefix)
+    ] = Field(description="Every key of this plane lives under it, e.g. /controlplane/prod")
+
+
 class Policy(_Frozen):
     version: Literal[1] = 1
     regions: tuple[Region, ...] = Field(min_length=1)
@@ -633,6 +656,9 @@ class Policy(_Frozen):
     probes: ProbeSettings = ProbeSettings()
     health: HealthSettings = HealthSettings()
     providers: Providers = Providers()
+    coordination: Coordination | None = Field(
+        default=None, description="Run as replicas coordinated through etcd; absent: one daemon alone"
+    )
 
     @cached_property
     def _regions_by_name(self) -> dict[str, Region]:

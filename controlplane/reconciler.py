@@ -96,12 +96,21 @@ class Reconciler:
         names = {p.name for p in self.providers}  # a provider gone since it was deferred waits for nothing
         return min((at for name, at in self._due.items() if name in names), default=None)
 
-    async def reconcile(self, policy: Policy, plan: RoutingPlan, *, dry_run: bool = False) -> list[Outcome]:
-        """One provider failing never blocks the others; a residency violation blocks them all."""
+    async def reconcile(
+        self,
+        policy: Policy,
+        plan: RoutingPlan,
+        *,
+        dry_run: bool = False,
+        providers: Sequence[Provider] | None = None,
+    ) -> list[Outcome]:
+        """One provider failing never blocks the others; a residency violation blocks them all. `providers`:
+        only these of ours (a replica that does not lead writes only to its own servers)."""
         violations = check_plan(policy, plan)
         if violations:
             raise ResidencyViolation(violations)
-        return list(await asyncio.gather(*(self._one(p, plan, dry_run) for p in self.providers)))
+        chosen = self.providers if providers is None else providers
+        return list(await asyncio.gather(*(self._one(p, plan, dry_run) for p in chosen)))
 
     def held(self, provider: str) -> list[Record]:
         """What `provider` was last read or written to hold; empty before it was first read."""

@@ -436,9 +436,11 @@ class AuditLog:
         rotate_bytes: int = AUDIT_ROTATE_BYTES,
         keep: int = AUDIT_KEEP,
         wait: float = WAIT_FOR_DISK,
+        mirror: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.path = path
         self.health = WriteHealth()
+        self._mirror = mirror  # also handed every entry (a coordinated leader keeps the latest in etcd)
         self._rotate_bytes = rotate_bytes
         self._keep = keep
         self._spool = _Spooler[dict[str, Any]]("audit.jsonl", self._append, self.health, wait=wait)
@@ -485,7 +487,10 @@ class AuditLog:
         The fields must not be changed afterwards: they are encoded in the writer's thread, so that a
         decision over thousands of services is not serialised on the event loop.
         """
-        await self._spool.submit({"ts": round(time.time(), 3), "event": event, **fields})
+        entry = {"ts": round(time.time(), 3), "event": event, **fields}
+        if self._mirror is not None:
+            self._mirror(entry)
+        await self._spool.submit(entry)
 
     async def close(self, within: float = 2.0) -> None:
         await self._spool.close(within)

@@ -241,6 +241,7 @@ async def running_plane(
     provider_factory: ProviderFactory = build_providers,
     reconcile_interval: float = 0.1,
     reload_interval: float = 0.05,
+    replica: str = "local",
 ) -> AsyncIterator[Plane]:
     """The daemon as `controlplane run` starts it (admin API as a supervised task), on a free API port."""
     policy = await asyncio.to_thread(load_policy, policy_path)
@@ -253,6 +254,7 @@ async def running_plane(
         reconcile_interval=reconcile_interval,
         reload_interval=reload_interval,
         provider_start_retry=0.2,
+        replica=replica,
     )
     daemon = Daemon(config, policy, provider_factory)
     task = asyncio.create_task(
