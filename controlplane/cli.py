@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from controlplane.errors import ControlPlaneError
 from controlplane.logs import LOG_FORMAT, OneLineFormatter
@@ -194,6 +194,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"  ALERT {alert['alert']}: {details}" + (f" ({alert['impact']})" if alert.get("impact") else "")
         )
+    if coordination := data.get("coordination"):
+        _print_coordination(coordination)
     for name, r in data["regions"].items():
         print(f"  {name:<12} {r['state']:<10} score {r['score']:.2f}  {'; '.join(r['reasons'])}")
     if cost := data.get("cost"):
@@ -214,6 +216,31 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  override {o['action']} {o['region']}{scope} until {_when(o['until'], now)}: {o.get('reason', '')}"
         )
     return 0
+
+
+def _print_coordination(c: dict[str, Any]) -> None:
+    """Who leads, this replica's role, and how each replica sees each region."""
+    leader = c["leader"] or "none"
+    epoch = f", epoch {c['epoch']}" if c["epoch"] is not None else ""
+    print(
+        f"  replica {c['replica']}: {c['role'].upper()}  (leader {leader}{epoch}, {c['fenced']} writes fenced)"
+    )
+    if c["frozen"]:
+        print(f"  FROZEN: {c['frozen']}")
+    if c["etcd"]:
+        print(f"  etcd: {c['etcd']}")
+    quorum = c.get("quorum")
+    if quorum:
+        expected = f" of {quorum['expected']} expected" if quorum.get("expected") else ""
+        print(
+            f"  quorum: {len(quorum['live'])} live ({', '.join(quorum['live'])}){expected}, {quorum['needed']} needed"
+        )
+        for region, q in quorum["regions"].items():
+            if q["note"]:
+                print(f"    {region}: {q['note']}")
+    for replica, vote in c.get("votes", {}).items():
+        states = ", ".join(f"{region} {state}" for region, state in vote["states"].items())
+        print(f"    vote {replica} ({vote['age']:.1f}s old): {states}")
 
 
 def _when(ts: float | None, now: float) -> str:

@@ -195,3 +195,16 @@ def artifacts(verified: Mapping[str, str | None], at: float = 1000.0) -> Artifac
             for region, version in verified.items()
         }
     )
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told: `now` is read and set by the test."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -5,18 +5,22 @@ every replica."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from chaos.etcdproc import EtcdCluster
 from chaos.loopback import free_port
 from chaos.simregion import SimFleet
+from chaos.tcpproxy import TcpFaultProxy
 from controlplane.coord.etcd import EtcdClient
 from tests.conftest import until
 from tests.integration.daemon_helpers import FULL, Plane, fault, policy_data, running_plane, write_policy
@@ -24,25 +28,34 @@ from tests.integration.daemon_helpers import FULL, Plane, fault, policy_data, ru
 NAMES = ("r1", "r2", "r3")
 
 
-def replica_policy(fleet: SimFleet, etcd: EtcdCluster, prefix: str, **overrides: Any) -> dict[str, Any]:
+def replica_policy(
+    fleet: SimFleet, etcd: list[str], prefix: str, endpoints: dict[str, str]
+) -> dict[str, Any]:
     data = policy_data(fleet, dns_port=free_port())
-    data["coordination"] = {"etcd": etcd.endpoints, "lease_ttl": 2, "prefix": prefix}
+    data["coordination"] = {"etcd": etcd, "lease_ttl": 2, "prefix": prefix}
     for region in data["regions"]:
-        if region["name"] in overrides.get("endpoints", {}):
-            region["endpoint"] = overrides["endpoints"][region["name"]]
+        region["endpoint"] = endpoints.get(region["name"], region["endpoint"])
     return data
 
 
 @asynccontextmanager
 async def replicas(
-    tmp_path: Path, fleet: SimFleet, etcd: EtcdCluster, endpoints: dict[str, dict[str, str]] | None = None
+    tmp_path: Path,
+    fleet: SimFleet,
+    etcd: EtcdCluster,
+    endpoints: dict[str, dict[str, str]] | None = None,
+    etcd_via: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, dict[str, Plane]]]:
+    """Three replicas; `endpoints` gives one replica other region URLs, `etcd_via` another etcd URL."""
     prefix = f"/test/{uuid.uuid4().hex[:8]}"
     async with AsyncExitStack() as stack:
         planes: dict[str, Plane] = {}
         for name in NAMES:
             path = tmp_path / f"{name}.yaml"
-            data = replica_policy(fleet, etcd, prefix, endpoints=(endpoints or {}).get(name, {}))
+            via = (etcd_via or {}).get(name)
+            data = replica_policy(
+                fleet, [via] if via else etcd.endpoints, prefix, (endpoints or {}).get(name, {})
+            )
             write_policy(path, data)
             planes[name] = await stack.enter_async_context(
                 running_plane(path, tmp_path / f"state-{name}", replica=name)
@@ -71,6 +84,15 @@ async def test_one_leader_writes_and_every_replica_serves_its_plan(
     async with replicas(tmp_path, fleet, etcd) as (prefix, planes):
         leader = await the_leader(planes)
         await leader.settled(FULL)
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "controlplane", "status", "--api", leader.api],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert f"replica {leader.daemon.config.replica}: LEADER" in shown.stdout, shown
+        assert "vote r1" in shown.stdout and "vote r3" in shown.stdout
         for plane in planes.values():
             await until(lambda p=plane: p.weights() == FULL["global"], within=8, what="every replica's plan")
             # Every replica's own DNS answers with the leader's plan...
@@ -141,3 +163,30 @@ async def test_a_region_seen_down_by_one_replica_only_is_not_failed_over(
         _, body = await planes["r3"].get("/status")
         note = body["coordination"]["quorum"]["regions"]["us-east"]["note"]
         assert "path problem" in note and "r3" in note
+
+
+async def test_a_replica_cut_off_from_etcd_freezes_and_says_so(
+    tmp_path: Path, fleet: SimFleet, etcd: EtcdCluster
+) -> None:
+    upstream = urlsplit(etcd.endpoints[0])
+    async with TcpFaultProxy(upstream.hostname or "127.0.0.1", upstream.port or 2379) as proxy:
+        via = {"r3": f"http://127.0.0.1:{proxy.port}"}
+        async with replicas(tmp_path, fleet, etcd, etcd_via=via) as (_, planes):
+            await the_leader(planes)
+            r3 = planes["r3"]
+            was_leader = role(r3) == "leader"
+            proxy.set_fault("partition", mode="blackhole")
+            await until(lambda: role(r3) == "frozen", within=10, what="r3 frozen")
+            _, body = await r3.get("/status")
+            assert "etcd unreachable" in body["coordination"]["frozen"]
+            # The two that still see each other carry on: one leads, the other follows.
+            rest = {n: p for n, p in planes.items() if n != "r3"}
+            await until(
+                lambda: sorted(role(p) for p in rest.values()) == ["follower", "leader"],
+                within=10,
+                what="r1 and r2 carrying on",
+            )
+            if not was_leader:
+                assert await r3.held() == {}  # neither as a follower nor frozen did it write outside
+            proxy.clear()
+            await until(lambda: role(r3) == "follower", within=10, what="r3 back as a follower")

@@ -21,6 +21,7 @@ from controlplane.coord.election import (
     leader_of,
 )
 from controlplane.coord.etcd import Compare, EtcdRequestError, EtcdUnavailable, KeyValue, Put, TxnResult
+from tests.builders import ManualClock as Clock
 from tests.fakes.clock import virtual_loop, virtual_time
 
 TTL = 3  # deadline = sent + 2.5, keepalive every 1 s
@@ -52,14 +53,6 @@ class ScriptedEtcd:
 
     def named(self, what: str) -> list[Any]:
         return [arg for name, arg in self.calls if name == what]
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def leadership(client: Any, now: Callable[[], float], granted_at: float = 100.0) -> Leadership:
