@@ -17,6 +17,7 @@ from controlplane.plan import RoutingPlan
 from controlplane.policy import GlobalAcceleratorSettings, Policy
 from controlplane.providers.base import (
     Capabilities,
+    Fence,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
@@ -164,6 +165,9 @@ class GlobalAcceleratorProvider:
         self._foreign: list[str] = []  # AWS regions of groups not ours, as last warned about
         self._pacer = pacer("globalaccelerator", settings.endpoint_url, REQUEST_INTERVAL)
         self._lock = asyncio.Lock()
+        # Set by the daemon when replicas coordinate: GA has no conditional write, so the epoch is checked
+        # before each call instead.
+        self.fence: Fence | None = None
 
     def update_policy(self, policy: Policy) -> None:
         settings = _settings_in(policy, self.name)
@@ -215,11 +219,15 @@ class GlobalAcceleratorProvider:
             ),
         )
 
-    async def _call(self, doing: str, function: Callable[[GlobalAcceleratorClient], _T]) -> _T:
+    async def _call(
+        self, doing: str, function: Callable[[GlobalAcceleratorClient], _T], *, write: bool = False
+    ) -> _T:
         client = self._client
         if client is None:
             raise PermanentProviderError(f"{self.name}: not started")
         await self._pacer.wait()
+        if write and self.fence is not None:
+            self.fence()  # after the pacer's wait: leadership may lapse while it waits
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 return await asyncio.to_thread(function, client)
@@ -288,7 +296,7 @@ class GlobalAcceleratorProvider:
                     # back lacks AttachmentArn, so sending one could drop endpoints added meanwhile.
                     client.update_endpoint_group(EndpointGroupArn=arn, TrafficDialPercentage=float(dial))
 
-                await self._call(f"UpdateEndpointGroup {aws_region}", update)
+                await self._call(f"UpdateEndpointGroup {aws_region}", update, write=True)
 
     async def close(self) -> None:
         client, self._client = self._client, None

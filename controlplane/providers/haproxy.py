@@ -14,6 +14,7 @@ from controlplane.policy import Policy
 from controlplane.providers.base import (
     LOCAL,
     Capabilities,
+    Fence,
     PermanentProviderError,
     TransientProviderError,
     Tuning,
@@ -261,6 +262,9 @@ class HaproxyProvider:
         self._settings, self._api = _settings(policy, self._timeout)
         # Serialises applies so two change sets never interleave their raise/drain sequences.
         self._lock = asyncio.Lock()
+        # Set by the daemon when replicas coordinate: HAProxy has no conditional write, so the epoch is
+        # checked before each command instead.
+        self.fence: Fence | None = None
 
     def update_policy(self, policy: Policy) -> None:
         """Adopt a new policy; raises PermanentProviderError and keeps the old one if it is unusable."""
@@ -312,6 +316,8 @@ class HaproxyProvider:
         commands = commands_for(changes, settings)
         async with self._lock:
             for command in commands:
+                if self.fence is not None:
+                    self.fence()
                 if note := check_reply(command, await api.send(command)):
                     log.warning("haproxy replied %r to %r; taken as informational", note, command)
 

@@ -17,9 +17,10 @@ from controlplane.policy import Policy
 from controlplane.providers import route53
 from controlplane.providers.base import Fenced, Tuning
 from controlplane.providers.clouddns import CloudDnsProvider
+from controlplane.providers.globalaccelerator import GlobalAcceleratorProvider
 from controlplane.providers.route53 import LEASE_LABEL, Route53Provider
 from controlplane.reconciler import Reconciler
-from tests.builders import plan
+from tests.builders import haproxy_policy, plan
 from tests.fakes.clouddns import FakeCloudDns
 from tests.fakes.moto import listing, route53_client
 from tests.fakes.route53_strict import (  # noqa: F401 - fixtures
@@ -28,9 +29,13 @@ from tests.fakes.route53_strict import (  # noqa: F401 - fixtures
     strict_route53_server_fixture,
 )
 from tests.integration import test_clouddns as clouddns_tests
+from tests.integration import test_globalaccelerator as ga_tests
+from tests.integration import test_haproxy as haproxy_tests
 from tests.integration.test_route53 import ZONE, chat_plan, cloud_policy, provider
 
-pytestmark = pytest.mark.needs_binary("moto_server")
+needs_moto = pytest.mark.needs_binary("moto_server")
+# The HAProxy and Global Accelerator tests' fixtures, registered here too: pytest finds fixtures by name.
+endpoints, stack, listener = haproxy_tests.endpoints, haproxy_tests.stack, ga_tests.listener
 
 LEASE = f"{LEASE_LABEL}.prod.{ZONE}."
 A = chat_plan({"eu-west": 50, "eu-central": 50}, {"us-east": 50, "us-west": 30, "eu-west": 20})
@@ -107,6 +112,7 @@ async def converge(p: Route53Provider, target: RoutingPlan) -> ChangeSet:
 # ---------------------------------------------------------------- the strict proxy itself
 
 
+@needs_moto
 async def test_the_proxy_refuses_a_batch_whole_as_route53_does(strict_route53: str, zone: str) -> None:
     url, x, y = strict_route53, f"x.{ZONE}.", f"y.{ZONE}."
     batch(url, zone, ("CREATE", txt(x, '"v1"')), ("CREATE", weighted(f"w.{ZONE}.", 10)))
@@ -140,6 +146,7 @@ async def test_the_proxy_refuses_a_batch_whole_as_route53_does(strict_route53: s
 # ---------------------------------------------------------------- Route 53 under a fence
 
 
+@needs_moto
 async def test_a_fenced_write_carries_the_lease_in_every_batch_and_an_unfenced_one_none(
     strict_route53: str, strict_route53_server: StrictRoute53, zone: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,6 +190,7 @@ async def test_a_fenced_write_carries_the_lease_in_every_batch_and_an_unfenced_o
     await prod.close()
 
 
+@needs_moto
 async def test_a_deposed_leaders_batch_is_refused_whole_and_a_reader_of_the_newer_lease_sends_nothing(
     strict_route53: str, strict_route53_server: StrictRoute53, zone: str
 ) -> None:
@@ -211,6 +219,7 @@ async def test_a_deposed_leaders_batch_is_refused_whole_and_a_reader_of_the_newe
     await old.close()
 
 
+@needs_moto
 async def test_a_new_leader_with_a_stale_view_of_the_lease_takes_over_on_the_retry(
     strict_route53: str, strict_route53_server: StrictRoute53, zone: str
 ) -> None:
@@ -339,3 +348,73 @@ async def test_cloud_dns_a_new_leader_with_a_stale_view_of_the_lease_takes_over_
     assert not diff(replica.name, replica.render(CLOUD_C), await replica.current())
     await other.close()
     await replica.close()
+
+
+# ---------------------------------------------------------------- HAProxy and Global Accelerator
+
+
+class Lapsing:
+    """A fence that lets `writes` writes through at epoch 5, then says this replica's leadership lapsed."""
+
+    def __init__(self, writes: int) -> None:
+        self.left = writes
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        if self.left == 0:
+            raise Fenced("leadership lapsed")
+        self.left -= 1
+        return 5
+
+
+@pytest.mark.needs_binary("haproxy")
+async def test_haproxy_asks_the_fence_before_each_command_and_sends_none_once_fenced(
+    stack: haproxy_tests.Stack,
+) -> None:
+    p = stack.provider
+    before = await stack.servers()
+    # us-east raised (weight, ready), us-west raised, eu-west and eu-central drained: six commands.
+    changes = diff(p.name, p.render(plan({"global": {"us-east": 75, "us-west": 25}})), await p.current())
+    p.fence = fence = Lapsing(2)
+    with pytest.raises(Fenced, match="leadership lapsed"):
+        await p.apply(changes)
+    assert fence.calls == 3
+    after = await stack.servers()
+    assert after["us-east"].weight == 75
+    assert {name: after[name] for name in ("us-west", "eu-west", "eu-central", haproxy_tests.FOREIGN)} == {
+        name: before[name] for name in ("us-west", "eu-west", "eu-central", haproxy_tests.FOREIGN)
+    }
+
+    # Through the reconciler: an error outcome saying so, not retried (a retry would ask the fence again).
+    p.fence = fence = Lapsing(0)
+    [outcome] = await Reconciler([p], backoff_initial=0.01).reconcile(
+        haproxy_policy(stack.stats, haproxy_tests.OWNED, endpoints=stack.endpoints),
+        plan({"global": {"us-west": 100}}),
+    )
+    assert outcome.error == "Fenced: leadership lapsed" and not outcome.applied
+    assert fence.calls == 1
+    assert await stack.servers() == after
+
+
+async def test_global_accelerator_asks_the_fence_before_each_update_and_sends_none_once_fenced(
+    listener: ga_tests.Listener, aws_credentials: None
+) -> None:
+    (settings,) = listener.policy.providers.global_accelerator_list
+    p = GlobalAcceleratorProvider(listener.policy, settings)
+    await p.start()
+    changes = diff(p.name, p.render(ga_tests.FAIL_CLOSED), await p.current())
+    assert len(changes) == 2
+    p.fence = fence = Lapsing(1)
+    with pytest.raises(Fenced, match="leadership lapsed"):
+        await p.apply(changes)
+    assert fence.calls == 2
+    assert listener.ga.count("UpdateEndpointGroup") == 1
+    assert sorted(ga_tests.dials(listener).values()) == [0.0, 100.0]
+
+    p.fence = fence = Lapsing(0)
+    [outcome] = await ga_tests.reconciler(p).reconcile(listener.policy, ga_tests.FAIL_CLOSED)
+    assert outcome.error == "Fenced: leadership lapsed" and not outcome.applied
+    assert fence.calls == 1
+    assert listener.ga.count("UpdateEndpointGroup") == 1
+    await p.close()
