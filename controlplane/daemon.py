@@ -169,7 +169,9 @@ class Daemon:
         self.config = config
         self.policy = policy
         self.coordinator = (
-            Coordinator(policy.coordination, config.replica) if policy.coordination is not None else None
+            Coordinator(policy.coordination, config.replica, on_change=self._wake_soon)
+            if policy.coordination is not None
+            else None
         )
         self._led_epoch: int | None = None  # the epoch this replica last led under
         self._followed: tuple[int, float] | None = (
@@ -219,6 +221,9 @@ class Daemon:
         self._sync_wanted = asyncio.Event()
 
     # ---------------------------------------------------------------- inputs
+
+    def _wake_soon(self) -> None:
+        self._wake.set()
 
     def _transitioning(self, region: str, kind: ProbeKind) -> bool:
         return self.tracker.transitioning(region, kind)

@@ -150,6 +150,7 @@ class Coordinator:
         *,
         client: EtcdClient | None = None,
         now: Clock = time.monotonic,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.replica = replica
@@ -159,6 +160,7 @@ class Coordinator:
         self.client = client or EtcdClient(settings.etcd, timeout=max(0.2, ttl / 6))
         self.stale_after = ttl + VOTE_EVERY
         self._now = now
+        self._on_change = on_change  # wakes the daemon: a vote flipped, a leader came or went, a plan arrived
         self.leadership: Leadership | None = None
         self.leader: LeaderInfo | None = None
         self.shared_plan: SharedPlan | None = None
@@ -172,6 +174,8 @@ class Coordinator:
         self._ok_at = now()
         self._lease = 0
         self._may_campaign = asyncio.Event()
+        self._watching = asyncio.Event()  # the first full read of the plane's keys is done
+        self._resigning: asyncio.Task[None] | None = None
         self._audit: list[dict[str, Any]] = []
         self._audit_pending: list[dict[str, Any]] = []
         self._audit_loaded_for: int | None = None
@@ -202,7 +206,7 @@ class Coordinator:
             self._may_campaign.clear()
             if self.leadership is not None and not self.leadership.lost.is_set():
                 log.warning("%s is frozen while leading, stepping down: %s", self.replica, quorum.frozen)
-                asyncio.get_running_loop().create_task(self.leadership.resign())
+                self._resigning = asyncio.get_running_loop().create_task(self.leadership.resign())
         return quorum
 
     def etcd_lost(self, now: float) -> str | None:
@@ -387,6 +391,7 @@ class Coordinator:
                 revision, kvs = await self.client.range(self.keys.root)
                 self._succeeded()
                 await self._reset(kvs)
+                self._watching.set()
                 async for kind, kv in self.client.watch(self.keys.root, revision + 1):
                     self._succeeded()
                     await self._event(kind, kv)
@@ -405,26 +410,34 @@ class Coordinator:
         if key.startswith(self.keys.votes):
             replica = key[len(self.keys.votes) :].decode(errors="replace")
             vote = decode_vote(replica, kv.value, self._now()) if kind == "PUT" else None
-            if vote is None:
-                self.votes.pop(replica, None)
-            else:
+            before = self.votes.pop(replica, None)
+            if vote is not None:
                 self.votes[replica] = vote
+            if (before and before.states) != (vote and vote.states):
+                self._on_change()
         elif key == self.keys.leader:
             self.leader = leader_of(kv) if kind == "PUT" else None
+            self._on_change()
         elif key == self.keys.plan and kind == "PUT":
             shared = await asyncio.to_thread(decode_plan, kv.value)
             if shared is not None and (self.shared_plan is None or shared.epoch >= self.shared_plan.epoch):
                 self.shared_plan = shared
+                self._on_change()
         elif key == self.keys.overrides:
             self.overrides = await asyncio.to_thread(decode_overrides, kv.value if kind == "PUT" else None)
 
     async def _campaign(self) -> None:
+        # A replica just started has not heard its peers yet: were it to lead at once, it would act on its
+        # own view alone (one started cut off from the regions would fail every one of them over).
+        await self._watching.wait()
+        await asyncio.sleep(self.stale_after)
         while True:
             await self._may_campaign.wait()
             lead = await campaign(
                 self.client, self.settings.prefix, self.replica, self.settings.lease_ttl, now=self._now
             )
             self.leadership = lead
+            self._on_change()
             await lead.lost.wait()
             log.warning("%s no longer leads: %s", self.replica, lead.reason)
             if self.leadership is lead:
