@@ -262,6 +262,12 @@ def _span(seconds: float) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controlplane.demo import run_demo
 
+    if args.replicas > 1:
+        from controlplane.replicas_demo import run_replicas_demo
+
+        return asyncio.run(
+            run_replicas_demo(Path(args.policy), Path(args.state_dir), args.replicas, view=not args.no_view)
+        )
     return asyncio.run(
         run_demo(
             Path(args.policy),
@@ -543,6 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="state/demo")
     p.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
     p.add_argument("--no-haproxy", action="store_true")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        choices=range(1, 6),
+        default=1,
+        metavar="N",
+        help="N replicas of the plane (2-5) on a local etcd, each with a knob that cuts it off; default 1",
+    )
     p.add_argument("--prices", action="append", default=[], metavar="FILE", help=PRICES_HELP)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("sync", help="copy, verify and promote model weights into every region's bucket")
