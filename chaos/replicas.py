@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ipaddress
 import json
 import logging
 import os
@@ -66,6 +67,14 @@ def _through(url: str, port: int) -> str:
     """`url` with its host:port replaced by the loopback proxy's."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, f"127.0.0.1:{port}", parts.path, parts.query, parts.fragment))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -208,6 +217,9 @@ class ReplicaStack:
     def _write_policy(self, replica: Replica) -> None:
         data = copy.deepcopy(self.policy)
         for region in data["regions"]:
+            host, _ = _host_port(region["endpoint"])
+            if "address" not in region and _is_ip(host):
+                region["address"] = host  # DNS still answers with the region, not with this replica's proxy
             region["endpoint"] = _through(region["endpoint"], replica.regions[region["name"]].port)
         data["providers"]["localdns"] = {
             **data["providers"]["localdns"],

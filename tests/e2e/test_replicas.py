@@ -27,14 +27,14 @@ import pytest
 
 from chaos.demotarget import AWS_ENV
 from chaos.etcdproc import EtcdCluster
-from chaos.loopback import free_port, loopback_policy
+from chaos.loopback import free_port, loopback_policy, resolve
 from chaos.replicas import Link, ReplicaStack, Zone
 from chaos.simregion import SimFleet
 from controlplane.providers.route53 import route53_weight
 from tests.conftest import require_binary, until
 from tests.fakes.moto import moto_fixture, moto_server_fixture  # noqa: F401
 from tests.fakes.route53_strict import strict_route53_fixture, strict_route53_server_fixture  # noqa: F401
-from tests.integration.daemon_helpers import FULL, SERVICE, fault, policy_data, sim_fleet
+from tests.integration.daemon_helpers import ADDRESS, DNS_NAME, FULL, SERVICE, fault, policy_data, sim_fleet
 
 pytestmark = pytest.mark.needs_binary("moto_server")
 
@@ -79,6 +79,10 @@ class Plane:
 
     async def break_region(self, region: str) -> None:
         await fault(self.session, self.fleet[region], mode="down")
+
+    async def served(self, name: str) -> set[str]:
+        """Every address replica `name`'s embedded DNS answers a global client with, over many queries."""
+        return set(await resolve(self.stack[name].dns_port, count=50, name=DNS_NAME))
 
     def applied(self, name: str, since: float = 0.0) -> list[str]:
         """Each Route 53 change replica `name` applied (its audit log's "applied" entries) after `since`."""
@@ -178,6 +182,9 @@ async def test_a_killed_leader_is_replaced_and_the_region_it_did_not_fail_over_i
         await until(
             lambda: new_plan(plane, key[1], new), within=CONVERGE, what="the new leader's plan in the zone"
         )
+        # Every replica left serves the new leader's plan on its own DNS, with the regions' own addresses.
+        for name in others:
+            assert await plane.served(name) == {ADDRESS[r] for r in ("us-west", "eu-west", "eu-central")}
         # None applied twice: no Route 53 change is in the audit of two replicas (or twice in one).
         applied = [change for name in stack.names for change in plane.applied(name)]
         assert applied and len(applied) == len(set(applied)), applied
