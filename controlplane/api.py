@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from controlplane.coord.replica import Role
 from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
+from controlplane.plan import GroupMode
 from controlplane.policy import Model, Region
 from controlplane.providers.localdns import LocalDnsProvider
 from probes.health import HealthView, RegionHealth
@@ -193,9 +194,16 @@ class PlaneCollector(Collector):
         weight = GaugeMetricFamily(
             "controlplane_weight_percent", "Planned traffic share", labels=["service", "group", "region"]
         )
+        mode = GaugeMetricFamily(
+            "controlplane_group_mode",
+            "1 for the client group's current mode",
+            labels=["service", "group", "mode"],
+        )
         for g in d.plan or ():
             for w in g.weights:
                 weight.add_metric([g.service, g.group, w.region], w.weight)
+            for each in GroupMode:
+                mode.add_metric([g.service, g.group, each.value], float(g.mode is each))
         obs = CounterMetricFamily(
             "controlplane_probe_results", "Probe results", labels=["region", "kind", "ok"]
         )
@@ -210,7 +218,7 @@ class PlaneCollector(Collector):
         for name, s in d.reconciler.stats.items():
             errors.add_metric([name], s.errors)
             applies.add_metric([name], s.applies)
-        yield from (health, score, weight, obs, errors, applies)
+        yield from (health, score, weight, mode, obs, errors, applies)
         yield CounterMetricFamily(
             "controlplane_plan_changes", "Plans that changed a weight", value=d.counters.plan_changes
         )
@@ -273,6 +281,11 @@ class PlaneCollector(Collector):
             "controlplane_probe_inconclusive",
             "Probe results dropped: the plane could not look (loop stalled, out of descriptors)",
             value=d.scheduler.stats.inconclusive,
+        )
+        yield CounterMetricFamily(
+            "controlplane_probes_shed",
+            "Probes not started: the scheduler was too far behind to start them in time",
+            value=d.scheduler.stats.shed,
         )
 
 
