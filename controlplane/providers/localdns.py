@@ -33,20 +33,11 @@ from controlplane.plan import RoutingPlan
 from controlplane.policy import LocalDnsProvider as LocalDnsSettings
 from controlplane.policy import Policy
 from controlplane.providers.base import LOCAL, Capabilities, PermanentProviderError, Tuning
+from controlplane.providers.localdns_fast import NONE, UDP_PAYLOAD, FastTable, StatKey, resolve
 from controlplane.providers.records import MAX_WEIGHT, RecordKey, apply_changes, dns_name, render_records
 
 log = logging.getLogger(__name__)
 
-StatKey = tuple[str, str, str]
-"""(name, client group, rcode) of one answered query; "-" where a part does not apply.
-
-Names are a served record name or the zone, never the raw query name, so a scan of random names cannot
-grow the counter. The rcode is the DNS rcode's name, except "NODATA" for NOERROR with an empty answer.
-"""
-NONE = "-"
-# Advertised EDNS payload (DNS flag day 2020): avoids IP fragmentation. Every answer this server builds
-# (one question, at most one A/AAAA or SOA, one OPT) fits in 512 bytes, so it never needs to truncate.
-UDP_PAYLOAD = 1232
 MAX_QUERY_SIZE = 512
 """The largest query this server parses; larger ones are dropped before dnspython sees them.
 
@@ -349,7 +340,7 @@ class LocalDnsProvider:
         self._rng = rng or random.Random()
         self._records: dict[RecordKey, Record] = {}
         self._serial = 1
-        self._table = AnswerTable.build(policy, (), self._serial)
+        self._table = FastTable.build(AnswerTable.build(policy, (), self._serial))
         self._stats: Counter[StatKey] = Counter()
         self._dropped: Counter[str] = Counter()
         self._failure_log = _Throttle(LOG_INTERVAL)
@@ -383,6 +374,10 @@ class LocalDnsProvider:
 
     @property
     def table(self) -> AnswerTable:
+        return self._table.full
+
+    @property
+    def fast_table(self) -> FastTable:
         return self._table
 
     @property
@@ -418,7 +413,7 @@ class LocalDnsProvider:
 
     def _commit(self, policy: Policy, records: dict[RecordKey, Record]) -> None:
         # Built before anything is assigned, and no await in between: a query sees the old state or the new.
-        table = AnswerTable.build(policy, records.values(), self._serial + 1)
+        table = FastTable.build(AnswerTable.build(policy, records.values(), self._serial + 1))
         self._policy, self._records, self._table = policy, records, table
         self._serial += 1
 
@@ -477,20 +472,31 @@ class LocalDnsProvider:
         if refused is not None:
             self._dropped[refused] += 1
             return None
+        table = self._table  # one table for the whole answer, whatever apply() does meanwhile
+        try:
+            fast = resolve(data, client_ip, table, self._rng)
+        except Exception:
+            return self._servfail(data)
+        if fast is not None:
+            self._stats[fast[1]] += 1
+            return fast[0]
         try:
             query = dns.message.from_wire(data)
         except Exception:
             self._stats[(NONE, NONE, "FORMERR")] += 1
             return _header_reply(data, dns.rcode.FORMERR)
         try:
-            response, key = _resolve(query, client_ip, self._table, self._rng)
+            response, key = _resolve(query, client_ip, table.full, self._rng)
             wire = response.to_wire()
         except Exception:
-            self._stats[(NONE, NONE, "SERVFAIL")] += 1
-            self._log_failure("answering a query")
-            return _header_reply(data, dns.rcode.SERVFAIL)
+            return self._servfail(data)
         self._stats[key] += 1
         return wire
+
+    def _servfail(self, data: bytes) -> bytes | None:
+        self._stats[(NONE, NONE, "SERVFAIL")] += 1
+        self._log_failure("answering a query")
+        return _header_reply(data, dns.rcode.SERVFAIL)
 
     def _log_failure(self, what: str) -> None:
         """Logs the exception being handled, with its traceback, at most once per LOG_INTERVAL."""

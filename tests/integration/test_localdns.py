@@ -218,3 +218,38 @@ async def test_dig_sees_groups_by_source_and_by_subnet(server: LocalDnsProvider)
     assert {(await dig(*at, "-b", EU_CLIENT))[0] for _ in range(5)} <= EU
     (by_subnet,) = await dig(*at, "+subnet=127.0.1.0/24")
     assert by_subnet in EU
+
+
+async def test_a_table_swapped_under_load_answers_from_the_old_plan_or_the_new(
+    server: LocalDnsProvider,
+) -> None:
+    # Two plans that differ in every group: an answer from a table half built would be neither (no answer
+    # at all, an error, an address of the wrong group).
+    old = plan({"global": {"us-east": 100}, "eu": {"eu-west": 100}})
+    new = plan({"global": {"us-east": 0}, "eu": {"eu-central": 100}})
+    await converge(server, old)
+    swapping = True
+
+    async def ask_until_done(source: str | None) -> list[tuple[str, str | None]]:
+        seen = []
+        while swapping:
+            response = await udp(port(server), source=source)
+            assert response.rcode() == dns.rcode.NOERROR
+            seen.append((source or "global", address(response) if response.answer else None))
+        return seen
+
+    clients = [asyncio.create_task(ask_until_done(s)) for s in (None, EU_CLIENT) * 4]
+    for _ in range(20):
+        await converge(server, new)
+        await asyncio.sleep(0.01)
+        await converge(server, old)
+        await asyncio.sleep(0.01)
+    swapping = False
+    answers = [a for seen in await asyncio.gather(*clients) for a in seen]
+    allowed = {
+        ("global", DEMO_ADDRESS["us-east"]),
+        ("global", None),
+        (EU_CLIENT, DEMO_ADDRESS["eu-west"]),
+        (EU_CLIENT, DEMO_ADDRESS["eu-central"]),
+    }
+    assert set(answers) == allowed, Counter(answers)  # each seen, and nothing else
