@@ -22,6 +22,7 @@ from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode
 from controlplane.policy import Model, Region
 from controlplane.providers.localdns import LocalDnsProvider
+from controlplane.statuspage import install as install_status_page
 from probes.health import HealthView, RegionHealth
 
 if TYPE_CHECKING:
@@ -544,6 +545,7 @@ def create_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/overrides", _add_override)
     app.router.add_delete("/overrides/{region}", _delete_overrides)
     app.router.add_post("/sync", _sync)
+    install_status_page(app, daemon, status)
     return app
 
 

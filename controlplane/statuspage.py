@@ -1,0 +1,210 @@
+"""The status page of the admin API: its static assets, a 15-minute history of weights and health kept in the
+process, and the JSON the page polls (the daemon's /status plus that history and the audit log's tail)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from controlplane.daemon import Daemon
+
+HISTORY_SECONDS = 15 * 60
+SAMPLE_EVERY = 1.0  # seconds between two points of the timeline
+AUDIT_ENTRIES = 30  # the latest entries of the audit log the page shows
+AUDIT_TAIL_BYTES = 512 * 1024  # read at most this much of the log's end: a plan_changed line can be large
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+ASSETS: dict[str, tuple[str, bytes]] = {
+    name: (kind, (files("controlplane") / "static" / name).read_bytes())
+    for name, kind in (
+        ("index.html", "text/html"),
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+    )
+}
+Status = Callable[["Daemon"], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    health: dict[str, str]  # region -> state
+    weights: dict[str, dict[str, int]]  # "service/group" -> region -> weight
+
+
+class History:
+    """One sample a second, at most HISTORY_SECONDS of them: a bounded ring, so memory does not grow."""
+
+    def __init__(self, every: float = SAMPLE_EVERY, keep: float = HISTORY_SECONDS) -> None:
+        self.every = every
+        self.samples: deque[Sample] = deque(maxlen=int(keep / every))
+
+    def add(self, sample: Sample) -> None:
+        if self.samples and sample.at - self.samples[-1].at < self.every:
+            return
+        self.samples.append(sample)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "every": self.every,
+            "samples": [{"at": s.at, "health": s.health, "weights": s.weights} for s in self.samples],
+        }
+
+
+def sample(status: dict[str, Any], at: float) -> Sample:
+    return Sample(
+        at=round(at, 3),
+        health={name: region["state"] for name, region in status["regions"].items()},
+        weights={
+            f"{service}/{group}": {r: w["weight"] for r, w in entry["weights"].items()}
+            for service, groups in status["services"].items()
+            for group, entry in groups.items()
+        },
+    )
+
+
+def _changes(entry: dict[str, Any]) -> list[str]:
+    """What a plan_changed entry changed, each weight with its reason."""
+    before = entry.get("before") or {}
+    reasons = {
+        (g["service"], g["group"], w["region"]): w.get("reason", "")
+        for g in entry.get("groups") or ()
+        for w in g.get("weights") or ()
+    }
+    out: list[str] = []
+    for service, groups in (entry.get("after") or {}).items():
+        for group, weights in groups.items():
+            old = (before.get(service) or {}).get(group) or {}
+            for region, weight in weights.items():
+                if old.get(region) != weight:
+                    why = reasons.get((service, group, region), "")
+                    out.append(f"{service}/{group} {region}: {old.get(region, '-')} -> {weight} ({why})")
+    return out
+
+
+def summarize(entry: dict[str, Any]) -> dict[str, Any]:
+    """An audit entry as the page lists it: when, what, and why in a few lines of plain text."""
+    event = str(entry.get("event", "?"))
+    details: list[str]
+    if event == "plan_changed":
+        details = _changes(entry)
+    elif event.startswith("override_"):
+        found = entry.get("override") or {}
+        overrides = entry.get("overrides") or ([found] if found else [])
+        details = [
+            f"{o.get('action')} {o.get('region')}: {o.get('reason') or 'no reason given'}" for o in overrides
+        ] or [f"{entry.get('region')}: {entry.get('count')} removed"]
+    else:
+        details = [
+            f"{key}: {value if isinstance(value, str) else json.dumps(value, default=str)[:300]}"
+            for key, value in entry.items()
+            if key not in ("ts", "event")
+        ]
+    return {"ts": entry.get("ts"), "event": event, "details": details[:20]}
+
+
+def read_tail(path: Path, entries: int = AUDIT_ENTRIES, cap: int = AUDIT_TAIL_BYTES) -> list[dict[str, Any]]:
+    """The latest whole lines of a JSON-lines file, newest first; blocking: run it in a thread."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - cap))
+            data = f.read(cap)
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if size > cap:
+        lines = lines[1:]  # the first is cut
+    found: list[dict[str, Any]] = []
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                found.append(summarize(entry))
+        if len(found) == entries:
+            break
+    return found
+
+
+def page_data(status: dict[str, Any], history: History, audit: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {**status, "now": time.time(), "history": history.to_json(), "audit": list(audit)}
+
+
+HISTORY_KEY: web.AppKey[History] = web.AppKey("statuspage_history", History)
+
+
+def install(app: web.Application, daemon: Daemon, status: Status) -> None:
+    """The page at /, its assets under /ui/, its JSON at /ui/data, and the task that samples the history."""
+    history = History()
+    app[HISTORY_KEY] = history
+
+    def record() -> dict[str, Any]:
+        current = status(daemon)
+        history.add(sample(current, time.time()))
+        return current
+
+    async def sampler(app: web.Application) -> AsyncIterator[None]:
+        async def run() -> None:
+            while True:
+                record()
+                await asyncio.sleep(history.every)
+
+        task = asyncio.create_task(run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def index(request: web.Request) -> web.Response:
+        return _asset("index.html")
+
+    async def asset(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name == "index.html" or name not in ASSETS:
+            raise web.HTTPNotFound()
+        return _asset(name)
+
+    async def data(request: web.Request) -> web.Response:
+        current = record()
+        audit = await asyncio.to_thread(read_tail, daemon.audit.path)
+        # The history is up to 900 samples: encoded off the event loop (status() built fresh dicts to encode).
+        body = await asyncio.to_thread(_encode, page_data(current, history, audit))
+        return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    app.cleanup_ctx.append(sampler)
+    app.router.add_get("/", index)
+    app.router.add_get("/ui/data", data)
+    app.router.add_get("/ui/{name}", asset)
+
+
+def _encode(data: dict[str, Any]) -> str:
+    return json.dumps(data, default=str)
+
+
+def _asset(name: str) -> web.Response:
+    kind, body = ASSETS[name]
+    return web.Response(
+        body=body,
+        content_type=kind,
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-cache",
+        },
+    )
