@@ -570,7 +570,25 @@ class GlobalAcceleratorSettings(_Frozen):
         return f"global_accelerator:{self.listener_arn.rsplit('/', 1)[1]}"
 
 
-CloudSettings = Route53Settings | CloudDnsSettings | GlobalAcceleratorSettings
+class PowerDnsSettings(_Frozen):
+    enabled: bool = True
+    api_url: HttpUrl = Field(description="PowerDNS's webserver (its HTTP API), e.g. http://127.0.0.1:8081")
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] = Field(
+        description="The environment variable holding the API key; never the key itself"
+    )
+    server_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "localhost"
+    zone: Annotated[DnsName, AfterValidator(_zone_name)] = Field(
+        description="The zone the service names are in; it must exist and have LUA records enabled"
+    )
+    owner: Owner
+    max_delete_share: DeleteShare = _DELETE_SHARE
+
+    @property
+    def instance_name(self) -> str:
+        return f"powerdns:{self.zone}"
+
+
+CloudSettings = Route53Settings | CloudDnsSettings | GlobalAcceleratorSettings | PowerDnsSettings
 _S = TypeVar("_S", bound=_Frozen)
 
 
@@ -605,6 +623,7 @@ class Providers(_Frozen):
     route53: _OneOrMany[Route53Settings] | None = None
     cloud_dns: _OneOrMany[CloudDnsSettings] | None = None
     global_accelerator: _OneOrMany[GlobalAcceleratorSettings] | None = None
+    powerdns: _OneOrMany[PowerDnsSettings] | None = None
 
     @property
     def route53_list(self) -> tuple[Route53Settings, ...]:
@@ -618,8 +637,12 @@ class Providers(_Frozen):
     def global_accelerator_list(self) -> tuple[GlobalAcceleratorSettings, ...]:
         return _as_tuple(self.global_accelerator)
 
+    @property
+    def powerdns_list(self) -> tuple[PowerDnsSettings, ...]:
+        return _as_tuple(self.powerdns)
 
-_CLOUD_KEYS = ("route53", "cloud_dns", "global_accelerator")
+
+_CLOUD_KEYS = ("route53", "cloud_dns", "global_accelerator", "powerdns")
 
 
 def _key_prefix(value: str) -> str:
@@ -913,6 +936,8 @@ def _check_providers(
     # A hosted_zone_id names a zone this check cannot see: any service may lie in it.
     if route53 and None not in route53:
         zones.append(("providers.route53.zone", tuple(cast(list[str], route53))))
+    if policy.providers.powerdns_list:
+        zones.append(("providers.powerdns.zone", tuple(z.zone for z in policy.providers.powerdns_list)))
     for label, names in zones:
         shown = quoted(_zone_name(names[0]) if len(names) == 1 else [_zone_name(z) for z in names])
         for i, service in enumerate(policy.services):
@@ -931,7 +956,7 @@ def _check_providers(
             )
         if isinstance(settings, GlobalAcceleratorSettings):
             yield from _check_global_accelerator(policy, base, settings, region_names, group_names)
-        else:
+        elif not isinstance(settings, PowerDnsSettings):  # PowerDNS names no record after a group
             yield from _check_dns_instance(policy, base, settings)
     hap = policy.providers.haproxy
     if hap is None:

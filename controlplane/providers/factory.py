@@ -38,4 +38,8 @@ def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[Mana
         providers += [
             GlobalAcceleratorProvider(policy, ga) for ga in settings.global_accelerator_list if ga.enabled
         ]
+    if settings.powerdns_list and "powerdns" not in disabled:
+        from controlplane.providers.powerdns import PowerDnsProvider
+
+        providers += [PowerDnsProvider(policy, zone) for zone in settings.powerdns_list if zone.enabled]
     return providers
