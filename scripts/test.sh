@@ -9,11 +9,14 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v pdns_server >/dev/null 2>&1 || missing+=(pdns-server pdns-backend-sqlite3)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The package's own pdns would hold port 53; the tests start pdns_server on free ports of their own.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now pdns >/dev/null 2>&1 || true; fi
   else
     echo "note: ${missing[*]} not installed; tests needing them will be skipped (sudo apt-get install ${missing[*]})" >&2
   fi
