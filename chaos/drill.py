@@ -146,8 +146,28 @@ class DaemonFault(_Frozen):
         return self.at + self.restart_after
 
 
+class ReplicaMode(StrEnum):
+    KILL = "kill"  # SIGKILL; started again at the fault's end
+    PAUSE = "pause"  # SIGSTOP; SIGCONT at the fault's end
+    CUT_REGIONS = "cut_regions"  # every path from the replica to a region blackholed
+    CUT_ETCD = "cut_etcd"  # every path from the replica to an etcd member blackholed
+
+
+LEADER = "leader"
+
+
+class ReplicaFault(_Timed):
+    """One replica of a plane run as replicas (`target: replicas`): `replica` names one, or `leader` is the
+    one that leads when the fault starts."""
+
+    kind: Literal["replica"]
+    replica: Name = LEADER
+    mode: ReplicaMode
+
+
 Fault = Annotated[
-    RegionFault | NetworkFault | ProviderFault | BucketFault | DaemonFault, Field(discriminator="kind")
+    RegionFault | NetworkFault | ProviderFault | BucketFault | DaemonFault | ReplicaFault,
+    Field(discriminator="kind"),
 ]
 
 
@@ -347,8 +367,9 @@ class RemoteTarget(_Frozen):
 class Drill(_Frozen):
     name: Name
     description: Annotated[str, Field(max_length=500)] = ""
+    # demo: the demo stack, one daemon; replicas: the demo policy run as three replicas on etcd.
     target: Annotated[
-        Annotated[Literal["demo"], Tag("demo")] | Annotated[RemoteTarget, Tag("remote")],
+        Annotated[Literal["demo", "replicas"], Tag("demo")] | Annotated[RemoteTarget, Tag("remote")],
         Discriminator(lambda v: "demo" if isinstance(v, str) else "remote"),
     ] = "demo"
     allow_remote: bool = False
@@ -357,7 +378,9 @@ class Drill(_Frozen):
     expect: tuple[Expectation, ...] = Field(min_length=1, max_length=MAX_STEPS)
 
     @property
-    def faults(self) -> tuple[RegionFault | NetworkFault | ProviderFault | BucketFault | DaemonFault, ...]:
+    def faults(
+        self,
+    ) -> tuple[RegionFault | NetworkFault | ProviderFault | BucketFault | DaemonFault | ReplicaFault, ...]:
         return tuple(s.fault for s in self.method if isinstance(s, FaultStep))
 
     @property
@@ -385,8 +408,19 @@ def _remote(drill: Drill) -> Iterator[tuple[Path_, str]]:
             )
 
 
+def _replicas(drill: Drill) -> Iterator[tuple[Path_, str]]:
+    if drill.target == "replicas":
+        return
+    for i, step in enumerate(drill.method):
+        if isinstance(step, FaultStep) and isinstance(step.fault, ReplicaFault):
+            yield (
+                ("method", i, "fault", "kind"),
+                "a replica fault needs a plane of replicas: target: replicas",
+            )
+
+
 _LISTS = ("method", "expect", "steady_state")
-_FAULT_KINDS = frozenset({"region", "network", "provider", "bucket", "daemon"})
+_FAULT_KINDS = frozenset({"region", "network", "provider", "bucket", "daemon", "replica"})
 
 
 def _file_path(loc: Path_) -> Path_:
@@ -413,7 +447,7 @@ def parse_drill(text: str, filename: str = "<drill>") -> Drill:
         error=DrillError,
     )
     problems: list[Problem] = parsed.problems + [
-        parsed.at.problem(loc, msg) for loc, msg in _remote(parsed.value)
+        parsed.at.problem(loc, msg) for loc, msg in [*_remote(parsed.value), *_replicas(parsed.value)]
     ]
     if problems:
         raise DrillError(by_position(problems))

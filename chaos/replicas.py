@@ -310,10 +310,17 @@ class ReplicaStack:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(sig)
 
-    def cut(self, name: str, path: Link | str, mode: PartitionMode | str = PartitionMode.BLACKHOLE) -> None:
-        """Partition replica `name` from every region or from every etcd member (its proxies only)."""
+    def cut(
+        self,
+        name: str,
+        path: Link | str,
+        mode: PartitionMode | str = PartitionMode.BLACKHOLE,
+        ttl: float | None = None,
+    ) -> None:
+        """Partition replica `name` from every region or from every etcd member (its proxies only), until
+        healed or for `ttl` seconds."""
         for proxy in self.replicas[name].proxies(Link(path)):
-            proxy.set_fault("partition", mode=mode)
+            proxy.set_fault("partition", mode=mode, ttl=ttl)
 
     def heal(self, name: str, path: Link | str) -> None:
         for proxy in self.replicas[name].proxies(Link(path)):

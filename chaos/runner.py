@@ -148,6 +148,10 @@ def target_for(drill: Drill) -> DrillTarget:
     no means to reach."""
     if isinstance(drill.target, RemoteTarget):
         return _staging(drill, drill.target)
+    if drill.target == "replicas":
+        from chaos.replicatarget import ReplicaTarget
+
+        return ReplicaTarget()
     from chaos.demotarget import DemoTarget  # boto3 and the daemon's plumbing: only when a drill runs
 
     return DemoTarget(with_route53=any(isinstance(f, ProviderFault) for f in drill.faults))

@@ -26,9 +26,12 @@ import aiohttp
 import pytest
 
 from chaos.demotarget import AWS_ENV
+from chaos.drill import DrillError, ReplicaFault, ReplicaMode, parse_drill
 from chaos.etcdproc import EtcdCluster
 from chaos.loopback import free_port, loopback_policy, resolve
 from chaos.replicas import Link, ReplicaStack, Zone
+from chaos.replicatarget import ReplicaTarget
+from chaos.runner import run_drill, target_for
 from chaos.simregion import SimFleet
 from controlplane.providers.route53 import route53_weight
 from tests.conftest import require_binary, until
@@ -337,3 +340,59 @@ async def test_the_replicas_demo_elects_one_leader_and_its_knob_cuts_a_replica_o
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+REPLICA_FAULT = """\
+name: replica-drill
+method:
+  - fault: {kind: replica, replica: leader, mode: pause, at: 0s, duration: 6s}
+  - fault: {kind: region, region: us-east, mode: down, at: 1s, duration: 10s}
+expect:
+  - leaves_dns: {region: us-east, within: 8s}
+  - returns_to_dns: {region: us-east, within: 15s}
+  - max_flaps: 0
+"""
+
+
+def test_a_replica_fault_needs_a_plane_of_replicas() -> None:
+    with pytest.raises(DrillError, match=r"drill.yaml:3:\d+: a replica fault needs a plane of replicas"):
+        parse_drill(REPLICA_FAULT, "drill.yaml")
+    drill = parse_drill("target: replicas\n" + REPLICA_FAULT, "drill.yaml")
+    assert isinstance(target_for(drill), ReplicaTarget)
+
+
+async def test_the_replicas_drill_target_pauses_the_leader_and_cuts_a_replica_off_from_etcd() -> None:
+    require_binary("etcd", "Debian's etcd-server")
+    target = ReplicaTarget()
+    await target.start()
+    try:
+        stack = target.stack
+        old = await stack.wait_leader(within=LEAD_WITHIN)
+        pause = ReplicaFault(kind="replica", mode=ReplicaMode.PAUSE, duration=6)
+        await target.inject(pause, ttl=60)
+        new = await stack.wait_leader(within=LEAD_WITHIN, among=[n for n in stack.names if n != old])
+        await target.clear(pause)
+
+        async def follows(name: str, leader: str) -> bool:
+            block = await stack.coordination(name)
+            return block is not None and block["role"] == "follower" and block["leader"] == leader
+
+        await until(lambda: follows(old, new), within=CONVERGE, what=f"{old} to follow {new} once continued")
+
+        cut = ReplicaFault(kind="replica", mode=ReplicaMode.CUT_ETCD, duration=6)
+        await target.inject(cut, ttl=60)
+        assert stack.cuts(new) == [Link.ETCD]
+        await target.clear(cut)
+        assert stack.cuts(new) == []
+    finally:
+        await target.stop()
+
+
+async def test_a_drill_pauses_the_leader_of_a_plane_of_replicas_and_us_east_fails_over_once(
+    tmp_path: Path,
+) -> None:
+    require_binary("etcd", "Debian's etcd-server")
+    drill = parse_drill("target: replicas\n" + REPLICA_FAULT, "drill.yaml")
+    async with asyncio.timeout(240):
+        outcome = await run_drill(drill, target_for(drill), tmp_path)
+    assert outcome.passed, (tmp_path / "summary.md").read_text(encoding="utf-8")
