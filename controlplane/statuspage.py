@@ -108,6 +108,12 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
         details = [
             f"{o.get('action')} {o.get('region')}: {o.get('reason') or 'no reason given'}" for o in overrides
         ] or [f"{entry.get('region')}: {entry.get('count')} removed"]
+    elif event == "applied":
+        details = [
+            f"{p.get('provider')}: {p.get('changes')} change(s) "
+            + ("applied" if p.get("applied") else f"not applied: {p.get('error')}")
+            for p in entry.get("providers") or ()
+        ]
     else:
         details = [
             f"{key}: {value if isinstance(value, str) else json.dumps(value, default=str)[:300]}"

@@ -121,8 +121,9 @@ function renderTimeline(data) {
     box.replaceChildren(el("p", { class: "muted", text: "Collecting samples…" }));
     return;
   }
+  // The axis spans what was sampled, up to 15 minutes: a plane started a minute ago still reads clearly.
   const end = data.now;
-  const start = end - 15 * 60;
+  const start = Math.max(end - 15 * 60, samples[0].at);
   const width = 900, left = 90, right = 10, plotW = width - left - right;
   const x = (t) => left + plotW * Math.max(0, (t - start)) / (end - start);
   const changes = [];
@@ -168,7 +169,7 @@ function renderTimeline(data) {
     for (const at of changes) {
       if (at >= start) chart.append(svg("line", { class: "mark", x1: x(at), x2: x(at), y1: top, y2: height - 14 }));
     }
-    for (const [label, t] of [["-15 min", start], ["now", end]]) {
+    for (const [label, t] of [["-" + Math.round((end - start) / 60 * 10) / 10 + " min", start], ["now", end]]) {
       const tick = svg("text", { x: t === end ? width - right - 20 : left, y: height - 2 });
       tick.textContent = label;
       chart.append(tick);

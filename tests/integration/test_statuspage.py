@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from chaos.simregion import SimFleet
-from controlplane.statuspage import History, Sample, read_tail
+from controlplane.statuspage import History, Sample, read_tail, summarize
 from tests.conftest import until
 from tests.integration.daemon_helpers import (
     FULL,
@@ -131,3 +131,19 @@ def test_the_audit_tail_reads_a_capped_end_of_the_log(tmp_path: Path) -> None:
     assert found[0]["details"][0] == "n: 999"
     assert len(read_tail(log, entries=100, cap=2000)) < 20  # no more than the capped bytes hold
     assert read_tail(tmp_path / "absent.jsonl") == []
+
+
+def test_an_applied_entry_reads_as_one_line_per_provider() -> None:
+    entry = {
+        "ts": 1.0,
+        "event": "applied",
+        "providers": [
+            {"provider": "memory", "changes": 2, "applied": True, "error": None},
+            {"provider": "route53", "changes": 2, "applied": False, "error": "Throttling"},
+        ],
+        "changes": [{"big": "x" * 1000}],
+    }
+    assert summarize(entry)["details"] == [
+        "memory: 2 change(s) applied",
+        "route53: 2 change(s) not applied: Throttling",
+    ]
