@@ -87,6 +87,7 @@ def guide(policy: Policy, state_dir: Path, token: str, with_haproxy: bool) -> st
     first = policy.regions[0]
     control = f"{urlsplit(first.endpoint).hostname}:8001"
     lines = [
+        "Status page (live; paste the token below into it to drain and undrain): http://127.0.0.1:8080/",
         "Ask the embedded DNS (global client, then an EU client by source address and by EDNS client subnet):",
         f"  dig {at} {service.dns_name} +short",
         f"  dig {at} -b 127.0.1.5 {service.dns_name} +short",

@@ -12,7 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from chaos.loopback import DEMO_POLICY
 from chaos.simregion import SimFleet
+from controlplane.demo import guide
+from controlplane.policy import load_policy
 from controlplane.statuspage import History, Sample, read_tail, summarize
 from tests.conftest import until
 from tests.integration.daemon_helpers import (
@@ -147,3 +150,11 @@ def test_an_applied_entry_reads_as_one_line_per_provider() -> None:
         "memory: 2 change(s) applied",
         "route53: 2 change(s) not applied: Throttling",
     ]
+
+
+def test_the_demo_guide_points_at_the_page(tmp_path: Path) -> None:
+    text = guide(load_policy(DEMO_POLICY), tmp_path, "t0ken", with_haproxy=False)
+    assert (
+        "Status page (live; paste the token below into it to drain and undrain): http://127.0.0.1:8080/"
+        in text
+    )
