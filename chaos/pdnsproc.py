@@ -84,6 +84,8 @@ class PowerDns:
             "edns-subnet-processing": "yes",
             # Nothing else in this server's zone is worth the wait a zone-cache miss costs a new zone.
             "zone-cache-refresh-interval": "0",
+            # Metadata set by pdnsutil behind the server's back (ENABLE-LUA-RECORDS) is seen at once.
+            "zone-metadata-cache-ttl": "0",
             "security-poll-suffix": "",  # no lookups of PowerDNS's security status: loopback only
         }
         text = "".join(f"{key}={value}\n" for key, value in settings.items())

@@ -18,11 +18,12 @@ import dns.edns
 import dns.message
 import dns.rcode
 import pytest
+import yaml
 
 from controlplane.changes import diff
 from controlplane.plan import RoutingPlan
-from controlplane.policy import Policy
-from controlplane.providers.base import PermanentProviderError, TransientProviderError
+from controlplane.policy import Policy, PolicyError, PowerDnsSettings, parse_policy
+from controlplane.providers.base import Fenced, PermanentProviderError, TransientProviderError
 from controlplane.providers.powerdns import PowerDnsProvider, lua_program
 from tests.builders import plan, policy_data
 from tests.conftest import until
@@ -156,10 +157,31 @@ def test_the_program_tries_the_most_specific_source_first_and_keeps_zero_weights
     assert "pickwrandom" in program and '"' not in program
 
 
-def _settings() -> Any:
-    from controlplane.policy import PowerDnsSettings
-
+def _settings() -> PowerDnsSettings:
     return PowerDnsSettings(api_url="http://127.0.0.1:1", api_key_env=KEY_ENV, zone="llm.test", owner="prod")
+
+
+def test_the_settings_are_one_zone_or_many_and_each_zone_holds_the_services() -> None:
+    regions = [
+        {"name": n, "endpoint": f"http://{a}:8000", "jurisdiction": j} for n, (a, j) in REGIONS.items()
+    ]
+    one = {
+        "api_url": "http://127.0.0.1:8081",
+        "api_key_env": "PDNS_API_KEY",
+        "zone": "llm.internal",
+        "owner": "prod",
+    }
+    parsed = parse_policy(yaml.safe_dump(policy_data(regions, providers={"powerdns": one})))
+    (settings,) = parsed.providers.powerdns_list
+    assert (settings.server_id, settings.instance_name) == ("localhost", "powerdns:llm.internal")
+    with pytest.raises(PolicyError) as twice:
+        parse_policy(yaml.safe_dump(policy_data(regions, providers={"powerdns": [one, one]})))
+    assert "each instance is named once" in str(twice.value)
+    with pytest.raises(PolicyError) as outside:
+        parse_policy(
+            yaml.safe_dump(policy_data(regions, providers={"powerdns": {**one, "zone": "other.test"}}))
+        )
+    assert "outside providers.powerdns.zone" in str(outside.value)
 
 
 # ---------------------------------------------------------------- answers from the real server
@@ -262,18 +284,42 @@ async def test_new_client_sources_are_written_though_no_weight_changed(powerdns:
         assert set(await counts(powerdns, name, 20, source="127.0.2.7")) <= {"127.0.0.43", "127.0.0.44"}
 
 
+async def test_a_replica_that_may_not_write_sends_nothing(powerdns: PowerDns, zone: str) -> None:
+    def refuse() -> int:
+        raise Fenced("not the leader")
+
+    async with provider_for(pdns_policy(powerdns, zone)) as provider:
+        await converge(provider, ACTIVE)
+        before = powerdns.rrsets(zone)
+        provider.fence = refuse
+        with pytest.raises(Fenced):
+            await converge(provider, {"eu": {"eu-west": 100}, "global": {"us-east": 100}})
+        assert powerdns.rrsets(zone) == before
+        provider.fence = lambda: 7
+        await converge(provider, {"eu": {"eu-west": 100}, "global": {"us-east": 100}})
+    assert addresses(await ask(powerdns, f"chat.{zone}")) == [REGIONS["us-east"][0]]
+
+
 # ---------------------------------------------------------------- errors
 
 
-async def test_a_server_without_lua_records_is_a_clear_permanent_error(
+async def test_a_zone_without_lua_records_is_a_clear_permanent_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for server in running_powerdns(tmp_path / "nolua", lua_records=False):
         monkeypatch.setenv(KEY_ENV, server.api_key)
         server.create_zone("llm.test")
-        with pytest.raises(PermanentProviderError, match="enable-lua-records=yes"):
+        with pytest.raises(PermanentProviderError, match="set enable-lua-records=yes"):
             async with provider_for(pdns_policy(server, "llm.test")):
                 pass
+        # The zone's own switch is enough: then it is served.
+        server.create_zone("lua.test", metadata={"ENABLE-LUA-RECORDS": "1"})
+        async with provider_for(pdns_policy(server, "lua.test")) as provider:
+            await converge(provider, ACTIVE)
+        assert addresses(await ask(server, "chat.lua.test", source=EU_CLIENT))[0] in (
+            "127.0.0.43",
+            "127.0.0.44",
+        )
 
 
 async def test_a_wrong_api_key_is_permanent_and_never_shown(
