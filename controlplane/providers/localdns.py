@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 import struct
 import time
 from bisect import bisect_right
@@ -15,8 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import accumulate
 from math import inf
-from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import dns.edns
 import dns.flags
@@ -34,6 +34,7 @@ from controlplane.policy import LocalDnsProvider as LocalDnsSettings
 from controlplane.policy import Policy
 from controlplane.providers.base import LOCAL, Capabilities, PermanentProviderError, Tuning
 from controlplane.providers.localdns_fast import NONE, UDP_PAYLOAD, FastTable, StatKey, resolve
+from controlplane.providers.localdns_pool import WorkerPool
 from controlplane.providers.records import MAX_WEIGHT, RecordKey, apply_changes, dns_name, render_records
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,12 @@ class AnswerTable:
             ecs=settings.ecs,
             default_group=policy.default_client_group,
             networks=tuple(sorted(networks, key=lambda item: -item[0].prefixlen)),
-            served=MappingProxyType(served),
+            served=served,
             interior=frozenset(interior - served.keys()),
-            pools=MappingProxyType(
-                {
-                    key: _Pool(tuple(r for r, _ in items), tuple(accumulate(w for _, w in items)))
-                    for key, items in weighted.items()
-                }
-            ),
+            pools={
+                key: _Pool(tuple(r for r, _ in items), tuple(accumulate(w for _, w in items)))
+                for key, items in weighted.items()
+            },
         )
 
     def group_for(self, address: str) -> str:
@@ -285,164 +284,58 @@ def _header_reply(data: bytes, rcode: int) -> bytes | None:
     return _HEADER.pack(query_id, dns.flags.QR | (flags & (_OPCODE_MASK | dns.flags.RD)) | rcode, 0, 0, 0, 0)
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handle: Callable[[bytes, str], bytes | None]) -> None:
-        self._handle = handle
-        self._transport: asyncio.DatagramTransport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A datagram endpoint's transport; 3.11's selector transport does not subclass DatagramTransport.
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        reply = self._handle(data, str(addr[0]))
-        if reply is not None and self._transport is not None:
-            self._transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP errors from clients that went away: nothing to do, the next datagram is independent."""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+UDP_BATCH = 32
+"""Datagrams read per wake-up of the loop: few syscalls per query under load, and a turn for the other
+callbacks of the loop between two batches."""
 
 
-class LocalDnsProvider:
-    """A provider whose world is its own authoritative DNS server on UDP and TCP."""
+class Responder:
+    """The server itself, on sockets bound by someone else: one runs in the provider's process, or one in
+    each worker process (controlplane.providers.localdns_worker).
 
-    name: str = "localdns"
-    capabilities: Capabilities = Capabilities(
-        client_groups=True, weights=True, max_weight=MAX_WEIGHT, in_process=True
-    )
-    tuning: Tuning = LOCAL
+    The table is one reference, replaced whole: a query is answered from the table it started with.
+    """
 
     def __init__(
         self,
-        policy: Policy,
+        table: FastTable,
         *,
-        idle_timeout: float = 10.0,
-        query_timeout: float = 2.0,
-        max_connections: int = 128,
+        idle_timeout: float,
+        query_timeout: float,
+        max_connections: int,
         rng: random.Random | None = None,
     ) -> None:
-        """`idle_timeout`: a TCP connection waiting that long for its next query is closed; `query_timeout`:
-        so is one taking longer to send a query (slow drip) or to take its reply; `max_connections`: open TCP
-        connections at most, the one idle longest is closed to admit another (descriptors are finite and
-        shared with the probes and the admin API)."""
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
-        self._settings = _settings(policy)
-        self._policy = policy
+        self.table = table
+        self.stats: Counter[StatKey] = Counter()
+        self.dropped: Counter[str] = Counter()
         self._idle_timeout = idle_timeout
         self._query_timeout = query_timeout
         self._max_connections = max_connections
         self._rng = rng or random.Random()
-        self._records: dict[RecordKey, Record] = {}
-        self._serial = 1
-        self._table = FastTable.build(AnswerTable.build(policy, (), self._serial))
-        self._stats: Counter[StatKey] = Counter()
-        self._dropped: Counter[str] = Counter()
         self._failure_log = _Throttle(LOG_INTERVAL)
         self._eviction_log = _Throttle(LOG_INTERVAL)
-        self._udp: asyncio.DatagramTransport | None = None
-        self._udp_protocol: _UdpProtocol | None = None
+        self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
         # TCP connections still served, the one that completed a query longest ago first. They are ended by
         # closing their writer, never by cancelling their task: 3.11's streams log a traceback for that.
         self._connections: OrderedDict[asyncio.Task[Any], asyncio.StreamWriter] = OrderedDict()
 
     @property
-    def stats(self) -> Counter[StatKey]:
-        """Queries answered so far by (name, client group, rcode); a copy, safe to keep."""
-        return Counter(self._stats)
-
-    @property
-    def dropped(self) -> Counter[str]:
-        """What was dropped unanswered, by reason; a copy.
-
-        Packets refused before parsing: "short" (no header), "response", "oversize" (over MAX_QUERY_SIZE),
-        "sections" (not one question, or records besides one OPT). TCP connections closed early: "slow"
-        (a query or its reply took over query_timeout), "evicted" (idle longest when the cap was reached).
-        """
-        return Counter(self._dropped)
-
-    @property
     def connections(self) -> int:
-        """TCP connections open now."""
         return sum(not writer.is_closing() for writer in self._connections.values())
 
-    @property
-    def table(self) -> AnswerTable:
-        return self._table.full
-
-    @property
-    def fast_table(self) -> FastTable:
-        return self._table
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The (host, port) this server listens on, UDP and TCP alike."""
-        return self._settings.listen, self._settings.port
-
-    # ------------------------------------------------------------------ provider
-
-    def render(self, plan: RoutingPlan) -> list[Record]:
-        return render_records(self._policy, plan)
-
-    async def current(self) -> list[Record]:
-        return sorted(self._records.values())
-
-    async def apply(self, changes: ChangeSet) -> None:
-        records = apply_changes(self.name, self._records, changes)
-        not_ip = sorted({c.after.target for c in changes.changes if c.after and _ip(c.after.target) is None})
-        if not_ip:
-            raise PermanentProviderError(f"{self.name}: can only answer with IP addresses, not {not_ip}")
-        self._commit(self._policy, records)
-
-    def update_policy(self, policy: Policy) -> None:
-        """Adopt a new zone, group mapping or TTLs at once; raises and keeps the old policy if it is unusable."""
-        settings = _settings(policy)
-        if self._udp is not None and (settings.listen, settings.port) != (
-            self._settings.listen,
-            self._settings.port,
-        ):
-            raise PermanentProviderError(f"{self.name}: a new listen address or port needs a restart")
-        self._commit(policy, self._records)
-        self._settings = settings
-
-    def _commit(self, policy: Policy, records: dict[RecordKey, Record]) -> None:
-        # Built before anything is assigned, and no await in between: a query sees the old state or the new.
-        table = FastTable.build(AnswerTable.build(policy, records.values(), self._serial + 1))
-        self._policy, self._records, self._table = policy, records, table
-        self._serial += 1
-
-    # ------------------------------------------------------------------ server
-
-    async def start(self) -> None:
-        if self._udp is not None:
-            raise RuntimeError(f"{self.name} is already serving")
-        listen, port = self._settings.listen, self._settings.port
-        loop = asyncio.get_running_loop()
-        try:
-            transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handle), local_addr=(listen, port)
-            )
-        except OSError as exc:
-            raise PermanentProviderError(f"{self.name}: cannot listen on udp {listen}:{port}: {exc}") from exc
-        try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, listen, port, reuse_address=True)
-        except OSError as exc:
-            transport.close()
-            await protocol.closed
-            raise PermanentProviderError(f"{self.name}: cannot listen on tcp {listen}:{port}: {exc}") from exc
-        self._udp, self._udp_protocol = transport, protocol
+    async def serve(self, udp: socket.socket, tcp: socket.socket) -> None:
+        """Answer on `udp` and `tcp` (a listening socket) from the running loop until close()."""
+        udp.setblocking(False)
+        asyncio.get_running_loop().add_reader(udp.fileno(), self._read_udp, udp)
+        self._udp = udp
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
 
     async def close(self) -> None:
-        if self._udp is not None and self._udp_protocol is not None:
+        if self._udp is not None:
+            asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
-            await self._udp_protocol.closed
-            self._udp = self._udp_protocol = None
+            self._udp = None
         if self._tcp is not None:
             self._tcp.close()
             for writer in self._connections.values():
@@ -451,14 +344,21 @@ class LocalDnsProvider:
             await self._tcp.wait_closed()
             self._tcp = None
 
-    async def __aenter__(self) -> LocalDnsProvider:
-        await self.start()
-        return self
+    def _read_udp(self, sock: socket.socket) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                # One byte more than any query may have: a bigger datagram is seen as oversize, never copied.
+                data, peer = sock.recvfrom(MAX_QUERY_SIZE + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error from a client gone away, queued on the socket: the next is independent
+            reply = self.handle(data, str(peer[0]))
+            if reply is not None:
+                with suppress(OSError):  # a full buffer or a client gone: over UDP it asks again
+                    sock.sendto(reply, peer)
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _handle(self, data: bytes, client_ip: str, *, connected: bool = False) -> bytes | None:
+    def handle(self, data: bytes, client_ip: str, *, connected: bool = False) -> bytes | None:
         """Wire in, wire out; every failure is contained here so one bad packet never stops the server.
 
         A packet refused unparsed is dropped silently over UDP, where a reply to a forged source would be
@@ -467,34 +367,34 @@ class LocalDnsProvider:
         """
         refused = _screen(data)
         if refused == "sections" and connected:
-            self._stats[(NONE, NONE, "FORMERR")] += 1
+            self.stats[(NONE, NONE, "FORMERR")] += 1
             return _header_reply(data, dns.rcode.FORMERR)
         if refused is not None:
-            self._dropped[refused] += 1
+            self.dropped[refused] += 1
             return None
-        table = self._table  # one table for the whole answer, whatever apply() does meanwhile
+        table = self.table  # one table for the whole answer, whatever replaces it meanwhile
         try:
             fast = resolve(data, client_ip, table, self._rng)
         except Exception:
             return self._servfail(data)
         if fast is not None:
-            self._stats[fast[1]] += 1
+            self.stats[fast[1]] += 1
             return fast[0]
         try:
             query = dns.message.from_wire(data)
         except Exception:
-            self._stats[(NONE, NONE, "FORMERR")] += 1
+            self.stats[(NONE, NONE, "FORMERR")] += 1
             return _header_reply(data, dns.rcode.FORMERR)
         try:
             response, key = _resolve(query, client_ip, table.full, self._rng)
             wire = response.to_wire()
         except Exception:
             return self._servfail(data)
-        self._stats[key] += 1
+        self.stats[key] += 1
         return wire
 
     def _servfail(self, data: bytes) -> bytes | None:
-        self._stats[(NONE, NONE, "SERVFAIL")] += 1
+        self.stats[(NONE, NONE, "SERVFAIL")] += 1
         self._log_failure("answering a query")
         return _header_reply(data, dns.rcode.SERVFAIL)
 
@@ -502,19 +402,18 @@ class LocalDnsProvider:
         """Logs the exception being handled, with its traceback, at most once per LOG_INTERVAL."""
         held = self._failure_log.due()
         if held is not None:
-            log.exception("%s: %s failed (%d more since the last report, not logged)", self.name, what, held)
+            log.exception("localdns: %s failed (%d more since the last report, not logged)", what, held)
 
     def _admit(self, task: asyncio.Task[Any], writer: asyncio.StreamWriter) -> None:
         """Makes room for a new TCP connection by closing the one idle longest (RFC 7766 6.2.3)."""
         if self.connections >= self._max_connections:
             oldest = next(w for w in self._connections.values() if not w.is_closing())
             oldest.close()  # its task reads the end of the stream and leaves
-            self._dropped["evicted"] += 1
+            self.dropped["evicted"] += 1
             held = self._eviction_log.due()
             if held is not None:
                 log.warning(
-                    "%s: %d TCP connections open, closing the ones idle longest (%d more since the last report)",
-                    self.name,
+                    "localdns: %d TCP connections open, closing the ones idle longest (%d more since the last report)",
                     self._max_connections,
                     held,
                 )
@@ -549,16 +448,219 @@ class LocalDnsProvider:
         except TimeoutError:
             return False  # idle: the usual end of a connection
         if size > MAX_QUERY_SIZE:
-            self._dropped["oversize"] += 1  # not even read: a client sending that is no DNS client
+            self.dropped["oversize"] += 1  # not even read: a client sending that is no DNS client
             return False
         try:
             async with asyncio.timeout(self._query_timeout):
-                reply = self._handle(await reader.readexactly(size), client_ip, connected=True)
+                reply = self.handle(await reader.readexactly(size), client_ip, connected=True)
                 if reply is None:
                     return False
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
         except TimeoutError:
-            self._dropped["slow"] += 1
+            self.dropped["slow"] += 1
             return False
         return True
+
+
+def bind(listen: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """The UDP socket and the listening TCP socket of (listen, port); PermanentProviderError if taken."""
+    bound: list[socket.socket] = []
+    try:
+        for kind, name in ((socket.SOCK_DGRAM, "udp"), (socket.SOCK_STREAM, "tcp")):
+            try:
+                family, _, proto, _, address = socket.getaddrinfo(listen, port, type=kind)[0]
+                sock = socket.socket(family, kind, proto)
+                bound.append(sock)
+                if kind == socket.SOCK_STREAM:
+                    # A restart binds again at once, whatever connections of the last run wait in TIME_WAIT.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(socket.SOMAXCONN)
+            except OSError as exc:
+                raise PermanentProviderError(
+                    f"localdns: cannot listen on {name} {listen}:{port}: {exc}"
+                ) from exc
+    except PermanentProviderError:
+        for sock in bound:
+            sock.close()
+        raise
+    udp, tcp = bound
+    return udp, tcp
+
+
+class LocalDnsProvider:
+    """A provider whose world is its own authoritative DNS server on UDP and TCP.
+
+    With `workers` = 0 the server answers on the provider's own event loop; with more, each worker process
+    answers on the sockets the provider bound (the kernel spreads queries among them), fed every new table
+    and restarted when it dies, so a query flood never delays a probe and a probe stall never delays an answer.
+    """
+
+    name: str = "localdns"
+    capabilities: Capabilities = Capabilities(
+        client_groups=True, weights=True, max_weight=MAX_WEIGHT, in_process=True
+    )
+    tuning: Tuning = LOCAL
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        idle_timeout: float = 10.0,
+        query_timeout: float = 2.0,
+        max_connections: int = 128,
+        rng: random.Random | None = None,
+        workers: int = 0,
+    ) -> None:
+        """`idle_timeout`: a TCP connection waiting that long for its next query is closed; `query_timeout`:
+        so is one taking longer to send a query (slow drip) or to take its reply; `max_connections`: open TCP
+        connections at most (per worker), the one idle longest is closed to admit another (descriptors are
+        finite and shared with the probes and the admin API); `rng` only serves in process."""
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        if workers < 0:
+            raise ValueError(f"workers must be 0 or more, not {workers}")
+        self._settings = _settings(policy)
+        self._policy = policy
+        self._records: dict[RecordKey, Record] = {}
+        self._serial = 1
+        self._workers = workers
+        self._worker_settings = {
+            "idle_timeout": idle_timeout,
+            "query_timeout": query_timeout,
+            "max_connections": max_connections,
+        }
+        self._responder = Responder(
+            FastTable.build(AnswerTable.build(policy, (), self._serial)),
+            idle_timeout=idle_timeout,
+            query_timeout=query_timeout,
+            max_connections=max_connections,
+            rng=rng,
+        )
+        self._pool: WorkerPool | None = None
+        self._serving = False
+
+    @property
+    def stats(self) -> Counter[StatKey]:
+        """Queries answered so far by (name, client group, rcode); a copy, safe to keep.
+
+        From workers, as they last reported (every REPORT_INTERVAL); a worker that died loses what it
+        answered since its last report.
+        """
+        if self._pool is not None:
+            return self._pool.stats
+        return Counter(self._responder.stats)
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """What was dropped unanswered, by reason; a copy.
+
+        Packets refused before parsing: "short" (no header), "response", "oversize" (over MAX_QUERY_SIZE),
+        "sections" (not one question, or records besides one OPT). TCP connections closed early: "slow"
+        (a query or its reply took over query_timeout), "evicted" (idle longest when the cap was reached).
+        """
+        if self._pool is not None:
+            return self._pool.dropped
+        return Counter(self._responder.dropped)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections open now."""
+        if self._pool is not None:
+            return self._pool.connections
+        return self._responder.connections
+
+    @property
+    def restarts(self) -> int:
+        """Worker processes restarted after they died."""
+        return self._pool.restarts if self._pool is not None else 0
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self._pool.pids if self._pool is not None else []
+
+    @property
+    def table(self) -> AnswerTable:
+        return self._responder.table.full
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) this server listens on, UDP and TCP alike."""
+        return self._settings.listen, self._settings.port
+
+    # ------------------------------------------------------------------ provider
+
+    def render(self, plan: RoutingPlan) -> list[Record]:
+        return render_records(self._policy, plan)
+
+    async def current(self) -> list[Record]:
+        return sorted(self._records.values())
+
+    async def apply(self, changes: ChangeSet) -> None:
+        records = apply_changes(self.name, self._records, changes)
+        not_ip = sorted({c.after.target for c in changes.changes if c.after and _ip(c.after.target) is None})
+        if not_ip:
+            raise PermanentProviderError(f"{self.name}: can only answer with IP addresses, not {not_ip}")
+        self._commit(self._policy, records)
+        if self._pool is not None:
+            await self._pool.settle()
+
+    def update_policy(self, policy: Policy) -> None:
+        """Adopt a new zone, group mapping or TTLs at once; raises and keeps the old policy if it is unusable."""
+        settings = _settings(policy)
+        if self._serving and (settings.listen, settings.port) != (
+            self._settings.listen,
+            self._settings.port,
+        ):
+            raise PermanentProviderError(f"{self.name}: a new listen address or port needs a restart")
+        self._commit(policy, self._records)
+        self._settings = settings
+
+    def _commit(self, policy: Policy, records: dict[RecordKey, Record]) -> None:
+        # Built whole before it replaces the table, and no await in between: a query sees the old or the new.
+        table = FastTable.build(AnswerTable.build(policy, records.values(), self._serial + 1))
+        self._policy, self._records, self._responder.table = policy, records, table
+        self._serial += 1
+        if self._pool is not None:
+            self._pool.publish(table)
+
+    # ------------------------------------------------------------------ server
+
+    async def start(self) -> None:
+        if self._serving:
+            raise RuntimeError(f"{self.name} is already serving")
+        udp, tcp = bind(self._settings.listen, self._settings.port)
+        try:
+            if self._workers:
+                self._pool = WorkerPool(
+                    udp, tcp, self._workers, lambda: self._responder.table, self._worker_settings
+                )
+                await self._pool.start()
+            else:
+                await self._responder.serve(udp, tcp)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            self._pool = None
+            raise
+        self._serving = True
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        await self._responder.close()
+        self._serving = False
+
+    async def __aenter__(self) -> LocalDnsProvider:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _handle(self, data: bytes, client_ip: str) -> bytes | None:
+        """One UDP query answered in process, for benchmarks."""
+        return self._responder.handle(data, client_ip)

@@ -28,10 +28,10 @@ EU_CLIENT = "127.0.1.5"  # inside the demo's eu group (127.0.1.0/24); binds fine
 EU = {DEMO_ADDRESS["eu-west"], DEMO_ADDRESS["eu-central"]}
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[LocalDnsProvider]:
+@pytest.fixture(params=[0, 2], ids=["in-process", "workers"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[LocalDnsProvider]:
     policy = demo_policy(localdns={"port": free_port()})
-    provider = LocalDnsProvider(policy, idle_timeout=1.0, rng=random.Random(1))
+    provider = LocalDnsProvider(policy, idle_timeout=1.0, rng=random.Random(1), workers=request.param)
     async with provider:
         await converge(provider, PLAN)
         yield provider
@@ -64,7 +64,8 @@ async def test_answers_follow_the_weights(server: LocalDnsProvider) -> None:
     assert DEMO_ADDRESS["eu-central"] not in counts  # weight 0
     for region, weight in (("us-east", 50), ("us-west", 30), ("eu-west", 20)):
         assert abs(counts[DEMO_ADDRESS[region]] / 2000 - weight / 100) < 0.06, counts
-    assert server.stats[("chat.llm.internal", "global", "NOERROR")] == 2000
+    # Workers report their counts a moment later.
+    await until(lambda: server.stats[("chat.llm.internal", "global", "NOERROR")] == 2000, what="the counts")
 
 
 async def test_an_eu_client_only_ever_gets_eu_addresses(server: LocalDnsProvider) -> None:
@@ -130,7 +131,7 @@ async def test_apply_changes_answers_at_once(server: LocalDnsProvider) -> None:
     fail_closed = await udp(port(server))
     assert fail_closed.rcode() == dns.rcode.NOERROR and not fail_closed.answer
     assert address(await udp(port(server), source=EU_CLIENT)) == DEMO_ADDRESS["eu-central"]
-    assert server.stats[("chat.llm.internal", "global", "NODATA")] == 1
+    await until(lambda: server.stats[("chat.llm.internal", "global", "NODATA")] == 1, what="the count")
 
 
 async def test_hot_reload_remaps_client_groups(server: LocalDnsProvider) -> None:
@@ -168,7 +169,7 @@ async def test_malformed_packets_get_formerr_or_nothing(server: LocalDnsProvider
     (framed,) = await tcp_exchange(port(server), [b"\xab\xcd\x01\x00" + b"\xff" * 20])
     assert framed[:2] == b"\xab\xcd" and framed[3] & 0xF == dns.rcode.FORMERR
     assert address(await udp(port(server))) in DEMO_ADDRESS.values()
-    assert server.stats[("-", "-", "FORMERR")] == 2
+    await until(lambda: server.stats[("-", "-", "FORMERR")] == 2, what="both counted")
 
 
 async def test_idle_tcp_connections_are_closed(server: LocalDnsProvider) -> None:
