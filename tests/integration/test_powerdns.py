@@ -204,6 +204,37 @@ async def test_each_group_is_answered_from_its_regions_by_weight(powerdns: Power
     assert set(outside_by_ecs) <= {REGIONS["us-east"][0], REGIONS["us-west"][0]}, outside_by_ecs
 
 
+async def test_the_most_specific_source_wins_and_no_match_is_the_default_group(
+    powerdns: PowerDns, zone: str
+) -> None:
+    groups = [
+        {"name": "eu", "sources": ["127.0.0.0/16"], "allowed_jurisdictions": ["EU"]},
+        {"name": "lab", "sources": ["::ffff:127.0.1.0/120"], "allowed_jurisdictions": ["US"]},
+        {"name": "global", "allowed_jurisdictions": ["US", "EU"]},
+    ]
+    weights = {"eu": {"eu-west": 100}, "lab": {"us-west": 100}, "global": {"us-east": 100}}
+    name = f"chat.{zone}"
+    async with provider_for(pdns_policy(powerdns, zone, client_groups=groups)) as provider:
+        await converge(provider, weights)
+        answers = {
+            how: addresses(await ask(powerdns, name, source=source, ecs=ecs))
+            for how, source, ecs in (
+                ("eu", "127.0.0.1", None),
+                ("lab", "127.0.1.9", None),  # inside both networks: the longer prefix decides
+                ("global", "127.1.0.1", None),
+                ("lab by ECS", "127.1.0.1", "127.0.1.0/24"),
+                ("global by ECS", "127.0.1.9", "192.0.2.0/24"),
+            )
+        }
+    assert answers == {
+        "eu": ["127.0.0.43"],
+        "lab": ["127.0.0.42"],
+        "global": ["127.0.0.41"],
+        "lab by ECS": ["127.0.0.42"],
+        "global by ECS": ["127.0.0.41"],
+    }
+
+
 async def test_a_failover_is_answered_at_once_though_the_server_caches(powerdns: PowerDns, zone: str) -> None:
     policy = pdns_policy(powerdns, zone)
     name = f"chat.{zone}"
