@@ -47,21 +47,41 @@ class Sample:
 
 
 class History:
-    """One sample a second, at most HISTORY_SECONDS of them: a bounded ring, so memory does not grow."""
+    """What the weights and health were over the last `keep` seconds, looked at once every `every` seconds.
+
+    Only changes are kept (a sample equal to the one before is dropped): a steady plane over thousands of
+    groups costs one sample, not 900. Bounded both ways: at most `keep / every` samples, none older than the
+    window needs (the latest one before it stays, as the state the window starts in).
+    """
 
     def __init__(self, every: float = SAMPLE_EVERY, keep: float = HISTORY_SECONDS) -> None:
         self.every = every
+        self.keep = keep
         self.samples: deque[Sample] = deque(maxlen=int(keep / every))
+        self._looked = float("-inf")  # when the last sample was taken, kept or not
 
     def add(self, sample: Sample) -> None:
-        if self.samples and sample.at - self.samples[-1].at < self.every:
+        if sample.at - self._looked < self.every:
+            return
+        self._looked = sample.at
+        last = self.samples[-1] if self.samples else None
+        if last is not None and (last.health, last.weights) == (sample.health, sample.weights):
             return
         self.samples.append(sample)
+        while len(self.samples) > 1 and self.samples[1].at <= sample.at - self.keep:
+            self.samples.popleft()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, now: float) -> dict[str, Any]:
+        start = now - self.keep
+        samples = list(self.samples)
+        # The latest sample at or before the window's start is the state it starts in; older ones are out.
+        first = max((i for i, s in enumerate(samples) if s.at <= start), default=0)
         return {
             "every": self.every,
-            "samples": [{"at": s.at, "health": s.health, "weights": s.weights} for s in self.samples],
+            "start": max(start, samples[0].at) if samples else now,
+            "samples": [
+                {"at": max(s.at, start), "health": s.health, "weights": s.weights} for s in samples[first:]
+            ],
         }
 
 
@@ -147,7 +167,8 @@ def read_tail(path: Path, entries: int = AUDIT_ENTRIES, cap: int = AUDIT_TAIL_BY
 
 
 def page_data(status: dict[str, Any], history: History, audit: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    return {**status, "now": time.time(), "history": history.to_json(), "audit": list(audit)}
+    now = time.time()
+    return {**status, "now": now, "history": history.to_json(now), "audit": list(audit)}
 
 
 HISTORY_KEY: web.AppKey[History] = web.AppKey("statuspage_history", History)
@@ -187,7 +208,7 @@ def install(app: web.Application, daemon: Daemon, status: Status) -> None:
     async def data(request: web.Request) -> web.Response:
         current = record()
         audit = await asyncio.to_thread(read_tail, daemon.audit.path)
-        # The history is up to 900 samples: encoded off the event loop (status() built fresh dicts to encode).
+        # Up to 900 samples of every group's weights: encoded off the event loop (status() built fresh dicts).
         body = await asyncio.to_thread(_encode, page_data(current, history, audit))
         return web.Response(text=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 

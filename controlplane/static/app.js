@@ -117,13 +117,15 @@ function renderGroups(data) {
 function renderTimeline(data) {
   const samples = data.history.samples;
   const box = document.getElementById("timeline");
-  if (samples.length < 2) {
+  if (samples.length === 0) {
     box.replaceChildren(el("p", { class: "muted", text: "Collecting samples…" }));
     return;
   }
-  // The axis spans what was sampled, up to 15 minutes: a plane started a minute ago still reads clearly.
-  const end = data.now;
-  const start = Math.max(end - 15 * 60, samples[0].at);
+  // Samples are changes: each holds until the next one (or now). The axis spans what was sampled, up to
+  // 15 minutes, so a plane started a minute ago still reads clearly.
+  const end = Math.max(data.now, samples[samples.length - 1].at + 1);
+  const start = Math.min(data.history.start, end - 1);
+  const next = (i) => (i + 1 < samples.length ? samples[i + 1].at : end);
   const width = 900, left = 90, right = 10, plotW = width - left - right;
   const x = (t) => left + plotW * Math.max(0, (t - start)) / (end - start);
   const changes = [];
@@ -146,8 +148,12 @@ function renderTimeline(data) {
     const y = (w) => top + weightH - weightH * w / max;
     chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: y(0), y2: y(0) }));
     for (const region of regions) {
-      const points = samples.filter((s) => s.weights[key] && region in s.weights[key])
-        .map((s) => `${x(s.at).toFixed(1)},${y(s.weights[key][region]).toFixed(1)}`);
+      const points = [];
+      samples.forEach((s, i) => {
+        if (!s.weights[key] || !(region in s.weights[key])) return;
+        const level = y(s.weights[key][region]).toFixed(1);
+        points.push(`${x(s.at).toFixed(1)},${level}`, `${x(next(i)).toFixed(1)},${level}`);
+      });
       if (points.length) {
         chart.append(svg("polyline", { class: "line " + seriesClass(region), points: points.join(" ") }));
       }

@@ -118,11 +118,25 @@ async def test_overrides_show_with_their_reason_as_given_and_the_data_needs_no_t
     assert (await plane.request("POST", "/ui/data", headers=headers))[0] == 405
 
 
-def test_history_is_a_bounded_ring_of_one_sample_a_second() -> None:
-    history = History(every=1.0, keep=3.0)
-    for at in (0.0, 0.5, 1.0, 2.0, 2.9, 3.0, 4.0):
-        history.add(Sample(at, {"r": "healthy"}, {}))
-    assert [s.at for s in history.samples] == [2.0, 3.0, 4.0]
+def test_history_keeps_changes_looked_at_once_a_second_within_its_window() -> None:
+    history = History(every=1.0, keep=10.0)
+
+    def at(t: float, state: str) -> None:
+        history.add(Sample(t, {"r": state}, {"chat/global": {"r": 0 if state == "down" else 100}}))
+
+    for t, state in ((0.0, "up"), (0.5, "down"), (1.0, "up"), (2.0, "down"), (3.0, "down"), (4.0, "up")):
+        at(t, state)
+    # 0.5 came too soon after 0, 1.0 and 3.0 changed nothing.
+    assert [(s.at, s.health["r"]) for s in history.samples] == [(0.0, "up"), (2.0, "down"), (4.0, "up")]
+    window = history.to_json(now=13.0)
+    # The window starts at 3.0: the sample of 2.0 is the state then, shown from the window's start.
+    assert window["start"] == 3.0
+    assert [(s["at"], s["health"]["r"]) for s in window["samples"]] == [(3.0, "down"), (4.0, "up")]
+    at(20.0, "down")  # 4.0's successor is 20.0; 4.0 itself is kept as the state at 20.0 - 10.0
+    assert [s.at for s in history.samples] == [4.0, 20.0]
+    for t in range(21, 60):
+        at(float(t), "up" if t % 2 else "down")
+    assert len(history.samples) == 10  # at most keep / every, however much flaps
 
 
 def test_the_audit_tail_reads_a_capped_end_of_the_log(tmp_path: Path) -> None:
