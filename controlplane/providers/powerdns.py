@@ -154,13 +154,7 @@ def render_powerdns(policy: Policy, plan: RoutingPlan, zone: str) -> list[Record
     """The records PowerDNS should hold for `plan`: every (service below `zone`, group, allowed region),
     weight 0 included, as the embedded server holds them."""
     names = {dns_name(s.dns_name) for s in policy.services if _below(s.dns_name, zone)}
-    records = [r for r in render_records(policy, plan) if r.name in names]
-    problems = [
-        f"{r.name}: weight {r.weight} outside 0..{MAX_WEIGHT}" for r in records if r.weight > MAX_WEIGHT
-    ]
-    if problems:
-        raise PermanentProviderError("; ".join(problems))
-    return records
+    return [r for r in render_records(policy, plan) if r.name in names]
 
 
 def build_rrsets(policy: Policy, records: Iterable[Record], owner: str) -> dict[str, dict[Key, JsonObject]]:
