@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from chaos.emulators import moto_server
 from chaos.etcdproc import EtcdCluster, etcd_cluster
@@ -42,6 +43,7 @@ from tests.e2e.test_replicas import (
     LEAD_WITHIN,
     TTL,
     Plane,
+    Weights,
     new_plan,
     planned,
     replica_plane,
@@ -101,6 +103,16 @@ async def leader_loss(plane: Plane, args: argparse.Namespace) -> None:
     print("    " + figures("leads (its /status, polled)  ", leading))
 
 
+async def explain(plane: Plane, record: dict[str, Any], weights: Weights | None, at: float) -> None:
+    """A plan change during (b), with who saw which region down: why it happened."""
+    block = await plane.stack.coordination(record["leader"])
+    regions = block["quorum"]["regions"] if block else {}
+    seen = {r: q["down"] for r, q in regions.items() if q["down"]}
+    print(
+        f"  {at:6.1f} s: plan of {record['leader']} (epoch {record['epoch']}): {weights}; seen down by: {seen}"
+    )
+
+
 async def false_failovers(plane: Plane, args: argparse.Namespace) -> None:
     stack = plane.stack
     cut = await stack.wait_leader(within=LEAD_WITHIN)
@@ -118,6 +130,8 @@ async def false_failovers(plane: Plane, args: argparse.Namespace) -> None:
             now_plan = planned(record) if record else None
             zone_changes += now_zone != zone
             plan_changes += now_plan != plan
+            if now_plan != plan and record is not None:
+                await explain(plane, record, now_plan, args.minutes * 60 - (end - time.monotonic()))
             if record is not None and record["epoch"] not in epochs:
                 epochs.add(record["epoch"])
                 leaders += 1
