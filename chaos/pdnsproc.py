@@ -109,9 +109,19 @@ class PowerDns:
             return
         if self.process.poll() is None:
             with suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGCONT)
                 self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         self.process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: its sockets stay open and nothing answers, as a hung host."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     @property
     def running(self) -> bool:

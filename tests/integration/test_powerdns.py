@@ -86,8 +86,8 @@ def zone(powerdns: PowerDns, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def provider_for(policy: Policy) -> AsyncIterator[PowerDnsProvider]:
-    provider = PowerDnsProvider(policy, policy.providers.powerdns_list[0])
+async def provider_for(policy: Policy, request_timeout: float = 5.0) -> AsyncIterator[PowerDnsProvider]:
+    provider = PowerDnsProvider(policy, policy.providers.powerdns_list[0], request_timeout=request_timeout)
     try:
         await provider.start()
         yield provider
@@ -369,14 +369,20 @@ async def test_a_missing_zone_is_permanent_with_powerdns_s_reason(powerdns: Powe
             pass
 
 
-async def test_a_server_that_is_down_is_transient_and_recovered_from(
+async def test_a_server_that_is_down_or_hung_is_transient_and_recovered_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for server in running_powerdns(tmp_path / "pdns"):
         monkeypatch.setenv(KEY_ENV, server.api_key)
         server.create_zone("llm.test")
-        async with provider_for(pdns_policy(server, "llm.test")) as provider:
+        async with provider_for(pdns_policy(server, "llm.test"), request_timeout=0.5) as provider:
             await converge(provider, ACTIVE)
+            server.freeze()
+            try:
+                with pytest.raises(TransientProviderError, match=re.escape("timed out after 0.5s")):
+                    await provider.current()
+            finally:
+                server.thaw()
             server.stop()
             with pytest.raises(TransientProviderError):
                 await provider.current()
