@@ -4,12 +4,10 @@ owned through a TXT marker, in one managed zone, written by raw v1 API calls."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import google.auth
@@ -29,51 +27,36 @@ from controlplane.providers.base import (
     Tuning,
 )
 from controlplane.providers.records import MAX_WEIGHT, apply_changes, dns_name, render_records
+from controlplane.providers.rrsetapi import (
+    ADDRESS_TYPES,
+    HERITAGE,
+    MARKER_LABEL,
+    MARKER_TTL,
+    JsonObject,
+    Key,
+    ZoneState,
+    absolute,
+    marker_name,
+    marker_owner,
+    marker_text,
+    request_json,
+)
 
 log = logging.getLogger(__name__)
 
 API_ENDPOINT = "https://dns.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/ndev.clouddns.readwrite"
-HERITAGE = "heritage=llm-failover-plane"
-MARKER_LABEL = "_cp-owner"  # the marker's name is the same for every owner, so another owner's marker is seen
-MARKER_TTL = 300
 # The fence's lease record, one per owner below the zone's apex; no service's layout (`_cp-owner.<service>`,
 # `_cp-<owner>-<group>.<service>`) takes it for one of its names.
 LEASE_LABEL = "_cp-lease"
 GEO_WEIGHT = MAX_WEIGHT  # a geo item sends all of its location to its group: there is no split to show
-ADDRESS_TYPES = ("A", "AAAA")
 # Cloud DNS's per-change limits (https://cloud.google.com/dns/quotas): one reconcile is one atomic change,
 # so a change that needs more is refused rather than split into changes that could half-apply.
 MAX_RRSETS_PER_CHANGE = 1000
 PAGE_SIZE = 1000
-PARSE_OFF_LOOP = 64 * 1024  # response bytes above which JSON is parsed in a thread
-
-JsonObject = dict[str, Any]
-Key = tuple[str, str]  # (absolute name, type) of an rrset, as the API keys them
 
 
 # ---------------------------------------------------------------- names
-
-
-def absolute(name: str) -> str:
-    return dns_name(name) + "."
-
-
-def marker_name(service_name: str) -> str:
-    return f"{MARKER_LABEL}.{dns_name(service_name)}"
-
-
-def marker_rrdata(owner: str) -> str:
-    return f'"{HERITAGE},owner={owner}"'
-
-
-def marker_owner(rrdatas: Iterable[str]) -> str | None:
-    """The owner a marker's TXT data names, or None when it is no marker of this plane's."""
-    for data in rrdatas:
-        fields = dict(part.partition("=")[::2] for part in data.strip('"').split(","))
-        if f"heritage={fields.get('heritage')}" == HERITAGE and fields.get("owner"):
-            return fields["owner"]
-    return None
 
 
 def lease_name(owner: str, zone_name: str) -> str:
@@ -196,16 +179,6 @@ def render_cloud(policy: Policy, owner: str, plan: RoutingPlan, zone: str | None
 # ---------------------------------------------------------------- records <-> rrsets (pure)
 
 
-@dataclass(frozen=True, slots=True)
-class ZoneState:
-    """A zone as last read or written: every rrset (to see foreign ones), and what this owner holds."""
-
-    rrsets: Mapping[Key, JsonObject]
-    owned: Mapping[str, Mapping[Key, JsonObject]]  # service name -> its owned rrsets, marker included
-    foreign_markers: Mapping[str, str]  # service name -> the other owner its marker names ("": a foreign TXT)
-    records: tuple[Record, ...]
-
-
 def _service_of(name: str, owner: str) -> str | None:
     """The service a name of this owner's layout belongs to (the name itself or its parent)."""
     first, _, rest = name.partition(".")
@@ -324,7 +297,7 @@ def build_rrsets(records: Iterable[Record], owner: str) -> dict[str, dict[Key, J
             "name": name,
             "type": "TXT",
             "ttl": MARKER_TTL,
-            "rrdatas": [marker_rrdata(owner)],
+            "rrdatas": [marker_text(owner)],
         }
     return dict(out)
 
@@ -596,20 +569,16 @@ class CloudDnsProvider:
             raise PermanentProviderError(f"{self.name}: not started")
         headers = {"Authorization": f"Bearer {await self._token()}"}
         what = f"{self.name}: {method} {path or '/'}"
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                async with self._session.request(
-                    method, self._base + path, params=params, json=body, headers=headers
-                ) as response:
-                    status, raw = response.status, await response.read()
-        except TimeoutError:
-            raise TransientProviderError(f"{what}: timed out after {self._request_timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise TransientProviderError(f"{what}: {type(exc).__name__}: {exc}") from None
-        try:
-            data = await asyncio.to_thread(json.loads, raw) if len(raw) > PARSE_OFF_LOOP else json.loads(raw)
-        except ValueError:
-            data = None
+        status, data, _ = await request_json(
+            self._session,
+            method,
+            self._base + path,
+            what=what,
+            within=self._request_timeout,
+            headers=headers,
+            params=params,
+            body=body,
+        )
         if status >= 400:
             raise _api_error(what, status, data)
         if not isinstance(data, dict):

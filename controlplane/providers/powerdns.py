@@ -4,15 +4,12 @@ authoritative server, written through its HTTP API."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import json
 import logging
 import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -29,47 +26,30 @@ from controlplane.providers.base import (
     Tuning,
 )
 from controlplane.providers.records import MAX_WEIGHT, apply_changes, dns_name, render_records
+from controlplane.providers.rrsetapi import (
+    ADDRESS_TYPES,
+    MARKER_LABEL,
+    MARKER_TTL,
+    JsonObject,
+    Key,
+    ZoneState,
+    absolute,
+    marker_name,
+    marker_owner,
+    marker_text,
+    request_json,
+)
 
 log = logging.getLogger(__name__)
 
-HERITAGE = "heritage=llm-failover-plane"
-MARKER_LABEL = "_cp-owner"  # the marker's name is the same for every owner, so another owner's marker is seen
-MARKER_TTL = 300
-ADDRESS_TYPES = ("A", "AAAA")
-MAX_BODY = 16 * 1024 * 1024  # a zone's rrsets; more is refused rather than held in memory
-PARSE_OFF_LOOP = 64 * 1024  # response bytes above which JSON is parsed in a thread
 # What may stand between the single quotes of the Lua this provider writes: names, addresses, networks.
 _SAFE = re.compile(r"^[A-Za-z0-9._:/-]+$")
 _ITEM = re.compile(r"\{(\d+),'([^']*)','([^']*)'\}")
 _GROUP = re.compile(r"\['([^']*)'\]=\{((?:\{\d+,'[^']*','[^']*'\},?)*)\}")
 _CONTENT = re.compile(r'^(A|AAAA) "(.*)"$', re.DOTALL)
 
-JsonObject = dict[str, Any]
-Key = tuple[str, str]  # (absolute name, type) of an rrset, as the API keys them
-
 
 # ---------------------------------------------------------------- names
-
-
-def absolute(name: str) -> str:
-    return dns_name(name) + "."
-
-
-def marker_name(service_name: str) -> str:
-    return f"{MARKER_LABEL}.{dns_name(service_name)}"
-
-
-def marker_content(owner: str) -> str:
-    return f'"{HERITAGE},owner={owner}"'
-
-
-def marker_owner(contents: Iterable[str]) -> str | None:
-    """The owner a marker's TXT data names, or None when it is no marker of this plane's."""
-    for data in contents:
-        fields = dict(part.partition("=")[::2] for part in data.strip('"').split(","))
-        if f"heritage={fields.get('heritage')}" == HERITAGE and fields.get("owner"):
-            return fields["owner"]
-    return None
 
 
 def _below(name: str, zone: str) -> bool:
@@ -169,7 +149,7 @@ def build_rrsets(policy: Policy, records: Iterable[Record], owner: str) -> dict[
         marker = absolute(marker_name(name))
         out[name] = {
             (absolute(name), "LUA"): _rrset(absolute(name), "LUA", ttl, contents),
-            (marker, "TXT"): _rrset(marker, "TXT", MARKER_TTL, [marker_content(owner)]),
+            (marker, "TXT"): _rrset(marker, "TXT", MARKER_TTL, [marker_text(owner)]),
         }
     return out
 
@@ -190,16 +170,6 @@ def _contents(rrset: Mapping[str, Any]) -> list[str]:
 def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether two rrsets serve alike (what the server adds, such as comments, aside)."""
     return int(a.get("ttl", 0)) == int(b.get("ttl", 0)) and _contents(a) == _contents(b)
-
-
-@dataclass(frozen=True, slots=True)
-class ZoneState:
-    """A zone as last read or written: every rrset (to see foreign ones), and what this owner holds."""
-
-    rrsets: Mapping[Key, JsonObject]
-    owned: Mapping[str, Mapping[Key, JsonObject]]  # service name -> its owned rrsets, marker included
-    foreign_markers: Mapping[str, str]  # service name -> the other owner its marker names ("": a foreign TXT)
-    records: tuple[Record, ...]
 
 
 def parse_zone(rrsets: Iterable[JsonObject], owner: str, policy: Policy) -> ZoneState:
@@ -398,37 +368,22 @@ class PowerDnsProvider:
         if self._session is None or self._key is None:
             raise PermanentProviderError(f"{self.name}: not started")
         what = f"{self.name}: {method} {path}"
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                async with self._session.request(
-                    method, self._base + path, params=params, json=body, headers={"X-API-Key": self._key}
-                ) as response:
-                    status, raw = response.status, await _read_capped(response.content, what)
-        except TimeoutError:
-            raise TransientProviderError(f"{what}: timed out after {self._request_timeout:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise TransientProviderError(f"{what}: {type(exc).__name__}: {exc}") from None
-        try:
-            data = await asyncio.to_thread(json.loads, raw) if len(raw) > PARSE_OFF_LOOP else json.loads(raw)
-        except ValueError:
-            data = None
+        status, data, raw = await request_json(
+            self._session,
+            method,
+            self._base + path,
+            what=what,
+            within=self._request_timeout,
+            headers={"X-API-Key": self._key},
+            params=params,
+            body=body,
+        )
         if status >= 400:
             error = data.get("error") if isinstance(data, dict) else None
             text = str(error) if error else raw[:300].decode("utf-8", "replace").strip()
             message = f"{what}: {status} {text[:300]}"
             raise TransientProviderError(message) if status >= 500 else PermanentProviderError(message)
         return data
-
-
-async def _read_capped(content: aiohttp.StreamReader, what: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PermanentProviderError(f"{what}: the answer is larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _list(value: object) -> list[JsonObject]:
