@@ -401,6 +401,9 @@ class Zone:
     url: str
     zone_id: str
     owner: str
+    # One client for every read: building a boto3 session costs tens of ms of CPU, and the regions the
+    # replicas probe often share this process, so a read per poll would slow their answers.
+    client: Any = field(repr=False, compare=False)
 
     @staticmethod
     def _client(url: str) -> Any:
@@ -412,19 +415,18 @@ class Zone:
 
     @classmethod
     async def create(cls, url: str, name: str, owner: str) -> Zone:
-        def create() -> str:
-            reply = cls._client(url).create_hosted_zone(
-                Name=name, CallerReference=f"replicas-{os.urandom(4).hex()}"
-            )
-            return str(reply["HostedZone"]["Id"])
+        def create() -> Zone:
+            client = cls._client(url)
+            reply = client.create_hosted_zone(Name=name, CallerReference=f"replicas-{os.urandom(4).hex()}")
+            return cls(url, str(reply["HostedZone"]["Id"]), owner, client)
 
-        return cls(url, await asyncio.to_thread(create), owner)
+        return await asyncio.to_thread(create)
 
     def _weights(self) -> dict[str, dict[str, int]]:
-        client = self._client(self.url)
         layout = Layout(self.owner, self.zone_id.removeprefix("/hostedzone/"))
         out: dict[str, dict[str, int]] = {}
-        for page in client.get_paginator("list_resource_record_sets").paginate(HostedZoneId=self.zone_id):
+        pages = self.client.get_paginator("list_resource_record_sets").paginate(HostedZoneId=self.zone_id)
+        for page in pages:
             for rrset in page["ResourceRecordSets"]:
                 record = layout.parse_member(rrset) if layout.owns(rrset) else None
                 if record is not None:
