@@ -129,8 +129,16 @@ class WorkerPool:
         return totals
 
     async def start(self) -> None:
-        for slot in range(len(self._workers)):
-            self._workers[slot] = await self._spawn()
+        try:
+            for slot in range(len(self._workers)):
+                self._workers[slot] = await self._spawn()
+        except BaseException:
+            for worker in self._workers:
+                if worker is not None:
+                    with suppress(ProcessLookupError):
+                        worker.process.kill()
+                    await worker.process.wait()
+            raise
         self._supervisors = [asyncio.create_task(self._supervise(slot)) for slot in range(len(self._workers))]
 
     async def close(self) -> None:
