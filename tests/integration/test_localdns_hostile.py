@@ -28,10 +28,15 @@ CAP = 16
 GLOBAL = {DEMO_ADDRESS[r] for r in ("us-east", "us-west", "eu-west")}  # PLAN's global regions, weight > 0
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[LocalDnsProvider]:
+@pytest.fixture(params=[0, 1], ids=["in-process", "worker"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[LocalDnsProvider]:
+    # One worker: the connection cap is per worker.
     provider = LocalDnsProvider(
-        demo_policy(localdns={"port": free_port()}), idle_timeout=30.0, query_timeout=0.5, max_connections=CAP
+        demo_policy(localdns={"port": free_port()}),
+        idle_timeout=30.0,
+        query_timeout=0.5,
+        max_connections=CAP,
+        workers=request.param,
     )
     async with provider:
         await converge(provider, PLAN)
@@ -118,13 +123,14 @@ async def test_packets_no_client_sends_are_dropped_unparsed_and_unanswered(serve
         assert first.id == legitimate.id and address(first) in GLOBAL
     finally:
         transport.close()
-    assert server.dropped == Counter({reason: len(packets) for reason, packets in refused.items()})
+    dropped = Counter({reason: len(packets) for reason, packets in refused.items()})
+    await until(lambda: server.dropped == dropped, what="the drops counted")  # workers report a moment later
     # Over TCP the handshake proves the source, so a query with the wrong sections is told FORMERR...
     (formerr,) = await tcp_exchange(server.address[1], [with_counts(wire, qd=2)])
     assert formerr[:2] == wire[:2] and formerr[3] & 0xF == dns.rcode.FORMERR
     # ...but one announcing more than MAX_QUERY_SIZE is not even read: the connection just ends.
     assert await until_hung_up(server.address[1], struct.pack("!H", 60_000)) == b""
-    assert server.dropped["oversize"] == 2
+    await until(lambda: server.dropped["oversize"] == 2, what="the drop counted")
 
 
 async def test_connections_beyond_the_cap_close_the_one_idle_longest(
@@ -146,14 +152,14 @@ async def test_connections_beyond_the_cap_close_the_one_idle_longest(
     finally:
         for _, writer in held:
             writer.close()
-    assert server.dropped["evicted"] == 101 - CAP
+    await until(lambda: server.dropped["evicted"] == 101 - CAP, what="the evictions counted")
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 1  # not one per connection
 
 
 async def test_a_query_dripped_slowly_is_cut_off(server: LocalDnsProvider) -> None:
     # Ten bytes of a 40-byte query, then nothing: the idle timeout is 30 s, so the query timeout ends it.
     assert await until_hung_up(server.address[1], struct.pack("!H", 40) + b"\0" * 10) == b""
-    assert server.dropped["slow"] == 1
+    await until(lambda: server.dropped["slow"] == 1, what="the cut counted")
 
 
 class FailingRandom(random.Random):
