@@ -88,15 +88,26 @@ class Plane:
         return set(await resolve(self.stack[name].dns_port, count=50, name=DNS_NAME))
 
     def applied(self, name: str, since: float = 0.0) -> list[str]:
-        """Each Route 53 change replica `name` applied (its audit log's "applied" entries) after `since`."""
+        """Each Route 53 change replica `name` applied after `since`: its audit log's "applied" entries, of
+        the providers that took them (a write refused, by a fence or an error, is audited there too)."""
         return [
             json.dumps(change, sort_keys=True)
             for entry in self.stack[name].audit()
             if entry["event"] == "applied" and entry["ts"] >= since
             for changes in entry.get("changes", [])
             if changes["provider"].startswith("route53")
+            and any(p["provider"] == changes["provider"] and p["applied"] for p in entry["providers"])
             for change in changes["changes"]
         ]
+
+
+async def audited(plane: Plane, name: str) -> bool:
+    """Replica `name`'s audit log holds its last apply: a pause now cannot fall between the write and the
+    audit line that records it (which would then be stamped after the pause)."""
+    block = await plane.stack.coordination(name)
+    last = block["applied_at"] if block else None
+    stamps = [e["ts"] for e in plane.stack[name].audit() if e["event"] == "applied"]
+    return last is None or (bool(stamps) and max(stamps) >= last)
 
 
 @asynccontextmanager
@@ -200,6 +211,7 @@ async def test_a_paused_leader_wakes_deposed_writes_nothing_and_the_zone_never_r
     async with replica_plane(etcd_cluster, moto, strict_route53, tmp_path) as plane:
         stack = plane.stack
         old = await stack.wait_leader(within=LEAD_WITHIN)
+        await until(lambda: audited(plane, old), within=CONVERGE, what=f"{old}'s audit of its last apply")
         async with watching(plane.zone) as watch:
             paused_at = time.time()
             stack.pause(old)
