@@ -261,12 +261,23 @@ class PlaneCollector(Collector):
             "controlplane_dns_dropped", "DNS queries refused before parsing", labels=["reason"]
         )
         connections = GaugeMetricFamily("controlplane_dns_tcp_connections", "Open TCP DNS connections")
+        answers = CounterMetricFamily(
+            "controlplane_dns_answers",
+            "DNS queries the embedded server answered, by name, client group and rcode",
+            labels=["name", "group", "rcode"],
+        )
+        worker_restarts = CounterMetricFamily(
+            "controlplane_dns_worker_restarts", "Embedded DNS worker processes restarted after they died"
+        )
         for provider in d.providers:
             if isinstance(provider, LocalDnsProvider):
                 for reason, n in sorted(provider.dropped.items()):
                     dropped.add_metric([reason], n)
+                for (name, group, rcode), n in sorted(provider.stats.items()):
+                    answers.add_metric([name, group, rcode], n)
                 connections.add_metric([], provider.connections)
-        yield from (dropped, connections)
+                worker_restarts.add_metric([], provider.restarts)
+        yield from (dropped, connections, answers, worker_restarts)
         yield from _weight_metrics(d)
         yield from _cost_metrics(d, view)
         yield from _coordination_metrics(d)

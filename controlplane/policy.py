@@ -480,6 +480,10 @@ class LocalDnsProvider(_Frozen):
     ecs: bool = Field(
         default=True, description="Honour the EDNS client subnet option to pick the client group"
     )
+    workers: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=2,
+        description="Processes answering queries, apart from the daemon's event loop (0: on the daemon's loop)",
+    )
 
 
 class HaproxyProvider(_Frozen):

@@ -19,7 +19,7 @@ def build_providers(policy: Policy, disabled: Collection[str] = ()) -> list[Mana
     settings = policy.providers
     providers: list[ManagedProvider] = []
     if settings.localdns is not None and settings.localdns.enabled and "localdns" not in disabled:
-        providers.append(LocalDnsProvider(policy))
+        providers.append(LocalDnsProvider(policy, workers=settings.localdns.workers))
     if settings.haproxy is not None and settings.haproxy.enabled and "haproxy" not in disabled:
         providers.append(HaproxyProvider(policy))
     if settings.memory and "memory" not in disabled:

@@ -610,11 +610,14 @@ class LocalDnsProvider:
     def update_policy(self, policy: Policy) -> None:
         """Adopt a new zone, group mapping or TTLs at once; raises and keeps the old policy if it is unusable."""
         settings = _settings(policy)
-        if self._serving and (settings.listen, settings.port) != (
+        if self._serving and (settings.listen, settings.port, settings.workers) != (
             self._settings.listen,
             self._settings.port,
+            self._settings.workers,
         ):
-            raise PermanentProviderError(f"{self.name}: a new listen address or port needs a restart")
+            raise PermanentProviderError(
+                f"{self.name}: a new listen address, port or worker count needs a restart"
+            )
         self._commit(policy, self._records)
         self._settings = settings
 
