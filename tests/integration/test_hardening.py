@@ -225,6 +225,15 @@ async def test_a_reload_to_a_busy_port_is_refused_and_dns_keeps_answering(
         assert set(await resolve(moved, count=20, name=DNS_NAME)) <= set(ADDRESS.values())
         metrics = await plane.metrics()
         assert metrics[("controlplane_dns_tcp_connections", frozenset())] == 0
+        assert metrics[("controlplane_dns_worker_restarts_total", frozenset())] == 0
+
+        # The new server's workers report what they answered, per name and client group.
+        answered = frozenset({("name", DNS_NAME), ("group", "global"), ("rcode", "NOERROR")})
+
+        async def counted() -> bool:
+            return (await plane.metrics()).get(("controlplane_dns_answers_total", answered), 0) >= 20
+
+        await until(counted, what="the 20 answers on /metrics")
 
 
 async def test_the_damping_base_is_what_the_provider_holds(
