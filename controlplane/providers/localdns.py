@@ -117,7 +117,7 @@ class AnswerTable:
             rdtype = dns.rdatatype.A if address.version == 4 else dns.rdatatype.AAAA
             rrset = dns.rrset.from_text(name, record.ttl, "IN", rdtype, str(address))
             weighted[(name, rdtype, record.group)].append((rrset, record.weight))
-        networks = [(_network(cidr), g.name) for g in policy.client_groups for cidr in g.sources]
+        networks = [(source_network(cidr), g.name) for g in policy.client_groups for cidr in g.sources]
         return cls(
             zone=zone,
             zone_label=dns_name(settings.zone),
@@ -146,7 +146,7 @@ class AnswerTable:
         return self.default_group
 
 
-def _network(cidr: str) -> IpNetwork:
+def source_network(cidr: str) -> IpNetwork:
     """The network of `cidr`, an IPv4-mapped IPv6 one (::ffff:10.0.0.0/104) as the IPv4 network it maps.
 
     group_for() sees IPv4 clients as IPv4 addresses, even those a dual-stack socket reports as mapped: a

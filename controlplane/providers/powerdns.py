@@ -4,7 +4,6 @@ authoritative server, written through its HTTP API."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from controlplane.providers.base import (
     TransientProviderError,
     Tuning,
 )
+from controlplane.providers.localdns import source_network
 from controlplane.providers.records import MAX_WEIGHT, apply_changes, dns_name, render_records
 from controlplane.providers.rrsetapi import (
     ADDRESS_TYPES,
@@ -57,19 +57,6 @@ def _below(name: str, zone: str) -> bool:
 
 
 # ---------------------------------------------------------------- plan -> Lua (pure)
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
-def source_network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A group's source network as PowerDNS should match it: an IPv4-mapped IPv6 one (::ffff:10.0.0.0/104)
-    as the IPv4 network it maps, since IPv4 clients reach the server as IPv4 (as the embedded server does)."""
-    network = ipaddress.ip_network(cidr, strict=False)
-    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
-        mapped = network.network_address.ipv4_mapped
-        assert mapped is not None  # every address in ::ffff:0:0/96 maps
-        return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED.prefixlen))
-    return network
 
 
 def _lua_string(text: str) -> str:
