@@ -31,6 +31,7 @@ from chaos.journal import DnsSample, HealthSample, PlanSample, RegionHealth
 from chaos.loadgen import GroupLoad, Target, policy_targets
 from chaos.loopback import require_loopback
 from chaos.target import Clients, DrillTarget, Look, TargetError
+from controlplane.drillresult import DrillResult
 from controlplane.policy import ClientGroup, Policy
 
 log = logging.getLogger(__name__)
@@ -269,6 +270,21 @@ class StagingTarget:
         if self._view is None:
             raise TargetError(f"the staging target at {self.remote.admin_api} is not started")
         return self._view
+
+    async def report(self, result: DrillResult) -> None:
+        """POST /drills, so the plane's status page shows how its last drill went (needs the token)."""
+        if self._token is None:
+            log.info("no admin token: %s is not told how the drill went", self.remote.admin_api)
+            return
+        view = PlaneView(self.policy, self.remote.admin_api, self._dns, self._token)
+        try:
+            status, body = await view.request("POST", "/drills", result.model_dump(mode="json"))
+            if status != 201:
+                log.warning("the plane refused the drill's result (%d): %s", status, body)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("could not tell %s how the drill went: %s", self.remote.admin_api, exc)
+        finally:
+            await view.close()
 
     async def start(self) -> None:
         self._view = view = PlaneView(self.policy, self.remote.admin_api, self._dns, self._token)

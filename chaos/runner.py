@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +42,8 @@ from chaos.journal import (
 )
 from chaos.loadgen import LoadGenerator, LoadSettings
 from chaos.report import DrillFigures, write_report
-from chaos.target import DrillTarget, Look
+from chaos.target import DrillTarget, Look, ReportsResults
+from controlplane.drillresult import MAX_EXPECTATIONS, DrillResult, ExpectationOutcome
 from controlplane.errors import ControlPlaneError, InvalidInput
 from controlplane.policy import load_policy
 
@@ -191,7 +193,23 @@ async def run_drill(
         await _Run(drill, target, journal, timing).run()
     finally:
         figures = await asyncio.to_thread(write_report, journal, report_dir)
+        if isinstance(target, ReportsResults):
+            await target.report(drill_result(figures, report_dir))
     return DrillOutcome(drill.name, steps, figures, report_dir)
+
+
+def drill_result(figures: DrillFigures, report_dir: Path) -> DrillResult:
+    """What the drilled plane is told: the verdict and each expectation's, and where the report is."""
+    return DrillResult(
+        drill=figures.drill,
+        passed=figures.passed,
+        finished_at=time.time(),
+        expectations=tuple(
+            ExpectationOutcome(name=e.name, passed=e.passed, message=e.message[:500])
+            for e in figures.expectations[:MAX_EXPECTATIONS]
+        ),
+        report=str(report_dir)[:500],
+    )
 
 
 class _Run:

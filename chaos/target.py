@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from chaos.drill import Fault, OverrideStep
 from chaos.journal import DnsSample, HealthSample, PlanSample
 from chaos.loadgen import GroupLoad, Target
+from controlplane.drillresult import DrillResult
 from controlplane.errors import ControlPlaneError
 from controlplane.policy import Policy
 
@@ -68,6 +69,14 @@ class DrillTarget(Protocol):
 
     def supports(self, fault: Fault) -> str | None:
         """Why this target cannot inject `fault`, or None when it can (checked before anything starts)."""
+
+
+@runtime_checkable
+class ReportsResults(Protocol):
+    """A target that is a plane running on (not one the runner started): it is told how the drill went."""
+
+    async def report(self, result: DrillResult) -> None:
+        """Tell the plane; a failure to is logged, never a failed drill."""
 
 
 class TargetError(ControlPlaneError):

@@ -15,8 +15,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from controlplane.coord.replica import Role
+from controlplane.drillresult import DrillResult
 from controlplane.errors import ControlPlaneError
 from controlplane.overrides import Override, OverrideAction
 from controlplane.plan import GroupMode
@@ -169,6 +171,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             }
             for name, s in daemon.reconciler.stats.items()
         },
+        "last_drill": daemon.last_drill.model_dump(mode="json") if daemon.last_drill else None,
         **({"coordination": daemon.coordinator.status()} if daemon.coordinator else {}),
     }
 
@@ -530,6 +533,19 @@ async def _add_override(request: web.Request) -> web.Response:
     return web.json_response(override.to_json(), status=201, headers={"X-Persisted": persisted})
 
 
+async def _report_drill(request: web.Request) -> web.Response:
+    """A drill runner telling the plane it drilled how the drill went (shown on /status and the page)."""
+    try:
+        result = DrillResult.model_validate_json(await request.read())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        return _error(400, problems)
+    await request.app[DAEMON_KEY].record_drill(result)
+    return web.json_response(result.model_dump(mode="json"), status=201)
+
+
 async def _sync(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     daemon.request_sync()
@@ -556,6 +572,7 @@ def create_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/overrides", _add_override)
     app.router.add_delete("/overrides/{region}", _delete_overrides)
     app.router.add_post("/sync", _sync)
+    app.router.add_post("/drills", _report_drill)
     install_status_page(app, daemon, status)
     return app
 

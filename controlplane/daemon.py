@@ -24,6 +24,7 @@ from controlplane.coord.replica import Coordinator, Role
 from controlplane.cost.live import LiveCost, live_cost
 from controlplane.cost.model import marginal_cost_per_mtok
 from controlplane.cost.prices import PriceBook, PriceSheetError, check_fleets, load_prices, shipped_sheets
+from controlplane.drillresult import DrillResult
 from controlplane.engine import decide
 from controlplane.errors import InvalidInput, Unavailable
 from controlplane.overrides import Override, active
@@ -219,6 +220,7 @@ class Daemon:
             self.weights_surveyed.set()
         self.last_sync: float | None = None
         self._sync_wanted = asyncio.Event()
+        self.last_drill: DrillResult | None = None  # the last drill a runner reported against this plane
 
     # ---------------------------------------------------------------- inputs
 
@@ -303,6 +305,10 @@ class Daemon:
             self.overrides = wanted
             await self.store.save(self.plan, self.overrides, self.artifacts)
             self._wake.set()
+
+    async def record_drill(self, result: DrillResult) -> None:
+        self.last_drill = result
+        await self.audit.write("drill_reported", **result.model_dump(mode="json"))
 
     # ---------------------------------------------------------------- the loop
 

@@ -244,6 +244,18 @@ function renderCoordination(data) {
     ])));
 }
 
+function renderDrill(data) {
+  const d = data.last_drill;
+  document.getElementById("drill-section").hidden = !d;
+  if (!d) return;
+  const facts = [["Drill", d.drill], ["Result", d.passed ? "passed" : "failed"], ["Finished", when(d.finished_at)],
+    ["Report", d.report || "–"]];
+  document.getElementById("drill").replaceChildren(...facts.flatMap(([k, v]) =>
+    [el("dt", { text: k }), el("dd", {}, k === "Result" ? [badge(v)] : [document.createTextNode(v)])]));
+  fill(document.getElementById("drill-expectations"), d.expectations.map((e) =>
+    el("li", {}, [badge(e.passed ? "passed" : "failed"), document.createTextNode(" " + e.name + (e.message ? ": " + e.message : ""))])));
+}
+
 function renderAudit(data) {
   fill(document.getElementById("audit"), (data.audit || []).map((entry) =>
     el("li", { "data-event": entry.event }, [
@@ -262,6 +274,7 @@ function render(data) {
   renderOverrides(data);
   renderSync(data);
   renderCoordination(data);
+  renderDrill(data);
   renderAudit(data);
 }
 

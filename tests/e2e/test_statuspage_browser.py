@@ -5,6 +5,7 @@ markup in a reason stays text, nothing logs an error, and it fits a phone. Saves
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from chaos.loopback import free_port, loopback_policy
 from controlplane.demo import DemoStack, demo_stack
+from controlplane.drillresult import DrillResult, ExpectationOutcome
 from controlplane.policy import load_policy
 from tests.conftest import require_binary, until
 
@@ -105,6 +107,21 @@ async def test_the_status_page_in_a_browser(demo: tuple[DemoStack, str]) -> None
                 timeout=WAIT_MS,
             )
             assert [o.region for o in stack.daemon.overrides] == [drained]
+
+            # A drill runner's report (POST /drills) shows as the last drill, each expectation with it.
+            await stack.daemon.record_drill(
+                DrillResult(
+                    drill="region-outage",
+                    passed=True,
+                    finished_at=time.time(),
+                    expectations=(
+                        ExpectationOutcome(name="leaves_dns", passed=True, message="left in 0.4 s"),
+                    ),
+                )
+            )
+            drill = page.locator("#drill-section:not([hidden]) #drill-expectations li")
+            await drill.wait_for(timeout=WAIT_MS)
+            assert await drill.text_content() == "passed leaves_dns: left in 0.4 s"
             await page.wait_for_timeout(3000)  # a few more points on the timeline for the screenshot
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT), full_page=True)

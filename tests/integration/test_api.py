@@ -316,3 +316,29 @@ async def test_concurrent_override_requests_are_all_kept(plane: Plane) -> None:
     assert sorted(o["reason"] for o in state_overrides(plane)) == reasons
     assert len(plane.events("override_added")) == len(bodies)
     await plane.settled({"eu": {"eu-west": 0, "eu-central": 100}})
+
+
+async def test_a_drill_runner_reports_the_last_drill_with_the_token(plane: Plane) -> None:
+    result = {
+        "drill": "region-outage",
+        "passed": False,
+        "finished_at": 1_800_000_000.0,
+        "expectations": [{"name": "leaves_dns", "passed": False, "message": "<b>never</b> left"}],
+        "report": "reports/region-outage",
+    }
+    status, _ = await plane.request("POST", "/drills", json=result)
+    assert status == 401
+    for bad, where in (
+        ({**result, "passed": "maybe"}, "passed"),
+        ({**result, "expectations": [{"name": "x", "passed": True}] * 51}, "expectations"),
+        ({**result, "extra": 1}, "extra"),
+        ({**result, "finished_at": float("nan")}, "finished_at"),
+    ):
+        status, body = await plane.request("POST", "/drills", headers=plane.auth(), data=json.dumps(bad))
+        assert status == 400 and where in body["error"], (bad, body)
+    assert (await plane.get("/status"))[1]["last_drill"] is None
+    status, _ = await plane.request("POST", "/drills", headers=plane.auth(), json=result)
+    assert status == 201
+    assert (await plane.get("/status"))[1]["last_drill"] == result
+    [event] = await until(lambda: plane.events("drill_reported"), what="the drill in the audit log")
+    assert event["drill"] == "region-outage" and event["passed"] is False

@@ -93,6 +93,14 @@ async def test_a_region_outage_drill_against_a_running_plane_passes_and_leaves_i
     assert plane.region("us-east").fault.mode is FaultMode.OK
     log = await asyncio.to_thread((tmp_path / "journal.json").read_text, encoding="utf-8")
     assert plane.token not in log
+    # The plane was told how its drill went: its status (and status page) shows it.
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+        session.get(f"{plane.api}/status") as reply,
+    ):
+        last = (await reply.json())["last_drill"]
+    assert last["drill"] == drill.name and last["passed"] is True and last["report"] == str(tmp_path)
+    assert {e["name"] for e in last["expectations"]} == {e.name for e in outcome.figures.expectations}
 
 
 @pytest.mark.parametrize(
