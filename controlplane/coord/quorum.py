@@ -98,15 +98,35 @@ def _region(region: str, live: Sequence[Vote], needed: int, mine: State | None) 
     else:
         state = State.UNKNOWN
         note = f"no majority ({count})" + (f"; seen down from {_names(down)}" if down else "")
+    if unknown and state is not State.UNKNOWN:
+        # A blind replica votes no verdict (see replica.vote_for): which one is worth saying.
+        silent = f"no verdict from {_names(unknown)}"
+        note = f"{note}; {silent}" if note else silent
     if max(len(down), len(up), len(unknown)) == len(live):
         note = ""  # unanimous: the replica's own reasons say it all
     return RegionQuorum(region, state, down, up, unknown, note)
 
 
+def blind(states: Mapping[str, State], others: Sequence[Vote]) -> bool:
+    """`states` (a replica's own view) has no region up and some down while a majority of the other replicas
+    see one up: what it sees is its own network, not the regions."""
+    seen = set(states.values())
+    if not others or State.UNHEALTHY not in seen or State.HEALTHY in seen:
+        return False
+    return sum(State.HEALTHY in v.states.values() for v in others) >= len(others) // 2 + 1
+
+
 def tally(
-    votes: Sequence[Vote], now: float, *, stale_after: float, me: str, expected: int | None = None
+    votes: Sequence[Vote],
+    now: float,
+    *,
+    stale_after: float,
+    me: str,
+    expected: int | None = None,
+    own_view: Mapping[str, State] | None = None,
 ) -> QuorumView:
-    """The live replicas' votes counted per region; frozen (with the reason) when `me` may not act on them."""
+    """The live replicas' votes counted per region; frozen (with the reason) when `me` may not act on them.
+    `own_view`: `me`'s own view, when its published vote is not it (a blind replica publishes no verdict)."""
     newest: dict[str, Vote] = {}
     for vote in votes:
         kept = newest.get(vote.replica)
@@ -125,16 +145,10 @@ def tally(
     if expected is not None and len(live) < expected // 2 + 1:
         reasons.append(f"only {len(live)} of {expected} replicas live: cut off from its peers")
     others = [v for v in live if v.replica != me]
-    seeing = [v for v in others if State.HEALTHY in v.states.values()]
-    mine_seen = set(mine.values())
-    if (
-        others
-        and State.UNHEALTHY in mine_seen
-        and State.HEALTHY not in mine_seen
-        and len(seeing) >= len(others) // 2 + 1
-    ):
+    if blind(mine if own_view is None else own_view, others):
+        seeing = sum(State.HEALTHY in v.states.values() for v in others)
         reasons.append(
-            f"{me} sees no region up while {len(seeing)} of {len(others)} other replicas do: "
+            f"{me} sees no region up while {seeing} of {len(others)} other replicas do: "
             "its own network is the problem"
         )
     return QuorumView(

@@ -26,7 +26,7 @@ from controlplane.coord.election import (
     retry_pause,
 )
 from controlplane.coord.etcd import Compare, EtcdClient, EtcdError, KeyValue, Put
-from controlplane.coord.quorum import QuorumView, Vote, remember, tally
+from controlplane.coord.quorum import QuorumView, Vote, blind, remember, tally
 from controlplane.overrides import Override
 from controlplane.plan import RoutingPlan
 from controlplane.policy import Coordination
@@ -168,6 +168,7 @@ class Coordinator:
         self.votes: dict[str, Vote] = {}
         self.expected: int | None = None
         self.quorum: QuorumView | None = None
+        self.own_view: Mapping[str, State] = {}  # this replica's own verdicts, as last published
         self.etcd_error: str | None = None
         self.applied_at: float | None = None
         self.fenced_writes = 0
@@ -192,6 +193,7 @@ class Coordinator:
             stale_after=self.stale_after,
             me=self.replica,
             expected=self.expected,
+            own_view=self.own_view or None,
         )
         lost = self.etcd_lost(now)
         if lost is not None:
@@ -237,14 +239,26 @@ class Coordinator:
             raise Fenced(f"{self.replica} is frozen: {self.quorum.frozen}")
         return lead.epoch
 
+    def vote_for(self, states: Mapping[str, State]) -> Mapping[str, State]:
+        """What this replica tells its peers it sees: its own view, or no verdict at all while it sees no region
+        up and most peers do. A replica cut off from the regions would otherwise vote every region down, and
+        with one flaky peer make a majority: its own network would fail a region over."""
+        now = self._now()
+        others = [
+            v for v in self.votes.values() if v.replica != self.replica and now - v.at <= self.stale_after
+        ]
+        if blind(states, others):
+            return {region: State.UNKNOWN for region in states}
+        return states
+
     async def publish(self, states: Mapping[str, State]) -> None:
-        """Put this replica's own verdict per region, on its lease; a failure is remembered, never raised."""
+        """Put this replica's vote (see vote_for), on its lease; a failure is remembered, never raised."""
+        self.own_view = dict(states)
         if not self._lease:
             return
+        vote = encode_vote(self.replica, self.vote_for(states), time.time())
         try:
-            await self.client.put(
-                self.keys.vote(self.replica), encode_vote(self.replica, states, time.time()), self._lease
-            )
+            await self.client.put(self.keys.vote(self.replica), vote, self._lease)
         except EtcdError as exc:
             self._failed(exc)
         else:

@@ -110,3 +110,23 @@ async def test_roles_follow_the_votes_and_etcd() -> None:
     quorum = c.judge()
     assert quorum.frozen is not None and "etcd unreachable" in quorum.frozen
     assert c.role() is Role.FROZEN
+
+
+async def test_a_replica_blind_to_every_region_votes_no_verdict_and_freezes() -> None:
+    clock = ManualClock(100.0)
+    c = coordinator(clock, "r3")
+    down = {"us-east": State.UNHEALTHY, "eu-west": State.UNHEALTHY}
+    up = {"us-east": State.HEALTHY, "eu-west": State.UNHEALTHY}
+    c.votes = {"r1": Vote("r1", clock(), up), "r2": Vote("r2", clock(), up)}
+    # Its timeouts are its own network: counted as "down", they and one flaky peer would make a majority.
+    assert c.vote_for(down) == {"us-east": State.UNKNOWN, "eu-west": State.UNKNOWN}
+    await c.publish(down)  # no lease yet: nothing sent, but the view is kept for its own verdict
+    c.votes["r3"] = Vote("r3", clock(), c.vote_for(down))
+    c._succeeded()
+    quorum = c.judge()
+    assert quorum.frozen is not None and "its own network" in quorum.frozen
+    assert quorum.regions["us-east"].state is State.HEALTHY and quorum.regions["us-east"].down == ()
+    assert "no verdict from r3" in quorum.regions["us-east"].note
+    # When its peers see nothing up either, its view is the regions' and it votes it.
+    c.votes = {"r1": Vote("r1", clock(), down), "r2": Vote("r2", clock(), down)}
+    assert c.vote_for(down) == down
