@@ -71,7 +71,7 @@ AWS_ENV = {
 # The daemon is killed when this process dies, even by SIGKILL (PR_SET_PDEATHSIG, Linux): a drill runner
 # killed mid-drill must not leave a plane running. Set in the child itself (preexec_fn is unsafe with threads);
 # the parent check closes the race with a parent that died before the prctl.
-_LAUNCH = """\
+LAUNCH_AS_CHILD = """\
 import ctypes, os, signal, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 if os.getppid() != int(sys.argv[1]):
@@ -325,7 +325,7 @@ class DemoTarget:
             self._daemon = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
-                _LAUNCH,
+                LAUNCH_AS_CHILD,
                 str(os.getpid()),
                 "run",
                 "--policy",

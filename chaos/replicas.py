@@ -38,7 +38,7 @@ import aiohttp
 import boto3
 import yaml
 
-from chaos.demotarget import _LAUNCH, AWS_ENV, ROOT
+from chaos.demotarget import AWS_ENV, LAUNCH_AS_CHILD, ROOT
 from chaos.loopback import free_port
 from chaos.tcpproxy import FaultKind, PartitionMode, TcpFaultProxy
 from controlplane.coord.etcd import EtcdClient, KeyValue
@@ -245,7 +245,7 @@ class ReplicaStack:
         try:
             # Through demotarget's launcher: a replica dies with the process that started it, even by SIGKILL.
             replica.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _LAUNCH, str(os.getpid()),
+                sys.executable, "-c", LAUNCH_AS_CHILD, str(os.getpid()),
                 "run", "--policy", str(replica.policy_path), "--replica", name,
                 "--state-dir", str(replica.state_dir), "--api-port", str(replica.api_port),
                 cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=asyncio.subprocess.STDOUT,
