@@ -99,10 +99,19 @@ class ReplicaTarget:
         self._view = PlaneView(self.policy, watcher.api, ("127.0.0.1", watcher.dns_port), self._token)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
-        while not await self._view.ready():
+        # Ready is not enough: until the follower serves the leader's plan its DNS answers no address, and
+        # the drill's clients would count that (and cache it) against the drill.
+        while not (await self._view.ready() and await self._serves_a_plan()):
             if loop.time() > deadline:
-                raise TargetError(f"{self._watcher} was not ready within {START_TIMEOUT:g}s")
+                raise TargetError(
+                    f"{self._watcher} did not serve the leader's plan within {START_TIMEOUT:g}s"
+                )
             await asyncio.sleep(0.1)
+
+    async def _serves_a_plan(self) -> bool:
+        assert self._view is not None
+        status, body = await self._view.request("GET", "/status")
+        return status == 200 and bool(body.get("services"))
 
     def _policy_data(self) -> dict[str, Any]:
         """The policy with each region at its simulated server and no HAProxy (replicas serve DNS)."""

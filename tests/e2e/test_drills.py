@@ -34,6 +34,10 @@ ISSUE_CATALOGUE = {
     "bucket-outage-during-sync",
     "daemon-restart-mid-failover",
     "flapping-region",
+    "leader-killed",
+    "leader-paused",
+    "replica-cut-from-regions",
+    "replica-cut-from-etcd",
 }
 OUTAGE = catalogue()[[p.stem for p in catalogue()].index("region-outage")]
 CANNOT_HOLD = """\
@@ -53,6 +57,8 @@ async def test_every_catalogue_drill_passes_against_the_demo_stack(path: Path, t
     drill = load_drill(path)
     if any(isinstance(f, ProviderFault) for f in drill.faults):
         require_binary("moto_server", "pip install 'moto[server]'")
+    if drill.target == "replicas":
+        require_binary("etcd", "Debian's etcd-server")
     async with asyncio.timeout(DRILL_BOUND):
         outcome = await run_drill(drill, target_for(drill), tmp_path)
     assert outcome.passed, (tmp_path / "summary.md").read_text(encoding="utf-8")
