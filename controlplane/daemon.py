@@ -206,6 +206,7 @@ class Daemon:
         )
         self.held_after_stall: int | None = None  # the stall the last hold was for (its number)
         self._states: dict[str, State] = {}
+        self.last_view: HealthView | None = None  # what the last step judged (peers' votes counted)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._policy_mtime = self._mtime()
@@ -344,6 +345,7 @@ class Daemon:
                 quorum,
                 leading,
             )
+            self.last_view = view
             if coordinator is not None:
                 await coordinator.publish({name: h.state for name, h in own.regions.items()})
             if plan is None or (coordinator is not None and not coordinator.leads()):
@@ -458,7 +460,7 @@ class Daemon:
         plan = _within(shared.plan, policy)
         try:
             outcomes = await self.reconciler.reconcile(
-                policy, plan, dry_run=self.config.dry_run, providers=self._in_process()
+                policy, plan, dry_run=self.config.dry_run, providers=self._writable(self.providers)
             )
         except ResidencyViolation as exc:
             if self._followed != (shared.epoch, shared.plan.generated_at):
@@ -480,9 +482,6 @@ class Daemon:
             await self.store.save(self.plan, self.overrides, self.artifacts)
         self._followed = (shared.epoch, shared.plan.generated_at)
         return plan
-
-    def _in_process(self) -> list[ManagedProvider]:
-        return [p for p in self.providers if p.capabilities.in_process]
 
     def _writable(self, providers: Sequence[ManagedProvider]) -> list[ManagedProvider]:
         """What this replica may write to: everything when alone or leading; else only its own servers."""

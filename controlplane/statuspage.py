@@ -85,15 +85,14 @@ class History:
         }
 
 
-def sample(status: dict[str, Any], at: float) -> Sample:
+def snapshot(daemon: Daemon, at: float) -> Sample:
+    """What the last decision saw and made: read from the daemon as it is, at no cost to the event loop (the
+    health view it judged off the loop, and the plan), so sampling every second costs nothing that grows."""
+    view = daemon.last_view
     return Sample(
         at=round(at, 3),
-        health={name: region["state"] for name, region in status["regions"].items()},
-        weights={
-            f"{service}/{group}": {r: w["weight"] for r, w in entry["weights"].items()}
-            for service, groups in status["services"].items()
-            for group, entry in groups.items()
-        },
+        health={name: h.state.value for name, h in view.regions.items()} if view else {},
+        weights={f"{g.service}/{g.group}": g.as_dict() for g in daemon.plan or ()},
     )
 
 
@@ -179,15 +178,11 @@ def install(app: web.Application, daemon: Daemon, status: Status) -> None:
     history = History()
     app[HISTORY_KEY] = history
 
-    def record() -> dict[str, Any]:
-        current = status(daemon)
-        history.add(sample(current, time.time()))
-        return current
-
     async def sampler(app: web.Application) -> AsyncIterator[None]:
         async def run() -> None:
             while True:
-                record()
+                if daemon.last_view is not None:  # before the first decision there is nothing to draw
+                    history.add(snapshot(daemon, time.time()))
                 await asyncio.sleep(history.every)
 
         task = asyncio.create_task(run())
@@ -206,7 +201,7 @@ def install(app: web.Application, daemon: Daemon, status: Status) -> None:
         return _asset(name)
 
     async def data(request: web.Request) -> web.Response:
-        current = record()
+        current = status(daemon)
         audit = await asyncio.to_thread(read_tail, daemon.audit.path)
         # Up to 900 samples of every group's weights: encoded off the event loop (status() built fresh dicts).
         body = await asyncio.to_thread(_encode, page_data(current, history, audit))
