@@ -140,13 +140,6 @@ def compact_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"ts": entry.get("ts"), "event": entry.get("event"), "cut": True}
 
 
-def _encode_shared(
-    epoch: int, leader: str, plan: RoutingPlan, audit: list[dict[str, Any]]
-) -> tuple[bytes, bytes]:
-    shared = json.dumps({"epoch": epoch, "leader": leader, "plan": plan.to_json()}).encode()
-    return shared, json.dumps(audit).encode()
-
-
 class Coordinator:
     """This replica's view of the plane; the daemon asks it, each step, what it may do."""
 
@@ -279,10 +272,13 @@ class Coordinator:
             return False
         try:
             await self._load_audit(lead)
+            shared = json.dumps(
+                {"epoch": lead.epoch, "leader": self.replica, "plan": plan.to_json()}
+            ).encode()
             audit = [*self._audit, *self._audit_pending][-AUDIT_KEEP:]
-            # A plan over thousands of services is megabytes of JSON: encoded off the loop the probes share.
-            shared, kept = await asyncio.to_thread(_encode_shared, lead.epoch, self.replica, plan, audit)
-            await fenced(lead, [Put(self.keys.plan, shared), Put(self.keys.audit, kept)])
+            await fenced(
+                lead, [Put(self.keys.plan, shared), Put(self.keys.audit, json.dumps(audit).encode())]
+            )
         except Deposed as exc:
             self.fenced_writes += 1
             lead.depose(str(exc))
@@ -467,7 +463,7 @@ class Coordinator:
             return
         kv = await self.client.get(self.keys.audit)
         try:
-            loaded = await asyncio.to_thread(json.loads, kv.value) if kv else []
+            loaded = json.loads(kv.value) if kv else []
         except ValueError:
             loaded = []
         self._audit = (
